@@ -1,0 +1,58 @@
+"""`transfer`: transfer learning for Keras 3, on TensorFlow, JAX and torch.
+
+```python
+model = transfer.build_classifier("efficientnet_b0", num_classes=5)   # a plain keras.Model
+transfer.fit_recipe(model, transfer.two_stage_recipe(), train_ds, validation_data=val_ds, run_dir="runs/a")
+model.save("flowers.keras")                                            # reload with keras.models.load_model
+```
+"""
+
+from transfer.backbones import applications as _applications  # noqa: F401
+from transfer.backbones import hub as _hub  # noqa: F401
+from transfer.backbones.registry import get_backbone_spec
+from transfer.backbones.registry import list_backbones
+from transfer.backbones.registry import register_backbone
+from transfer.backbones.spec import BackboneSpec
+from transfer.callbacks import default_callbacks
+from transfer.data import load_dataset
+from transfer.data import load_image_folder
+from transfer.data import make_dataset
+from transfer.data import synthetic_images
+from transfer.export import load_model
+from transfer.export import save_model
+from transfer.freeze import FreezePlan
+from transfer.freeze import set_trainable_blocks
+from transfer.models import build_backbone
+from transfer.models import build_classifier
+from transfer.models import fetch_weights
+from transfer.recipe import Recipe
+from transfer.recipe import Stage
+from transfer.recipe import fit_recipe
+from transfer.recipe import two_stage_recipe
+from transfer.weights.download import WeightsUnavailableError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneSpec",
+    "FreezePlan",
+    "Recipe",
+    "Stage",
+    "WeightsUnavailableError",
+    "build_backbone",
+    "build_classifier",
+    "default_callbacks",
+    "fetch_weights",
+    "fit_recipe",
+    "get_backbone_spec",
+    "list_backbones",
+    "load_dataset",
+    "load_image_folder",
+    "load_model",
+    "make_dataset",
+    "register_backbone",
+    "save_model",
+    "set_trainable_blocks",
+    "synthetic_images",
+    "two_stage_recipe",
+]

@@ -1,0 +1,46 @@
+"""Backbones saved as `.keras` files (for example by self-supervised runs)."""
+
+import os
+
+from transfer.backbones.spec import BackboneSpec
+from transfer.weights import download
+
+
+def keras_file_spec(path, image_size=None):
+    """A `BackboneSpec` for a `.keras` file that holds a backbone model.
+
+    The file is loaded in Keras's safe mode. When the saved model's name is
+    a registered backbone, that spec's blocks and preprocessing are reused.
+    """
+    from transfer.backbones.registry import _REGISTRY
+    from transfer.export import load_model
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Backbone file '{path}' does not exist. Pass a registered name "
+            f"(transfer.list_backbones()) or an existing .keras file. "
+            f"Received: backbone={path!r}"
+        )
+    model = load_model(path)
+    base = _REGISTRY.get(model.name)
+    input_size = model.input_shape[1] if model.input_shape[1] else None
+
+    def builder(weights, input_shape):
+        info = download.describe_file(path, "file", "file")
+        if weights is None:
+            clone = model.__class__.from_config(model.get_config())
+            return clone, {"weights": None, "source": "random init"}
+        return model, info
+
+    return BackboneSpec(
+        name=model.name,
+        source="file",
+        builder=builder,
+        image_size=image_size or input_size or (base.image_size if base else 224),
+        min_image_size=base.min_image_size if base else 32,
+        scale=base.scale if base else 1.0,
+        offset=base.offset if base else 0.0,
+        blocks=base.blocks if base else (),
+        weights=("file",),
+        description=f"local file {path}",
+    )

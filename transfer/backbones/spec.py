@@ -1,0 +1,66 @@
+"""`BackboneSpec`: everything `transfer` needs to know about one backbone."""
+
+import dataclasses
+from typing import Callable
+from typing import Optional
+from typing import Tuple
+from typing import Union
+
+Number = Union[float, Tuple[float, float, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone, preprocess its input and split it in blocks.
+
+    Args:
+        name: registry key, lowercase snake case (`"efficientnet_b0"`). Also
+            the name of the nested backbone layer in a classifier.
+        source: where the architecture and weights come from, for example
+            `"keras.applications"`, `"keras_hub"` or `"file"`.
+        builder: `builder(weights, input_shape)` returns a `keras.Model` that
+            maps images to a feature map, and a dict describing the weights
+            (`weights`, `source`, `sha256` where known).
+        image_size: default square input size in pixels.
+        min_image_size: the smallest input size the architecture accepts.
+            Defaults to `32`.
+        scale: multiplier applied to `[0, 255]` RGB pixels, a float or one
+            value per channel. Defaults to `1.0`.
+        offset: added after `scale`. Defaults to `0.0`.
+        blocks: ordered layer-name regexes, stem first. A layer belongs to
+            the first block whose regex matches its name; a layer matching
+            none belongs to the block of the layer before it.
+        weights: the weight names this backbone accepts besides `None`.
+            Defaults to `("imagenet",)`.
+        weights_files: file names the pretrained weights are cached under,
+            named in errors when they are missing. Defaults to `()`.
+        description: one line for `list_backbones()` tables.
+    """
+
+    name: str
+    source: str
+    builder: Callable
+    image_size: int
+    min_image_size: int = 32
+    scale: Number = 1.0
+    offset: Number = 0.0
+    blocks: Tuple[str, ...] = ()
+    weights: Tuple[str, ...] = ("imagenet",)
+    weights_files: Tuple[str, ...] = ()
+    description: str = ""
+    fetch: Optional[Callable] = None
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name or self.name != self.name.lower():
+            raise ValueError(
+                "Backbone names are lowercase and contain no '/'. "
+                f"Received: name={self.name!r}"
+            )
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "weights", tuple(self.weights))
+        object.__setattr__(self, "weights_files", tuple(self.weights_files))
+
+    @property
+    def has_preprocessing(self):
+        """Whether a `Rescaling` layer is needed in front of the backbone."""
+        return self.scale != 1.0 or self.offset != 0.0

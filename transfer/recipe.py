@@ -1,0 +1,354 @@
+"""`Stage`, `Recipe`, `two_stage_recipe()` and `fit_recipe()`."""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Tuple
+from typing import Union
+
+import keras
+import numpy as np
+
+from transfer import _backend
+from transfer.callbacks import default_callbacks
+from transfer.export import save_model
+from transfer.export import write_json
+from transfer.freeze import set_trainable_blocks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One fine-tuning stage: which blocks train, how long, how fast.
+
+    Args:
+        name: stage name, used in logs and the manifest.
+        epochs: number of epochs, at least 1.
+        learning_rate: Adam learning rate, greater than 0.
+        trainable_blocks: `0` for the head only, `N` for the top `N` backbone
+            blocks as well, or `"all"`. Defaults to `0`.
+        train_batchnorm: let BatchNormalization layers in trainable blocks
+            train. Defaults to `False`.
+    """
+
+    name: str
+    epochs: int
+    learning_rate: float
+    trainable_blocks: Union[int, str] = 0
+    train_batchnorm: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Stage names are non-empty strings. Received: name={self.name!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(
+                f"Stage '{self.name}': `epochs` must be a positive integer. "
+                f"Received: epochs={self.epochs!r}"
+            )
+        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
+            raise ValueError(
+                f"Stage '{self.name}': `learning_rate` must be > 0. "
+                f"Received: learning_rate={self.learning_rate!r}"
+            )
+        blocks = self.trainable_blocks
+        if blocks != "all" and (
+            isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0
+        ):
+            raise ValueError(
+                f"Stage '{self.name}': `trainable_blocks` must be 0, a positive "
+                f"integer or 'all'. Received: trainable_blocks={blocks!r}"
+            )
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ValueError(
+                f"Unknown Stage option(s) {unknown}. Allowed: {sorted(fields)}. "
+                f"Received: {config!r}"
+            )
+        return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """An ordered sequence of `Stage`s.
+
+    Args:
+        stages: the stages, run in order.
+    """
+
+    stages: Tuple[Stage, ...]
+
+    def __post_init__(self):
+        stages = tuple(self.stages)
+        if not stages or not all(isinstance(s, Stage) for s in stages):
+            raise ValueError(
+                "A Recipe needs at least one transfer.Stage. "
+                f"Received: stages={self.stages!r}"
+            )
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Stage names must be unique. Received: {names}")
+        object.__setattr__(self, "stages", stages)
+
+    def __iter__(self):
+        return iter(self.stages)
+
+    def __len__(self):
+        return len(self.stages)
+
+    @property
+    def total_epochs(self):
+        return sum(s.epochs for s in self.stages)
+
+    def get_config(self):
+        return {"stages": [s.get_config() for s in self.stages]}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(tuple(Stage.from_config(s) for s in config["stages"]))
+
+
+def two_stage_recipe(
+    head_epochs=3,
+    finetune_epochs=3,
+    *,
+    head_learning_rate=1e-3,
+    finetune_learning_rate=1e-4,
+    finetune_blocks=3,
+):
+    """The default: train the head, then fine-tune the top blocks gently.
+
+    Stage 1 (`head`) trains only the new head at `head_learning_rate` with the
+    backbone frozen. Stage 2 (`finetune`) also unfreezes the top
+    `finetune_blocks` backbone blocks (BatchNorm stays frozen) at a low
+    `finetune_learning_rate` with a fresh Adam.
+
+    Args:
+        head_epochs: epochs of stage 1. Defaults to `3`.
+        finetune_epochs: epochs of stage 2. Defaults to `3`.
+        head_learning_rate: stage 1 learning rate. Defaults to `1e-3`.
+        finetune_learning_rate: stage 2 learning rate. Defaults to `1e-4`.
+        finetune_blocks: backbone blocks unfrozen in stage 2.
+            Defaults to `3`.
+
+    Returns:
+        A `Recipe`.
+    """
+    return Recipe(
+        (
+            Stage("head", head_epochs, head_learning_rate, 0),
+            Stage("finetune", finetune_epochs, finetune_learning_rate, finetune_blocks),
+        )
+    )
+
+
+def _is_logits(model):
+    try:
+        activation = model.get_layer("predictions").activation
+    except ValueError:
+        return False
+    return getattr(activation, "__name__", "") in ("linear", None)
+
+
+def _check_run_dir(run_dir):
+    if os.path.exists(os.path.join(run_dir, "manifest.json")):
+        raise ValueError(
+            f"'{run_dir}' already holds a finished run (manifest.json). "
+            "Pass a new run_dir so that two runs' logs never mix. "
+            f"Received: run_dir={run_dir!r}"
+        )
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
+            f"Choose a writable run_dir. Received: run_dir={run_dir!r}"
+        ) from e
+
+
+def _fit_args(data, batch_size, shuffle):
+    if isinstance(data, tuple):
+        if len(data) != 2:
+            raise ValueError(
+                "Array data is an (x, y) tuple. "
+                f"Received: a tuple of length {len(data)}"
+            )
+        x, y = data
+        if len(x) != len(y):
+            raise ValueError(
+                f"x and y differ in length: {len(x)} images, {len(y)} labels."
+            )
+        return {"x": x, "y": y, "batch_size": batch_size, "shuffle": shuffle}
+    return {"x": data}
+
+
+def _labels(data):
+    if isinstance(data, tuple) and len(data) == 2:
+        return np.asarray(data[1])
+    return None
+
+
+def _check_labels(model, data, what):
+    labels = _labels(data)
+    if labels is None:
+        return
+    num_classes = model.output_shape[-1]
+    bad = (labels < 0) | (labels >= num_classes)
+    if np.any(bad):
+        raise ValueError(
+            f"{what} labels must be in [0, {num_classes}) for a "
+            f"{num_classes}-class model; {int(bad.sum())} are not (first: "
+            f"{labels[bad][0]!r}). Received: labels in "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+
+
+def fit_recipe(
+    model,
+    recipe,
+    train_data,
+    validation_data=None,
+    *,
+    run_dir,
+    batch_size=32,
+    callbacks=None,
+    class_names=None,
+    verbose="auto",
+):
+    """Trains `model` stage by stage, logging and saving into `run_dir`.
+
+    For each stage: set the `trainable` flags (`set_trainable_blocks`),
+    recompile with a fresh `keras.optimizers.Adam(stage.learning_rate)`, and
+    call `model.fit` with `initial_epoch` continuing the epoch count, so the
+    TensorBoard curves of stage 2 carry on from stage 1. Writes TensorBoard
+    logs to `run_dir/logs`, the best weights to
+    `run_dir/checkpoints/best.weights.h5`, then `run_dir/model.keras` and
+    `run_dir/manifest.json`.
+
+    Args:
+        model: a `keras.Model` from `transfer.build_classifier`.
+        recipe: a `Recipe` or a list of `Stage`s.
+        train_data: a `tf.data.Dataset` or `keras.utils.PyDataset` of
+            `(images, labels)` batches, or an `(x, y)` tuple of arrays.
+        validation_data: the same kinds, or `None`. Defaults to `None`.
+        run_dir: directory for logs, checkpoints, model and manifest.
+        batch_size: batch size for array data. Defaults to `32`.
+        callbacks: extra callbacks, added to every stage. Defaults to `None`.
+        class_names: names of the classes, for the manifest.
+            Defaults to `None`.
+        verbose: passed to `model.fit`. Defaults to `"auto"`.
+
+    Returns:
+        A list with one `keras.callbacks.History` per stage.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe(tuple(recipe))
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
+    _check_run_dir(run_dir)
+    _check_labels(model, train_data, "Training")
+    if validation_data is not None:
+        _check_labels(model, validation_data, "Validation")
+    num_classes = model.output_shape[-1]
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"The model has {num_classes} outputs but {len(class_names)} class "
+            f"names were given. Received: class_names={list(class_names)}"
+        )
+    _backend.require_tensorboard()
+
+    log_dir = os.path.join(run_dir, "logs")
+    checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+    monitor = "val_accuracy" if validation_data is not None else "accuracy"
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=_is_logits(model))
+    fit_args = _fit_args(train_data, batch_size, shuffle=True)
+    if validation_data is not None and isinstance(validation_data, tuple):
+        validation_data = tuple(validation_data)
+
+    histories = []
+    stage_records = []
+    offset = 0
+    best = None
+    started = time.perf_counter()
+    for stage in recipe:
+        plan = set_trainable_blocks(
+            model, stage.trainable_blocks, train_batchnorm=stage.train_batchnorm
+        )
+        logger.info(
+            "Stage '%s': %d epochs at lr %g, %s trainable parameters",
+            stage.name, stage.epochs, stage.learning_rate,
+            f"{plan.trainable_params:,}",
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(stage.learning_rate),
+            loss=loss,
+            metrics=["accuracy"],
+        )
+        stage_callbacks = default_callbacks(
+            log_dir, checkpoint=checkpoint, monitor=monitor, best_so_far=best
+        ) + list(callbacks or [])
+        stage_started = time.perf_counter()
+        history = model.fit(
+            validation_data=validation_data,
+            initial_epoch=offset,
+            epochs=offset + stage.epochs,
+            callbacks=stage_callbacks,
+            verbose=verbose,
+            **fit_args,
+        )
+        offset += stage.epochs
+        histories.append(history)
+        seen = history.history.get(monitor) or []
+        if seen:
+            best = max([best] + seen) if best is not None else max(seen)
+        final = {k: float(v[-1]) for k, v in history.history.items() if v}
+        stage_records.append(
+            {
+                **stage.get_config(),
+                "trainable_params": plan.trainable_params,
+                "seconds": round(time.perf_counter() - stage_started, 2),
+                "metrics": final,
+                "plan": plan.to_dict(),
+            }
+        )
+        logger.info("Stage '%s' done: %s", stage.name, final)
+
+    save_model(model, os.path.join(run_dir, "model.keras"))
+    metadata = dict(getattr(model, "transfer_metadata", {}) or {})
+    manifest = {
+        "backend": _backend.backend(),
+        "versions": _backend.framework_versions(),
+        **metadata,
+        "class_names": list(class_names) if class_names is not None else None,
+        "image_size": metadata.get("image_size", model.input_shape[1]),
+        "batch_size": batch_size,
+        "recipe": recipe.get_config(),
+        "stages": stage_records,
+        "seconds": round(time.perf_counter() - started, 2),
+        "checkpoint": os.path.relpath(checkpoint, run_dir),
+        "model": "model.keras",
+    }
+    write_json(os.path.join(run_dir, "manifest.json"), manifest)
+    write_json(os.path.join(run_dir, "recipe.json"), recipe.get_config())
+    logger.info("Saved %s", os.path.join(run_dir, "model.keras"))
+    return histories
+
+
+def load_recipe(path):
+    """Reads a `Recipe` from a JSON file written by `fit_recipe`."""
+    with open(path) as f:
+        return Recipe.from_config(json.load(f))
