@@ -192,7 +192,7 @@ def _fit_args(data, batch_size, shuffle):
                 f"x and y differ in length: {len(x)} images, {len(y)} labels."
             )
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": shuffle}
-    return {"x": data}
+    return {"x": data, "shuffle": False}  # datasets shuffle themselves
 
 
 def _labels(data):

@@ -54,9 +54,13 @@ def infer_blocks(backbone):
     a trailing sub-block letter dropped (`block3b_...` -> `block3`), so
     `stem_*`, `block1a_*`, ..., `top_*` become blocks in order.
     """
+    import keras
+
     keys = []
     for layer in backbone.layers:
-        if not layer.weights:
+        # Normalization holds statistics, not learned weights: it is input
+        # preprocessing and joins the stem.
+        if not layer.weights or isinstance(layer, keras.layers.Normalization):
             continue
         token = re.split(r"[_.]", layer.name)[0]
         key = re.sub(r"(\d+)[a-z]$", r"\1", token)

@@ -1,0 +1,78 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+import transfer  # noqa: E402
+
+TINY_BLOCKS = ("^stem_", "^block1_", "^block2_")
+
+
+def _tiny_cnn_builder(weights, input_shape):
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for name, filters, strides in (("stem", 8, 1), ("block1", 12, 2), ("block2", 16, 2)):
+        x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same",
+                                use_bias=False, name=f"{name}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    model = keras.Model(inputs, x, name="tiny_cnn")
+    if weights is not None and weights != "imagenet":
+        model.load_weights(weights)
+    return model, {"weights": None if weights is None else str(weights),
+                   "source": "tests"}
+
+
+TINY_CNN = transfer.BackboneSpec(
+    name="tiny_cnn",
+    source="tests",
+    builder=_tiny_cnn_builder,
+    image_size=32,
+    min_image_size=16,
+    scale=1.0 / 255.0,
+    blocks=TINY_BLOCKS,
+    weights=(),
+    description="3 conv blocks for tests",
+)
+transfer.register_backbone(TINY_CNN, override=True)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run_large", action="store_true", default=False,
+                     help="run tests that need the network or big backbones")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "large: needs the network or a big backbone")
+    config.addinivalue_line("markers", "requires_backend(*names): backend-only test")
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = keras.config.backend()
+    skip_large = pytest.mark.skip(reason="needs --run_large")
+    for item in items:
+        if "large" in item.keywords and not config.getoption("--run_large"):
+            item.add_marker(skip_large)
+        marker = item.get_closest_marker("requires_backend")
+        if marker is not None and backend not in marker.args:
+            item.add_marker(pytest.mark.skip(
+                reason=f"runs on {marker.args}, not {backend}"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1337)
+    yield
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def tiny_data():
+    return transfer.synthetic_images(num_samples=16, image_size=32, num_classes=2, seed=0)
+
+
+@pytest.fixture
+def tiny_model():
+    return transfer.build_classifier("tiny_cnn", 2, weights=None, dropout=0.0)
