@@ -33,6 +33,10 @@ from transfer import data as data_lib  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="image folder, one subfolder per class")
+    parser.add_argument("--dataset", choices=["auto", "fashion_mnist", "digits"],
+                        default="auto",
+                        help="built-in data set when --data is not given "
+                             "(auto: Fashion-MNIST if installed, else digits)")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument(
@@ -42,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--finetune-blocks", default="3",
                         help="backbone blocks unfrozen in stage 2 (N or 'all')")
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--train-batchnorm", action="store_true",
+                        help="let BatchNorm layers of unfrozen blocks train")
     parser.add_argument("--labels-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", default="runs", help="parent of the run dir")
@@ -85,8 +91,10 @@ def load_data(args):
             dataset=os.path.abspath(args.data), train=train, val=val, test=val,
             class_names=class_names, num_train=n_train, num_test=n_val,
         )
-    name = "fashion_mnist" if data_lib.fashion_mnist_available() else "digits"
-    if name == "digits":
+    name = args.dataset
+    if name == "auto":
+        name = "fashion_mnist" if data_lib.fashion_mnist_available() else "digits"
+    if name == "digits" and args.dataset == "auto":
         print(
             "Fashion-MNIST is not installed (Debian package dataset-fashion-mnist); "
             "using scikit-learn's digits instead.", file=sys.stderr,
@@ -152,6 +160,7 @@ def main(argv=None):
         args.head_epochs, args.finetune_epochs,
         finetune_learning_rate=args.finetune_lr,
         finetune_blocks=args.finetune_blocks,
+        train_batchnorm=args.train_batchnorm,
     )
     model, manifest, test_accuracy, _ = run(
         args, data, "imagenet", recipe, os.path.join(run_dir, "transfer")

@@ -124,6 +124,7 @@ def two_stage_recipe(
     head_learning_rate=1e-3,
     finetune_learning_rate=1e-4,
     finetune_blocks=3,
+    train_batchnorm=False,
 ):
     """The default: train the head, then fine-tune the top blocks gently.
 
@@ -139,6 +140,8 @@ def two_stage_recipe(
         finetune_learning_rate: stage 2 learning rate. Defaults to `1e-4`.
         finetune_blocks: backbone blocks unfrozen in stage 2.
             Defaults to `3`.
+        train_batchnorm: let BatchNormalization layers of the unfrozen
+            blocks train in stage 2. Defaults to `False`.
 
     Returns:
         A `Recipe`.
@@ -146,7 +149,13 @@ def two_stage_recipe(
     return Recipe(
         (
             Stage("head", head_epochs, head_learning_rate, 0),
-            Stage("finetune", finetune_epochs, finetune_learning_rate, finetune_blocks),
+            Stage(
+                "finetune",
+                finetune_epochs,
+                finetune_learning_rate,
+                finetune_blocks,
+                train_batchnorm,
+            ),
         )
     )
 

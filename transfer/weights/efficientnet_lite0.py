@@ -173,3 +173,23 @@ def prepare_efficientnet_lite0(source=None, force=False):
         record_path, lambda f: json.dump(record, f, indent=2), mode="w"
     )
     return record
+
+
+def imagenet_classifier(weights="imagenet"):
+    """EfficientNet-Lite0 with its 1000-class ImageNet head, for smoke tests.
+
+    A KerasHub `ImageClassifier` whose preprocessor takes RGB images in
+    `[0, 255]`. With `weights=None` the same architecture is random.
+    """
+    import keras_hub
+
+    record = prepare_efficientnet_lite0()
+    load = weights is not None
+    backbone = keras_hub.models.Backbone.from_preset(
+        record["preset"],
+        load_weights=load,
+        batch_norm_epsilon=BATCH_NORM_EPSILON,
+    )
+    return keras_hub.models.ImageClassifier.from_preset(
+        record["preset"], backbone=backbone, load_weights=load
+    )

