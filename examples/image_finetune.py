@@ -46,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--finetune-blocks", default="3",
                         help="backbone blocks unfrozen in stage 2 (N or 'all')")
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                        help="learning-rate schedule of stage 2")
     parser.add_argument("--train-batchnorm", action="store_true",
                         help="let BatchNorm layers of unfrozen blocks train")
     parser.add_argument("--labels-per-class", type=int, default=100)
@@ -161,6 +163,7 @@ def main(argv=None):
         finetune_learning_rate=args.finetune_lr,
         finetune_blocks=args.finetune_blocks,
         train_batchnorm=args.train_batchnorm,
+        finetune_schedule=args.schedule,
     )
     model, manifest, test_accuracy, _ = run(
         args, data, "imagenet", recipe, os.path.join(run_dir, "transfer")

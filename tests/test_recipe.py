@@ -156,3 +156,14 @@ def test_plain_model_fit_works_on_built_model(tiny_model, tiny_data):
                        metrics=["accuracy"])
     history = tiny_model.fit(*tiny_data, epochs=1, batch_size=8, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_cosine_schedule_decays_to_zero(tiny_model, tiny_data, tmp_path):
+    stage = transfer.Stage("cos", 2, 1e-2, "all", schedule="cosine")
+    assert transfer.Stage.from_config(stage.get_config()) == stage
+    with pytest.raises(ValueError, match="Received: schedule='linear'"):
+        transfer.Stage("x", 1, 1e-3, schedule="linear")
+    transfer.fit_recipe(tiny_model, [stage], tiny_data, run_dir=str(tmp_path / "r"),
+                        batch_size=8, verbose=0)
+    final = float(keras.ops.convert_to_numpy(tiny_model.optimizer.learning_rate))
+    assert final < 1e-6

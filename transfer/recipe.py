@@ -20,6 +20,9 @@ from transfer.freeze import set_trainable_blocks
 logger = logging.getLogger(__name__)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One fine-tuning stage: which blocks train, how long, how fast.
@@ -32,6 +35,9 @@ class Stage:
             blocks as well, or `"all"`. Defaults to `0`.
         train_batchnorm: let BatchNormalization layers in trainable blocks
             train. Defaults to `False`.
+        schedule: `"constant"`, or `"cosine"` to decay the learning rate to
+            zero over the stage (`keras.optimizers.schedules.CosineDecay`).
+            Defaults to `"constant"`.
     """
 
     name: str
@@ -39,6 +45,7 @@ class Stage:
     learning_rate: float
     trainable_blocks: Union[int, str] = 0
     train_batchnorm: bool = False
+    schedule: str = "constant"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -62,8 +69,28 @@ class Stage:
                 f"integer or 'all'. Received: trainable_blocks={blocks!r}"
             )
 
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"Stage '{self.name}': `schedule` must be one of {SCHEDULES}. "
+                f"Received: schedule={self.schedule!r}"
+            )
+
     def get_config(self):
         return dataclasses.asdict(self)
+
+    def learning_rate_for(self, steps_per_epoch):
+        """The learning rate or schedule to give Adam for this stage."""
+        if self.schedule == "constant":
+            return self.learning_rate
+        if not steps_per_epoch:
+            raise ValueError(
+                f"Stage '{self.name}' uses schedule='cosine', which needs the "
+                "number of steps per epoch; the training data has no known "
+                "length. Use a finite dataset or schedule='constant'."
+            )
+        return keras.optimizers.schedules.CosineDecay(
+            self.learning_rate, decay_steps=self.epochs * steps_per_epoch
+        )
 
     @classmethod
     def from_config(cls, config):
@@ -125,6 +152,7 @@ def two_stage_recipe(
     finetune_learning_rate=1e-4,
     finetune_blocks=3,
     train_batchnorm=False,
+    finetune_schedule="constant",
 ):
     """The default: train the head, then fine-tune the top blocks gently.
 
@@ -142,6 +170,8 @@ def two_stage_recipe(
             Defaults to `3`.
         train_batchnorm: let BatchNormalization layers of the unfrozen
             blocks train in stage 2. Defaults to `False`.
+        finetune_schedule: learning-rate schedule of stage 2, `"constant"`
+            or `"cosine"`. Defaults to `"constant"`.
 
     Returns:
         A `Recipe`.
@@ -155,6 +185,7 @@ def two_stage_recipe(
                 finetune_learning_rate,
                 finetune_blocks,
                 train_batchnorm,
+                finetune_schedule,
             ),
         )
     )
@@ -202,6 +233,23 @@ def _fit_args(data, batch_size, shuffle):
             )
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": shuffle}
     return {"x": data, "shuffle": False}  # datasets shuffle themselves
+
+
+def _steps_per_epoch(data, batch_size):
+    if isinstance(data, tuple):
+        return int(np.ceil(len(data[0]) / batch_size))
+    try:
+        import tensorflow as tf
+
+        if isinstance(data, tf.data.Dataset):
+            count = int(data.cardinality())
+            return count if count > 0 else None
+    except ImportError:
+        pass
+    try:
+        return len(data)
+    except TypeError:
+        return None
 
 
 def _labels(data):
@@ -288,6 +336,7 @@ def fit_recipe(
     if validation_data is not None and isinstance(validation_data, tuple):
         validation_data = tuple(validation_data)
 
+    steps_per_epoch = _steps_per_epoch(train_data, batch_size)
     histories = []
     stage_records = []
     offset = 0
@@ -303,7 +352,9 @@ def fit_recipe(
             f"{plan.trainable_params:,}",
         )
         model.compile(
-            optimizer=keras.optimizers.Adam(stage.learning_rate),
+            optimizer=keras.optimizers.Adam(
+                stage.learning_rate_for(steps_per_epoch)
+            ),
             loss=loss,
             metrics=["accuracy"],
         )

@@ -22,6 +22,19 @@ def _import_keras_hub():
     return keras_hub
 
 
+def _as_functional(backbone):
+    """Re-wraps a KerasHub backbone as a plain functional `keras.Model`.
+
+    A KerasHub `Backbone` serializes its constructor arguments, so the
+    per-layer `trainable` flags of a partly frozen backbone are lost on
+    reload (and the optimizer state no longer matches). The plain functional
+    graph over the same layers and weights saves every layer's config.
+    """
+    import keras
+
+    return keras.Model(backbone.input, backbone.output)
+
+
 def _sanitize(preset):
     base = os.path.basename(os.path.normpath(preset)) if os.sep in preset else preset
     return "hub_" + re.sub(r"[^a-z0-9_]+", "_", base.lower()).strip("_")
@@ -46,7 +59,7 @@ def hub_spec(preset, image_size=224):
                 preset, load_weights=weights is not None
             )
         info = {"weights": weights, "source": f"keras_hub:{preset}"}
-        return model, info
+        return _as_functional(model), info
 
     return BackboneSpec(
         name=name,
@@ -71,6 +84,7 @@ def _lite0_builder(weights, input_shape):
         batch_norm_epsilon=lite0.BATCH_NORM_EPSILON,
         input_shape=input_shape,
     )
+    model = _as_functional(model)
     if not load:
         return model, {"weights": None, "source": "random init"}
     return model, {
