@@ -40,13 +40,14 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument(
-        "--epochs", default="4,4",
-        help="HEAD,FINETUNE epochs of the two stages (default 4,4)",
+        "--epochs", default="3,15",
+        help="HEAD,FINETUNE epochs of the two stages (default 3,15)",
     )
-    parser.add_argument("--finetune-blocks", default="3",
+    parser.add_argument("--finetune-blocks", default="all",
                         help="backbone blocks unfrozen in stage 2 (N or 'all')")
-    parser.add_argument("--finetune-lr", type=float, default=1e-4)
-    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+    parser.add_argument("--finetune-lr", type=float, default=3e-4,
+                        help="peak learning rate of stage 2")
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
                         help="learning-rate schedule of stage 2")
     parser.add_argument("--train-batchnorm", action="store_true",
                         help="let BatchNorm layers of unfrozen blocks train")

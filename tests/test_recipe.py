@@ -44,8 +44,9 @@ def test_two_stage_default():
     recipe = transfer.two_stage_recipe()
     head, finetune = recipe.stages
     assert head.trainable_blocks == 0 and head.learning_rate == 1e-3
-    assert finetune.trainable_blocks > 0
-    assert 1e-5 <= finetune.learning_rate <= 1e-4
+    assert finetune.trainable_blocks == "all"
+    assert finetune.learning_rate < head.learning_rate
+    assert finetune.schedule == "cosine" and head.schedule == "constant"
 
 
 def test_fit_recipe_end_to_end(tiny_model, tiny_data, tmp_path):
