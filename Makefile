@@ -27,16 +27,17 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed
 
-# Debian's Fashion-MNIST, when apt is there and we are root; otherwise the
-# example falls back to scikit-learn's digits.
+# Debian's Fashion-MNIST and fortunes (the built-in text set), when apt is
+# there and we are root; otherwise the examples fall back to scikit-learn's
+# digits and pyjokes.
 data:
-	@if [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then \
-	  echo "Fashion-MNIST: installed"; \
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ -f /usr/share/games/fortunes/science ]; then \
+	  echo "Fashion-MNIST and fortunes: installed"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-	  || echo "Could not install dataset-fashion-mnist; the example will use digits."; \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fortunes >/dev/null) \
+	  || echo "Could not install dataset-fashion-mnist/fortunes; the examples will use digits and pyjokes."; \
 	else \
-	  echo "apt-get not available or not root: the example will use digits."; \
+	  echo "apt-get not available or not root: the examples will use digits and pyjokes."; \
 	fi
 
 weights: install
@@ -45,7 +46,7 @@ weights: install
 demo: install data weights
 	$(PY) examples/image_finetune.py
 
-test: install
+test: install data
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
 	  KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \

@@ -36,11 +36,14 @@ def save_model(model, path):
     return path
 
 
-def load_model(path, *, compile=True):
+def load_model(path, *, compile=False):
     """Loads a `.keras` file in Keras's safe mode (no code can run).
 
-    KerasHub is imported first when installed, so that classifiers with a
-    KerasHub backbone deserialize.
+    KerasHub is imported first when installed, so that text classifiers
+    (KerasHub tasks) deserialize. The model comes back uncompiled by default:
+    `fit_recipe` recompiles at every stage with a fresh optimizer, and
+    prediction needs no optimizer. Pass `compile=True` to restore the saved
+    compile state too.
 
     Raises:
         FileNotFoundError: no file at `path`.

@@ -14,9 +14,6 @@ from transfer.backbones.blocks import infer_blocks
 
 logger = logging.getLogger(__name__)
 
-HEAD_LAYERS = ("pooler", "head_dropout", "predictions")
-
-
 @dataclasses.dataclass(frozen=True)
 class FreezePlan:
     """What `set_trainable_blocks` froze: blocks, layers and parameters.
@@ -38,6 +35,7 @@ class FreezePlan:
             "train_batchnorm": self.train_batchnorm,
             "trainable_params": self.trainable_params,
             "non_trainable_params": self.non_trainable_params,
+            "trainable_share": self.trainable_share,
             "num_trainable_layers": len(self.trainable_layers),
             "blocks": [
                 {
@@ -51,11 +49,18 @@ class FreezePlan:
             ],
         }
 
+    @property
+    def trainable_share(self):
+        """Trainable parameters as a fraction of all parameters."""
+        total = self.trainable_params + self.non_trainable_params
+        return round(self.trainable_params / total, 6) if total else 0.0
+
     def __str__(self):
         lines = [
             f"trainable_blocks={self.trainable_blocks!r}: "
             f"{self.trainable_params:,} trainable / "
-            f"{self.non_trainable_params:,} frozen parameters"
+            f"{self.non_trainable_params:,} frozen parameters "
+            f"({100 * self.trainable_share:.2f}% trainable)"
         ]
         for name, _, trainable, n_train, n_total in self.blocks:
             mark = "train " if trainable else "frozen"
@@ -159,6 +164,7 @@ def set_trainable_blocks(
         for layer in flatten_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+    _keep_lora_base_frozen(backbone, assignment, first_trainable)
 
     summary = []
     for index, pattern in enumerate(patterns):
@@ -174,7 +180,7 @@ def set_trainable_blocks(
                 _count(weights),
             )
         )
-    head = [model.get_layer(n) for n in HEAD_LAYERS if _has_layer(model, n)]
+    head = [layer for layer in model.layers if layer is not backbone]
     head_weights = [w for layer in head for w in layer.weights]
     summary.append(
         ("head", "", True, _count(head_weights), _count(head_weights))
@@ -199,9 +205,36 @@ def set_trainable_blocks(
 def _display_name(pattern):
     name = re.sub(r"\[.*?\]|\(\?!.*?\)|[\^$\\?]", "", pattern)
     name = name.replace("_|", "|").replace("_)", ")")
+    if len(name) > 24 and "|" in name:
+        name = name.strip("(").split("|")[0] + "+"
     return name.strip("_") or pattern
 
 
-def _has_layer(model, name):
-    return any(layer.name == name for layer in model.layers)
+def _is_lora(layer):
+    return bool(getattr(layer, "lora_enabled", False))
+
+
+def _keep_lora_base_frozen(backbone, assignment, first_trainable):
+    """With LoRA adapters, only the adapters (and the head) ever train.
+
+    `layer.trainable = True` re-enables every variable a layer created as
+    trainable, LoRA's frozen base kernel included, so the base weights of
+    the backbone are frozen again here and the adapters of the trainable
+    blocks are left on.
+    """
+    lora_layers = [l for l in flatten_layers(backbone) if _is_lora(l)]
+    if not lora_layers:
+        return
+    trainable_ids = set()
+    for layer, index in assignment:
+        if index >= first_trainable:
+            trainable_ids.update(id(l) for l in flatten_layers(layer))
+            trainable_ids.add(id(layer))
+    for layer in flatten_layers(backbone):
+        if _is_lora(layer):
+            layer.trainable = id(layer) in trainable_ids
+            # The base kernel stays frozen; only lora_kernel_a/b train.
+            layer._kernel.trainable = False
+        elif not flatten_layers(layer):
+            layer.trainable = False
 

@@ -199,11 +199,39 @@ def two_stage_recipe(
 
 
 def _is_logits(model):
+    """Whether the model's output layer has no activation (logits)."""
+    activation = getattr(model.layers[-1], "activation", None)
+    return activation is None or getattr(activation, "__name__", "") == "linear"
+
+
+def _compile(model, optimizer):
+    """Compiles for classification, or masked-LM with masked-token metrics."""
+    if _is_masked_lm(model):
+        # Unmasked positions carry zero sample weight: accuracy must be a
+        # weighted metric to count masked tokens only.
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            ],
+        )
+        return
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=_is_logits(model)
+        ),
+        metrics=["accuracy"],
+    )
+
+
+def _is_masked_lm(model):
     try:
-        activation = model.get_layer("predictions").activation
-    except ValueError:
+        import keras_hub
+    except ImportError:
         return False
-    return getattr(activation, "__name__", "") in ("linear", None)
+    return isinstance(model, keras_hub.models.MaskedLM)
 
 
 def _check_run_dir(run_dir):
@@ -226,7 +254,38 @@ def _check_run_dir(run_dir):
         ) from e
 
 
+def _text_dataset(items, batch_size, shuffle):
+    """Strings (and labels) as a shuffled, batched `tf.data.Dataset`.
+
+    KerasHub tasks run their tokenizer in `tf.data`; giving them a dataset
+    that reshuffles every epoch keeps `shuffle` meaningful.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle:
+        ds = ds.shuffle(len(items[0]) if isinstance(items, tuple) else len(items),
+                        reshuffle_each_iteration=True)
+    return ds.batch(batch_size)
+
+
+def _is_text(x):
+    return len(x) > 0 and isinstance(x[0], str)
+
+
 def _fit_args(data, batch_size, shuffle):
+    if isinstance(data, (list, np.ndarray)):  # unlabelled (e.g. masked LM)
+        if _is_text(data):
+            return {"x": _text_dataset(list(data), batch_size, shuffle), "shuffle": False}
+        return {"x": data, "batch_size": batch_size, "shuffle": shuffle}
+    if isinstance(data, tuple) and len(data) == 2 and _is_text(data[0]):
+        if len(data[0]) != len(data[1]):
+            raise ValueError(
+                f"x and y differ in length: {len(data[0])} texts, "
+                f"{len(data[1])} labels."
+            )
+        items = (list(data[0]), np.asarray(data[1]))
+        return {"x": _text_dataset(items, batch_size, shuffle), "shuffle": False}
     if isinstance(data, tuple):
         if len(data) != 2:
             raise ValueError(
@@ -243,6 +302,8 @@ def _fit_args(data, batch_size, shuffle):
 
 
 def _steps_per_epoch(data, batch_size):
+    if isinstance(data, (list, np.ndarray)):
+        return int(np.ceil(len(data) / batch_size))
     if isinstance(data, tuple):
         return int(np.ceil(len(data[0]) / batch_size))
     try:
@@ -338,10 +399,9 @@ def fit_recipe(
     checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
     os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
     monitor = "val_accuracy" if validation_data is not None else "accuracy"
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=_is_logits(model))
     fit_args = _fit_args(train_data, batch_size, shuffle=True)
-    if validation_data is not None and isinstance(validation_data, tuple):
-        validation_data = tuple(validation_data)
+    if isinstance(validation_data, tuple) and _is_text(validation_data[0]):
+        validation_data = _fit_args(validation_data, batch_size, False)["x"]
 
     steps_per_epoch = _steps_per_epoch(train_data, batch_size)
     histories = []
@@ -358,12 +418,9 @@ def fit_recipe(
             stage.name, stage.epochs, stage.learning_rate,
             f"{plan.trainable_params:,}",
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(
-                stage.learning_rate_for(steps_per_epoch)
-            ),
-            loss=loss,
-            metrics=["accuracy"],
+        _compile(
+            model,
+            keras.optimizers.Adam(stage.learning_rate_for(steps_per_epoch)),
         )
         stage_callbacks = default_callbacks(
             log_dir, checkpoint=checkpoint, monitor=monitor, best_so_far=best
@@ -401,7 +458,6 @@ def fit_recipe(
         "versions": _backend.framework_versions(),
         **metadata,
         "class_names": list(class_names) if class_names is not None else None,
-        "image_size": metadata.get("image_size", model.input_shape[1]),
         "batch_size": batch_size,
         "recipe": recipe.get_config(),
         "stages": stage_records,

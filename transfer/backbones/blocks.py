@@ -50,12 +50,22 @@ def assign_blocks(backbone, patterns):
 def infer_blocks(backbone):
     """Block regexes for a backbone that has no spec, from its layer names.
 
-    Uses the first `_`-separated token of each layer that holds weights, with
+    Transformer encoders (`transformer_layer_<i>`) get the embeddings as the
+    stem and one block per layer. Otherwise uses the first `_`-separated
+    token of each layer that holds weights, with
     a trailing sub-block letter dropped (`block3b_...` -> `block3`), so
     `stem_*`, `block1a_*`, ..., `top_*` become blocks in order.
     """
     import keras
 
+    transformer = [
+        layer.name for layer in backbone.layers
+        if re.fullmatch(r"transformer_layer_\d+", layer.name)
+    ]
+    if transformer:
+        from transfer.backbones.text import transformer_blocks
+
+        return transformer_blocks(len(transformer))
     keys = []
     for layer in backbone.layers:
         # Normalization holds statistics, not learned weights: it is input

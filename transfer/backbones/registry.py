@@ -33,23 +33,33 @@ def register_backbone(spec, *, override=False):
     return spec
 
 
-def list_backbones():
-    """Names of all registered backbones, sorted.
+def list_backbones(modality=None):
+    """Names of registered backbones, sorted.
 
     Besides these names, `build_classifier` accepts `"hub:<preset>"` for a
     KerasHub image preset, a local KerasHub preset directory, a `.keras` file
-    holding a backbone model, and a `BackboneSpec`.
+    holding a backbone model, and a `BackboneSpec`;
+    `build_text_classifier` accepts text presets the same way.
+
+    Args:
+        modality: `"image"`, `"text"`, or `None` for all. Defaults to `None`.
     """
-    return sorted(_REGISTRY)
+    return sorted(
+        name for name, spec in _REGISTRY.items()
+        if modality is None or spec.modality == modality
+    )
 
 
-def get_backbone_spec(backbone):
+def get_backbone_spec(backbone, modality="image"):
     """Resolves a registry name, `hub:` preset, path or spec to a spec.
 
     Args:
         backbone: a registered name (`"efficientnet_b0"`), `"hub:<preset>"`,
             a local KerasHub preset directory, a `.keras` file holding a
             backbone model, or a `BackboneSpec`.
+        modality: `"image"` or `"text"`: which kind of spec a `hub:` preset
+            or directory becomes, and which registered names fit.
+            Defaults to `"image"`.
 
     Returns:
         A `BackboneSpec`.
@@ -65,20 +75,30 @@ def get_backbone_spec(backbone):
             f"a BackboneSpec. Received: backbone={backbone!r}"
         )
     if backbone in _REGISTRY:
-        return _REGISTRY[backbone]
-    if backbone.startswith("hub:"):
+        spec = _REGISTRY[backbone]
+        if spec.modality != modality:
+            names = [n for n, s in _REGISTRY.items() if s.modality == modality]
+            raise ValueError(
+                f"Backbone '{backbone}' is a {spec.modality} backbone; this "
+                f"needs a {modality} one: {sorted(names)}. "
+                f"Received: backbone={backbone!r}"
+            )
+        return spec
+    if backbone.startswith("hub:") or os.path.isdir(backbone):
+        preset = backbone[len("hub:") :] if backbone.startswith("hub:") else backbone
+        if modality == "text":
+            from transfer.backbones import text
+
+            return text.text_preset_spec(preset)
         from transfer.backbones import hub
 
-        return hub.hub_spec(backbone[len("hub:") :])
-    if os.path.isdir(backbone):
-        from transfer.backbones import hub
-
-        return hub.hub_spec(backbone)
+        return hub.hub_spec(preset)
     if backbone.endswith(".keras"):
         from transfer.backbones import local
 
         return local.keras_file_spec(backbone)
-    close = difflib.get_close_matches(backbone, list(_REGISTRY), n=3)
+    same_kind = [n for n, s in _REGISTRY.items() if s.modality == modality]
+    close = difflib.get_close_matches(backbone, same_kind, n=3)
     hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     raise ValueError(
         f"Unknown backbone '{backbone}'. {hint}See transfer.list_backbones(), "

@@ -35,6 +35,10 @@ class BackboneSpec:
         weights_files: file names the pretrained weights are cached under,
             named in errors when they are missing. Defaults to `()`.
         description: one line for `list_backbones()` tables.
+        fetch: optional `fetch()` that downloads or prepares the weights.
+        modality: `"image"` or `"text"`. Text specs' builders take
+            `(weights, sequence_length)` and return a KerasHub `Backbone`.
+            Defaults to `"image"`.
     """
 
     name: str
@@ -49,6 +53,7 @@ class BackboneSpec:
     weights_files: Tuple[str, ...] = ()
     description: str = ""
     fetch: Optional[Callable] = None
+    modality: str = "image"
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name != self.name.lower():
