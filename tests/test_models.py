@@ -84,5 +84,5 @@ def test_weights_file_source(tmp_path):
     model.save_weights(path)
     classifier = transfer.build_classifier("tiny_cnn", 2, weights=path)
     loaded = classifier.get_layer("tiny_cnn")
-    for a, b in zip(model.weights, loaded.weights):
+    for a, b in zip(model.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))

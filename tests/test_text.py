@@ -6,10 +6,10 @@ import os
 import keras
 import numpy as np
 import pytest
-
-import transfer
 from tiny_bert import make_tiny_bert_preset
 from tiny_bert import tiny_texts
+
+import transfer
 from transfer import masked_lm
 from transfer import text
 from transfer import text_data
@@ -26,7 +26,7 @@ def tiny_classifier(tiny_preset):
 
 
 def _lora_layers(model):
-    return [l for l in model.backbone._flatten_layers() if getattr(l, "lora_enabled", False)]
+    return [x for x in model.backbone._flatten_layers() if getattr(x, "lora_enabled", False)]
 
 
 def test_build_and_predict_on_raw_strings(tiny_classifier):
@@ -73,16 +73,16 @@ def test_lora_trains_adapters_only_and_reloads(tiny_preset, tmp_path):
     plan = transfer.set_trainable_blocks(model, "all")
     assert 0 < plan.trainable_share < 0.2
     assert plan.to_dict()["trainable_share"] == plan.trainable_share
-    base = [keras.ops.convert_to_numpy(l._kernel) for l in _lora_layers(model)]
-    adapters = [keras.ops.convert_to_numpy(l.lora_kernel_b) for l in _lora_layers(model)]
+    base = [keras.ops.convert_to_numpy(x._kernel) for x in _lora_layers(model)]
+    adapters = [keras.ops.convert_to_numpy(x.lora_kernel_b) for x in _lora_layers(model)]
     assert len(base) == 4  # query and value of 2 layers
     x, y = tiny_texts(16)
     transfer.fit_recipe(model, [transfer.Stage("lora", 2, 1e-2, "all")], (x, y),
                         run_dir=str(tmp_path / "lora"), batch_size=8, verbose=0)
-    for before, layer in zip(base, _lora_layers(model)):
+    for before, layer in zip(base, _lora_layers(model), strict=True):
         np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(layer._kernel))
-    assert any(not np.array_equal(a, keras.ops.convert_to_numpy(l.lora_kernel_b))
-               for a, l in zip(adapters, _lora_layers(model)))
+    assert any(not np.array_equal(a, keras.ops.convert_to_numpy(x.lora_kernel_b))
+               for a, x in zip(adapters, _lora_layers(model), strict=True))
     reloaded = transfer.load_model(str(tmp_path / "lora" / "model.keras"))
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)

@@ -222,13 +222,13 @@ def _keep_lora_base_frozen(backbone, assignment, first_trainable):
     the backbone are frozen again here and the adapters of the trainable
     blocks are left on.
     """
-    lora_layers = [l for l in flatten_layers(backbone) if _is_lora(l)]
+    lora_layers = [x for x in flatten_layers(backbone) if _is_lora(x)]
     if not lora_layers:
         return
     trainable_ids = set()
     for layer, index in assignment:
         if index >= first_trainable:
-            trainable_ids.update(id(l) for l in flatten_layers(layer))
+            trainable_ids.update(id(x) for x in flatten_layers(layer))
             trainable_ids.add(id(layer))
     for layer in flatten_layers(backbone):
         if _is_lora(layer):

@@ -130,3 +130,11 @@ def build_text_classifier(
     }
     logger.info("Built %s on %s (%s weights)", model.name, spec.name, info.get("weights"))
     return model
+
+
+def texts_dataset(texts, labels=None, batch_size=32):
+    """Strings (and labels) as a batched `tf.data.Dataset` for a text model."""
+    import tensorflow as tf
+
+    items = list(texts) if labels is None else (list(texts), labels)
+    return tf.data.Dataset.from_tensor_slices(items).batch(batch_size)

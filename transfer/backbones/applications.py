@@ -15,7 +15,7 @@ _TF_MODE = {"scale": 1.0 / 127.5, "offset": -1.0}  # pixels to [-1, 1]
 _TORCH_MODE = {  # pixels to ImageNet mean/std normalised
     "scale": tuple(1.0 / (255.0 * s) for s in (0.229, 0.224, 0.225)),
     "offset": tuple(
-        -m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        -m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), strict=True)
     ),
 }
 
