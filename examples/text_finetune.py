@@ -123,6 +123,7 @@ def main(argv=None):
             "epochs": args.pretrain_epochs,
             "num_texts": len(pool) - len(held_out),
             "num_held_out": len(held_out),
+            "mlm_loss_untrained_head": round(result["initial"]["loss"], 4),
             "mlm_loss_before": round(result["before"]["loss"], 4),
             "mlm_loss_after": round(result["after"]["loss"], 4),
             "mlm_accuracy_before": round(result["before"]["accuracy"], 4),

@@ -8,6 +8,7 @@ encoder as a KerasHub preset directory that `build_text_classifier` accepts.
 
 import logging
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -53,6 +54,37 @@ def masked_lm_metrics(model, batches):
     }
 
 
+class HeldOutMaskedLM(keras.callbacks.Callback):
+    """Measures masked-LM loss and accuracy on fixed held-out batches.
+
+    Records `(epoch, metrics)` at the start and the end of every `fit`
+    (every recipe stage), so the value before encoder adaptation and after
+    it can be read from `history`.
+
+    Args:
+        batches: `(x, y, sample_weight)` batches from `masked_batches`.
+    """
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+        self.history = []
+
+    def on_train_begin(self, logs=None):
+        self._measure("begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_end(self, logs=None):
+        self._measure("end")
+
+    def _measure(self, when):
+        metrics = masked_lm_metrics(self.model, self.batches)
+        self.history.append((when, getattr(self, "_epoch", None), metrics))
+        logger.info("Held-out masked LM at train %s: %s", when, metrics)
+
+
 def pretrain_masked_lm(
     texts,
     *,
@@ -64,31 +96,39 @@ def pretrain_masked_lm(
     mask_rate=0.15,
     batch_size=16,
     validation_texts=None,
+    head_epochs=1,
 ):
     """Continues masked-LM pretraining of a text encoder on unlabelled text.
 
-    The MLM model trains as one `fit_recipe` stage (`trainable_blocks="all"`)
-    into `run_dir`: TensorBoard logs there show the MLM loss and the
-    masked-token accuracy (`accuracy`). The adapted encoder and its tokenizer
-    are saved as a KerasHub preset in `run_dir/encoder`; pass that directory
-    to `build_text_classifier` to fine-tune it.
+    Two `fit_recipe` stages into `run_dir`: `mlm_head` trains the masked-LM
+    head alone with the encoder frozen (checkpoints such as all-MiniLM-L6-v2
+    ship no MLM head, so it starts random), then `mlm` adapts the whole
+    encoder. TensorBoard logs show the MLM loss and the masked-token accuracy
+    (`accuracy`). The held-out MLM loss "before" is measured after the head
+    stage (original encoder, fitted head), "after" at the end, on the same
+    fixed masking. The adapted encoder and its tokenizer are saved as a
+    KerasHub preset in `run_dir/encoder`: pass that directory to
+    `build_text_classifier` to fine-tune it.
 
     Args:
         texts: unlabelled training texts (a list of strings).
         run_dir: run directory (logs, checkpoints, manifest, encoder).
         backbone: the encoder to continue from. Defaults to `"minilm_l6"`.
-        epochs: pretraining epochs. Defaults to `1`.
-        learning_rate: Adam learning rate. Defaults to `5e-5`.
+        epochs: encoder-adaptation epochs. Defaults to `1`.
+        learning_rate: Adam learning rate of the adaptation.
+            Defaults to `5e-5`.
         sequence_length: tokens per text. Defaults to `128`.
         mask_rate: share of tokens selected for masking. Defaults to `0.15`.
         batch_size: batch size. Defaults to `16`.
-        validation_texts: held-out texts; the MLM loss and accuracy on them
-            are measured before and after, on the same fixed masking.
+        validation_texts: held-out texts for the before/after measurement.
             Defaults to `None`.
+        head_epochs: epochs of the head-only stage (0 skips it).
+            Defaults to `1`.
 
     Returns:
         A dict: `encoder` (preset directory), `before` and `after` (held-out
-        MLM `loss` and `accuracy`, or `None`), `seconds`.
+        MLM `loss` and `accuracy`, or `None`), `initial` (with the untrained
+        head), `seconds`.
     """
     import time
 
@@ -120,29 +160,43 @@ def pretrain_masked_lm(
         "sequence_length": sequence_length,
         "weights": info,
     }
-    held_out = None
-    before = after = None
+    callbacks = []
     if validation_texts:
-        held_out = masked_batches(preprocessor, validation_texts, batch_size=32)
-        before = masked_lm_metrics(model, held_out)
-        logger.info("Held-out MLM before: %s", before)
-    fit_recipe(
-        model,
-        [Stage("mlm", epochs, learning_rate, trainable_blocks="all")],
-        texts,
-        validation_data=None,
-        run_dir=run_dir,
-        batch_size=batch_size,
-        verbose=2,
-    )
-    if held_out:
-        after = masked_lm_metrics(model, held_out)
-        logger.info("Held-out MLM after: %s", after)
+        evaluation = HeldOutMaskedLM(
+            masked_batches(preprocessor, validation_texts, batch_size=32)
+        )
+        callbacks.append(evaluation)
+    stages = [Stage("mlm", epochs, learning_rate, trainable_blocks="all")]
+    if head_epochs:
+        stages.insert(0, Stage("mlm_head", head_epochs, 1e-3, trainable_blocks=0))
+    with warnings.catch_warnings():
+        # The encoder's pooler (`pooled_dense`) serves classification only:
+        # the MLM loss gives it no gradient, and Adam leaves it unchanged.
+        warnings.filterwarnings(
+            "ignore", message=r"Gradients do not exist for variables \['pooled"
+        )
+        fit_recipe(
+            model,
+            stages,
+            texts,
+            validation_data=None,
+            run_dir=run_dir,
+            batch_size=batch_size,
+            callbacks=callbacks,
+            verbose=2,
+        )
+    initial = before = after = None
+    if validation_texts:
+        records = [metrics for _, _, metrics in evaluation.history]
+        initial, after = records[0], records[-1]
+        # Start of the encoder stage: original encoder with a fitted head.
+        before = records[2] if head_epochs else records[0]
     encoder_dir = os.path.join(run_dir, "encoder")
     model.backbone.save_to_preset(encoder_dir)
     preprocessor.tokenizer.save_to_preset(encoder_dir)
     return {
         "encoder": encoder_dir,
+        "initial": initial,
         "before": before,
         "after": after,
         "seconds": round(time.perf_counter() - started, 2),
