@@ -378,7 +378,7 @@ class TopLossesLogger(keras.callbacks.Callback):
         worst = self._top_losses()
         if not worst:
             return
-        losses, _, images, labels, probabilities = zip(*worst)
+        losses, _, images, labels, probabilities = zip(*worst, strict=True)
         figure = report.top_losses_figure(
             np.stack(images), np.array(labels), np.stack(probabilities),
             np.array(losses), self._names,

@@ -191,7 +191,7 @@ def training_curves_figure(histories, stage_names=None):
                 values.extend(series)
             if values:
                 axes.plot(epochs, values, marker="o", label=label)
-        for history, stage in zip(histories, stage_names):
+        for history, stage in zip(histories, stage_names, strict=False):
             if history.epoch:
                 axes.axvline(history.epoch[0] - 0.5, color="gray", ls="--")
                 axes.annotate(
@@ -201,6 +201,7 @@ def training_curves_figure(histories, stage_names=None):
                 )
         axes.set_title(name)
         axes.set_xlabel("epoch")
+        axes.xaxis.get_major_locator().set_params(integer=True)
         axes.legend(fontsize=8)
     figure.tight_layout()
     return figure

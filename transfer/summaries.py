@@ -243,7 +243,7 @@ def stage_markdown(model, stage, stage_number, first_epoch, epochs):
     )
     return (
         f"**Stage {stage_number} `{name}` starts at epoch {first_epoch}**\n\n"
-        + _table(rows, ("", ""))
+        + _table(rows, ("setting", "value"))
     )
 
 
