@@ -156,14 +156,16 @@ def test_text_entries(logs, tiny_run):
     assert manifest["backend"] == keras.config.backend()
 
 
-def test_hparams_session(logs):
+def test_hparams_session(logs, tiny_run):
     entry = logs["."]["_hparams_/session_start_info"]
     info = hparams_metadata.parse_session_start_info_plugin_data(entry["content"])
     hparams = {
         name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
         for name, value in info.hparams.items()
     }
+    assert info.group_name == os.path.normpath(tiny_run["run_dir"])
     assert hparams == {
+        "backend": keras.config.backend(),
         "backbone": "tiny_cnn",
         "weights": "none",
         "weights_source": "tests",

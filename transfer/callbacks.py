@@ -2,26 +2,14 @@
 
 `keras.callbacks.TensorBoard` writes the per-epoch loss, metrics and
 learning rate into `log_dir/train` and `log_dir/validation`. The callbacks
-here add what a transfer-learning run also needs, each into its own run
-directory next to those two (TensorBoard only follows the newest event file
-of a directory, so two open writers must not share one):
-
-| callback                | run directory       | tags                        |
-|-------------------------|---------------------|-----------------------------|
-| `StageLogger`           | `stage`             | `stage`, `trainable_params` |
-|                         |                     | (scalars); `stage_summary`, |
-|                         |                     | `freeze_plan`,              |
-|                         |                     | `model_summary` (text)      |
-| `InputImagesLogger`     | `train_images`      | `training_inputs` (image)   |
-| `ConfusionMatrixLogger` | `validation_images` | `confusion_matrix` (image)  |
-| `TopLossesLogger`       | `validation_images` | `top_losses` (image)        |
-| `HParamsLogger`         | `.` (`log_dir`)     | HParams session             |
-
-Steps are epochs, as Keras counts them, so they continue across `fit`
-calls that pass `initial_epoch`. Pass every callback the `log_dir` you give
-`keras.callbacks.TensorBoard`.
-
-Example:
+here add the rest, each into its own run directory beside those two
+(TensorBoard follows only the newest event file of a directory, so two
+open writers must not share one): `StageLogger` -> `stage`,
+`InputImagesLogger` -> `train_images`, `ConfusionMatrixLogger` and
+`TopLossesLogger` -> `validation_images`, `HParamsLogger` -> `log_dir`.
+Steps are epochs as Keras counts them, so they continue across `fit` calls
+that pass `initial_epoch`. Give every callback the `log_dir` you give
+`keras.callbacks.TensorBoard`:
 
 ```python
 callbacks = [
@@ -34,13 +22,13 @@ model.fit(x, y, validation_data=(x_val, y_val), callbacks=callbacks)
 ```
 """
 
-import heapq
 import os
 
 import keras
 import numpy as np
 
 from transfer import _backend
+from transfer import plots
 from transfer import report
 from transfer import summaries
 
@@ -189,17 +177,6 @@ class StageLogger(keras.callbacks.Callback):
         self._writer.close()
 
 
-def _first_batch(data, max_images):
-    if isinstance(data, tuple) and len(data) == 2:
-        return np.asarray(data[0][:max_images])
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        batch = data[0]
-    else:
-        batch = next(iter(data))
-    images = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return np.asarray(images)[:max_images]
-
-
 class InputImagesLogger(keras.callbacks.Callback):
     """Logs a grid of the first training batch, as the model receives it.
 
@@ -236,12 +213,12 @@ class InputImagesLogger(keras.callbacks.Callback):
         if self._written:
             return
         self._written = True
-        images = _first_batch(self.train_data, self.max_images)
+        images = report.first_images(self.train_data, self.max_images)
         writer = summaries.EventWriter(
             os.path.join(self.log_dir, "train_images")
         )
         writer.image(
-            "training_inputs", report.image_grid(images), epoch,
+            "training_inputs", plots.image_grid(images), epoch,
             description=f"First training batch ({len(images)} images).",
         )
         writer.close()
@@ -273,7 +250,7 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
     def __init__(self, validation_data, class_names=None, log_dir="logs",
                  batch_size=32):
         super().__init__()
-        report.require_matplotlib()
+        plots.require_matplotlib()
         _positive_int("batch_size", batch_size)
         self.validation_data = validation_data
         self.class_names = class_names
@@ -296,12 +273,12 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
         for _, labels, probabilities in batches:
             np.add.at(matrix, (labels, probabilities.argmax(-1)), 1)
         accuracy = np.trace(matrix) / max(matrix.sum(), 1)
-        figure = report.confusion_matrix_figure(
+        figure = plots.confusion_matrix_figure(
             matrix, self._names,
             title=f"Epoch {epoch}: accuracy {accuracy:.3f}",
         )
         self._writer.image(
-            "confusion_matrix", report.figure_to_array(figure), epoch,
+            "confusion_matrix", plots.figure_to_array(figure), epoch,
             description="Validation data; rows: true, columns: predicted.",
         )
         self._writer.flush()
@@ -336,7 +313,7 @@ class TopLossesLogger(keras.callbacks.Callback):
     def __init__(self, validation_data, class_names=None, log_dir="logs",
                  num_images=16, batch_size=32):
         super().__init__()
-        report.require_matplotlib()
+        plots.require_matplotlib()
         _positive_int("num_images", num_images)
         _positive_int("batch_size", batch_size)
         self.validation_data = validation_data
@@ -353,42 +330,24 @@ class TopLossesLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._last_epoch = epoch
 
-    def _top_losses(self):
-        heap = []  # (loss, order, image, label, probabilities), smallest first
-        order = 0
-        batches = report.predict_batches(
-            self.model, self.validation_data, self.batch_size
-        )
-        for images, labels, probabilities in batches:
-            true = probabilities[np.arange(len(labels)), labels]
-            losses = -np.log(np.maximum(true, 1e-12))
-            for i in range(len(labels)):
-                item = (float(losses[i]), order, images[i], labels[i],
-                        probabilities[i])
-                order += 1
-                if len(heap) < self.num_images:
-                    heapq.heappush(heap, item)
-                elif item[0] > heap[0][0]:
-                    heapq.heapreplace(heap, item)
-        return sorted(heap, key=lambda item: (-item[0], item[1]))
-
     def on_train_end(self, logs=None):
         if self._last_epoch is None:
             return
-        worst = self._top_losses()
-        if not worst:
+        worst = report.top_losses(
+            self.model, self.validation_data, self.num_images, self.batch_size
+        )
+        if worst is None:
             return
-        losses, _, images, labels, probabilities = zip(*worst, strict=True)
-        figure = report.top_losses_figure(
-            np.stack(images), np.array(labels), np.stack(probabilities),
-            np.array(losses), self._names,
+        images, labels, probabilities, losses = worst
+        figure = plots.top_losses_figure(
+            images, labels, probabilities, losses, self._names
         )
         writer = summaries.EventWriter(
             os.path.join(self.log_dir, "validation_images")
         )
         writer.image(
-            "top_losses", report.figure_to_array(figure), self._last_epoch,
-            description=f"The {len(worst)} validation examples with the "
+            "top_losses", plots.figure_to_array(figure), self._last_epoch,
+            description=f"The {len(images)} validation examples with the "
             "highest loss, worst first.",
         )
         writer.close()
@@ -398,15 +357,19 @@ class HParamsLogger(keras.callbacks.Callback):
     """Records a run's hyperparameters for TensorBoard's HParams dashboard.
 
     Writes one HParams session into `log_dir` itself when training starts;
-    the dashboard shows it against the last value of every scalar under
-    `log_dir` (such as `epoch_accuracy` of `validation`), so that runs side
-    by side under one `tensorboard --logdir` compare in one table.
+    the dashboard shows it against the last value of every scalar in the
+    run directories under `log_dir` (such as `epoch_accuracy` of
+    `validation`). Start TensorBoard on the folder that holds the runs
+    (`tensorboard --logdir runs` for `runs/a/logs`, `runs/b/logs`): the
+    dashboard only pairs metrics with a session below the `--logdir` root,
+    and that is how runs compare, one row each.
 
     Args:
         hparams: a dict of name to `bool`, `int`, `float` or `str` value.
         log_dir: the TensorBoard log directory. Defaults to `"logs"`.
         trial_id: the HParams group name; runs with the same one are shown
-            as repeats. Defaults to `None` (a hash of `hparams`).
+            as repeats of one trial. Defaults to `None` (a hash of
+            `hparams`); `fit_recipe` passes its `run_dir`, one row per run.
 
     Example:
 
@@ -441,15 +404,17 @@ def recipe_callbacks(
     """The dashboard callbacks `fit_recipe` adds to one stage.
 
     `StageLogger` always; `ConfusionMatrixLogger` and `TopLossesLogger`
-    with validation data; `HParamsLogger` and `InputImagesLogger` when
-    `hparams` and `train_data` are given (the first stage).
+    with validation data; `HParamsLogger` (its trial named after the run
+    directory holding `log_dir`) and `InputImagesLogger` when `hparams` and
+    `train_data` are given (the first stage).
 
     Returns:
         A list of `keras.callbacks.Callback`.
     """
     callbacks = [StageLogger(log_dir, stage, stage_number, freeze_plan)]
     if hparams is not None:
-        callbacks.append(HParamsLogger(hparams, log_dir))
+        run_dir = os.path.dirname(os.path.normpath(log_dir)) or None
+        callbacks.append(HParamsLogger(hparams, log_dir, trial_id=run_dir))
     if train_data is not None:
         callbacks.append(InputImagesLogger(train_data, log_dir))
     if validation_data is not None:

@@ -18,7 +18,7 @@ from transfer.callbacks import recipe_callbacks
 from transfer.export import save_model
 from transfer.export import write_json
 from transfer.freeze import set_trainable_blocks
-from transfer.report import require_matplotlib
+from transfer.plots import require_matplotlib
 from transfer.report import write_report
 
 logger = logging.getLogger(__name__)
@@ -221,23 +221,7 @@ def _check_run_dir(run_dir):
             f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
             f"Choose a writable run_dir. Received: run_dir={run_dir!r}"
         ) from e
-    _check_log_dir(run_dir)
-
-
-def _check_log_dir(run_dir):
-    # A run that stopped before its manifest leaves event files behind; a new
-    # run's files in the same directories would mix into the same curves.
-    log_dir = os.path.join(run_dir, "logs")
-    leftovers = summaries.find_event_files(log_dir)
-    if leftovers:
-        raise ValueError(
-            f"'{run_dir}' holds TensorBoard logs of an earlier run that did "
-            f"not finish ({len(leftovers)} event file(s), e.g. "
-            f"'{os.path.relpath(leftovers[0], run_dir)}'); a new run's logs "
-            f"would mix with them. Pass a new run_dir, or delete '{log_dir}'. "
-            f"Received: run_dir={run_dir!r}"
-        )
-    summaries.check_log_dir(log_dir)
+    summaries.check_new_log_dir(os.path.join(run_dir, "logs"), run_dir)
 
 
 def _fit_args(data, batch_size, shuffle):

@@ -43,6 +43,27 @@ def check_log_dir(log_dir):
         ) from e
 
 
+def check_new_log_dir(log_dir, run_dir):
+    """Checks that `log_dir` is writable and holds no earlier run's events.
+
+    A run that stopped before its manifest leaves event files behind; a new
+    run's files in the same directories would mix into the same curves.
+
+    Raises:
+        ValueError: `log_dir` holds event files, or cannot be written to.
+    """
+    leftovers = find_event_files(log_dir)
+    if leftovers:
+        raise ValueError(
+            f"'{run_dir}' holds TensorBoard logs of an earlier run that did "
+            f"not finish ({len(leftovers)} event file(s), e.g. "
+            f"'{os.path.relpath(leftovers[0], run_dir)}'); a new run's logs "
+            f"would mix with them. Pass a new run_dir, or delete '{log_dir}'. "
+            f"Received: run_dir={str(run_dir)!r}"
+        )
+    check_log_dir(log_dir)
+
+
 def find_event_files(log_dir):
     """Paths of the TensorBoard event files under `log_dir`, sorted."""
     found = []
@@ -161,7 +182,7 @@ def _data_batch_size(data, batch_size):
 
 
 def recipe_hparams(model, recipe, train_data, batch_size):
-    """HParams of one `fit_recipe` run: model, data and every stage.
+    """HParams of one `fit_recipe` run: backend, model, data, every stage.
 
     Stages are numbered from 1 (`stage1_epochs`, `stage2_learning_rate`,
     ...) so that runs whose stages are named differently still line up in
@@ -182,6 +203,7 @@ def recipe_hparams(model, recipe, train_data, batch_size):
     metadata = dict(getattr(model, "transfer_metadata", None) or {})
     weights = metadata.get("weights") or {}
     hparams = {
+        "backend": _backend.backend(),
         "backbone": str(metadata.get("backbone") or find_backbone(model).name),
         "weights": str(weights.get("weights") or "none"),
         "weights_source": str(weights.get("source") or "unknown"),
