@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import sys
 
 import keras
 import numpy as np
@@ -283,6 +284,7 @@ def test_confusion_matrix_counts_match_predictions(tmp_path):
 
 
 def test_iterate_batches_kinds_and_errors():
+    from transfer.report import first_images
     from transfer.report import iterate_batches
 
     x, y = transfer.synthetic_images(5, 32, 2)
@@ -297,6 +299,7 @@ def test_iterate_batches_kinds_and_errors():
     for data in ((x, y), Seq(), transfer.make_dataset(x, y, image_size=32, batch_size=3)):
         batches = list(iterate_batches(data, batch_size=3))
         assert [len(b[1]) for b in batches] == [3, 2]
+        assert first_images(data, 2).shape == (2, 32, 32, 3)
     infinite = transfer.make_dataset(x, y, image_size=32, batch_size=3).repeat()
     with pytest.raises(ValueError, match="repeats forever"):
         list(iterate_batches(infinite))
@@ -380,3 +383,11 @@ def test_profiler_elsewhere_logs_one_line(tiny_model, tiny_data, tmp_path, caplo
     ]
     assert not os.path.exists(os.path.join(run_dir, "logs", "train", "plugins"))
     assert os.path.exists(os.path.join(run_dir, "manifest.json"))
+
+
+def test_missing_matplotlib_gives_the_pip_command(monkeypatch, tiny_data):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        tcb.ConfusionMatrixLogger(tiny_data)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        transfer.write_report("unused")

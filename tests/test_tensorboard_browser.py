@@ -10,7 +10,6 @@ backend (tests/test_tensorboard.py checks that).
 """
 
 import json
-import os
 import shutil
 import socket
 import subprocess

@@ -8,7 +8,9 @@ open writers must not share one): `StageLogger` -> `stage`,
 `InputImagesLogger` -> `train_images`, `ConfusionMatrixLogger` and
 `TopLossesLogger` -> `validation_images`, `HParamsLogger` -> `log_dir`.
 Steps are epochs as Keras counts them, so they continue across `fit` calls
-that pass `initial_epoch`. Give every callback the `log_dir` you give
+that pass `initial_epoch` (Keras's own `evaluation_*_vs_iterations` in
+`validation` count optimizer steps instead, which restart with each
+stage's fresh optimizer). Give every callback the `log_dir` you give
 `keras.callbacks.TensorBoard`:
 
 ```python
