@@ -299,7 +299,8 @@ def fit_recipe(
     TensorBoard curves of stage 2 carry on from stage 1. Writes TensorBoard
     logs to `run_dir/logs` (see `transfer.callbacks` for the tags: scalars,
     stages, freeze plans, HParams, input images and, with validation data,
-    confusion matrices and top losses), the best weights to
+    confusion matrices and top losses; compare runs with `tensorboard
+    --logdir` on the folder holding the run directories), the best weights to
     `run_dir/checkpoints/best.weights.h5`, then `run_dir/model.keras`,
     `run_dir/manifest.json` and `run_dir/report/` (`transfer.write_report`).
 
