@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make demo   virtual environment, install, offline weights and data, run the example
 #   make test   install what the tests need, run the suite on TensorFlow, JAX and torch
+#               (the TensorBoard browser test runs where chromium is installed:
+#               `make browser` installs Debian's; without it that test is skipped)
 
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -10,7 +12,7 @@ BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test install weights data lint clean
+.PHONY: demo test test-browser install weights data browser lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,23 @@ data:
 	else \
 	  echo "apt-get not available or not root: the examples will use digits and pyjokes."; \
 	fi
+
+# Debian's chromium for tests/test_tensorboard_browser.py, when apt is there
+# and we are root. Not a dependency of `test`: that test skips without it.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  echo "chromium: installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "Could not install chromium; the browser test will be skipped."; \
+	else \
+	  echo "apt-get not available or not root: install chromium yourself."; \
+	fi
+
+# The browser test alone (TensorFlow backend; the event files are the same on
+# every backend).
+test-browser: install browser
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider -m browser -rs tests
 
 weights: install
 	$(PY) -c "import transfer; transfer.fetch_weights('efficientnet_lite0'); print('efficientnet_lite0 weights ready')"

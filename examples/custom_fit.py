@@ -51,18 +51,27 @@ def main(argv=None):
 
     model = transfer.build_classifier(args.backbone, 10, weights=weights,
                                       image_size=args.image_size)
-    print(transfer.set_trainable_blocks(model, 1))  # head + top block
+    plan = transfer.set_trainable_blocks(model, 1)  # head + top block
+    print(plan)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     output = args.output or tempfile.mkdtemp(prefix="custom_fit-")
+    log_dir = os.path.join(output, "logs")
+    # transfer's TensorBoard callbacks sit beside Keras's, on the same log_dir.
     history = model.fit(
         train, validation_data=test, epochs=args.epochs, verbose=2,
-        callbacks=[StopAtAccuracy(0.99),
-                   keras.callbacks.TensorBoard(os.path.join(output, "logs"))],
+        callbacks=[
+            StopAtAccuracy(0.99),
+            keras.callbacks.TensorBoard(log_dir),
+            transfer.callbacks.StageLogger(log_dir, freeze_plan=plan),
+            transfer.callbacks.ConfusionMatrixLogger(test, data.class_names, log_dir),
+            transfer.callbacks.TopLossesLogger(test, data.class_names, log_dir),
+        ],
     )
+    print(f"TensorBoard: tensorboard --logdir {log_dir}")
     path = os.path.join(output, "model.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)

@@ -184,6 +184,8 @@ def main(argv=None):
         print(f"Stage {s['name']}: val_accuracy {s['val_accuracy']:.4f} "
               f"({s['trainable_params']:,} trainable parameters, {s['seconds']:.0f} s)")
     print(f"Test accuracy (pretrained, {args.backbone}): {test_accuracy:.4f} in {seconds:.0f} s")
+    print(f"Report: {os.path.join(run_dir, 'transfer', 'report')}; dashboards: "
+          f"tensorboard --logdir {run_dir}")
 
     result = {
         "backend": keras.config.backend(),

@@ -1,4 +1,5 @@
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -47,14 +48,27 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "large: needs the network or a big backbone")
     config.addinivalue_line("markers", "requires_backend(*names): backend-only test")
+    config.addinivalue_line(
+        "markers", "browser: drives headless Debian chromium; skipped without it")
+
+
+def chromium_binary():
+    """Path of a chromium executable, or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def pytest_collection_modifyitems(config, items):
     backend = keras.config.backend()
     skip_large = pytest.mark.skip(reason="needs --run_large")
+    skip_browser = pytest.mark.skip(
+        reason="no chromium on PATH; install it with "
+               "`apt-get install chromium` (or `make browser`)")
+    has_browser = chromium_binary() is not None
     for item in items:
         if "large" in item.keywords and not config.getoption("--run_large"):
             item.add_marker(skip_large)
+        if "browser" in item.keywords and not has_browser:
+            item.add_marker(skip_browser)
         marker = item.get_closest_marker("requires_backend")
         if marker is not None and backend not in marker.args:
             item.add_marker(pytest.mark.skip(
@@ -76,3 +90,24 @@ def tiny_data():
 @pytest.fixture
 def tiny_model():
     return transfer.build_classifier("tiny_cnn", 2, weights=None, dropout=0.0)
+
+
+TINY_CLASS_NAMES = ["cat", "dog"]
+TINY_RECIPE = (("head", 1, 1e-2, 0), ("top", 2, 5e-3, 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished two-stage `fit_recipe` run (epochs 0 | 1, 2), shared."""
+    keras.utils.set_random_seed(1337)
+    run_dir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+    model = transfer.build_classifier("tiny_cnn", 2, weights=None, dropout=0.0)
+    data = transfer.synthetic_images(num_samples=16, image_size=32, num_classes=2, seed=0)
+    histories = transfer.fit_recipe(
+        model, [transfer.Stage(*s) for s in TINY_RECIPE], data,
+        validation_data=data, run_dir=run_dir, batch_size=8,
+        class_names=TINY_CLASS_NAMES, verbose=0,
+    )
+    keras.backend.clear_session()
+    return {"run_dir": run_dir, "histories": histories,
+            "class_names": TINY_CLASS_NAMES, "recipe": TINY_RECIPE}

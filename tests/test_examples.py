@@ -80,7 +80,8 @@ def test_custom_fit(tmp_path, lite0_available):
                   "--output", str(tmp_path / "out"), tmp_path=tmp_path)
     assert out["reload_matches"] is True
     assert out["epochs"] == 1
-    assert os.listdir(tmp_path / "out" / "logs")
+    assert {"train", "validation", "stage", "validation_images"} <= set(
+        os.listdir(tmp_path / "out" / "logs"))
 
 
 def test_text_finetune_with_pretraining_and_lora(tmp_path):

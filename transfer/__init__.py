@@ -7,6 +7,7 @@ model.save("flowers.keras")                                            # reload 
 ```
 """
 
+from transfer import callbacks
 from transfer.backbones import applications as _applications  # noqa: F401
 from transfer.backbones import hub as _hub  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
@@ -29,6 +30,7 @@ from transfer.recipe import Recipe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
 from transfer.recipe import two_stage_recipe
+from transfer.report import write_report
 from transfer.weights.download import WeightsUnavailableError
 
 __version__ = "0.1.0"
@@ -41,6 +43,7 @@ __all__ = [
     "WeightsUnavailableError",
     "build_backbone",
     "build_classifier",
+    "callbacks",
     "default_callbacks",
     "fetch_weights",
     "fit_recipe",
@@ -55,4 +58,5 @@ __all__ = [
     "set_trainable_blocks",
     "synthetic_images",
     "two_stage_recipe",
+    "write_report",
 ]

@@ -52,3 +52,49 @@ def clear_memory():
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def supported_profile_batch(profile_batch):
+    """`profile_batch` for `keras.callbacks.TensorBoard` on this backend.
+
+    `transfer` profiles through TensorFlow's profiler, so only the TensorFlow
+    backend profiles. Elsewhere this logs one line and returns `0`
+    (profiling off) instead of failing: Keras raises on torch, and on JAX it
+    needs Python 3.12 and writes traces no other backend can compare with.
+
+    Args:
+        profile_batch: `0` (off), a batch number, or a `(start, stop)` pair of
+            batch numbers, as `keras.callbacks.TensorBoard` takes it.
+
+    Returns:
+        `profile_batch` on TensorFlow, otherwise `0`.
+
+    Raises:
+        ValueError: `profile_batch` is neither a non-negative integer nor a
+            pair of them, on every backend alike.
+    """
+    values = (
+        profile_batch
+        if isinstance(profile_batch, (tuple, list))
+        else (profile_batch,)
+    )
+    if len(values) not in (1, 2) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for v in values
+    ):
+        raise ValueError(
+            "`profile_batch` must be 0 (off), a batch number, or a (start, "
+            f"stop) pair of batch numbers. Received: profile_batch="
+            f"{profile_batch!r}"
+        )
+    if not any(values):
+        return 0
+    if backend() == "tensorflow":
+        return profile_batch
+    logger.warning(
+        "Profiling is only supported on the TensorFlow backend; running "
+        "without it on %s (profile_batch=%r ignored).",
+        backend(),
+        profile_batch,
+    )
+    return 0

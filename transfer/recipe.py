@@ -12,10 +12,14 @@ import keras
 import numpy as np
 
 from transfer import _backend
+from transfer import summaries
 from transfer.callbacks import default_callbacks
+from transfer.callbacks import recipe_callbacks
 from transfer.export import save_model
 from transfer.export import write_json
 from transfer.freeze import set_trainable_blocks
+from transfer.plots import require_matplotlib
+from transfer.report import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +256,7 @@ def _check_run_dir(run_dir):
             f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
             f"Choose a writable run_dir. Received: run_dir={run_dir!r}"
         ) from e
+    summaries.check_new_log_dir(os.path.join(run_dir, "logs"), run_dir)
 
 
 def _text_dataset(items, batch_size, shuffle):
@@ -352,6 +357,7 @@ def fit_recipe(
     callbacks=None,
     class_names=None,
     verbose="auto",
+    profile_batch=0,
 ):
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
@@ -359,9 +365,12 @@ def fit_recipe(
     recompile with a fresh `keras.optimizers.Adam(stage.learning_rate)`, and
     call `model.fit` with `initial_epoch` continuing the epoch count, so the
     TensorBoard curves of stage 2 carry on from stage 1. Writes TensorBoard
-    logs to `run_dir/logs`, the best weights to
-    `run_dir/checkpoints/best.weights.h5`, then `run_dir/model.keras` and
-    `run_dir/manifest.json`.
+    logs to `run_dir/logs` (see `transfer.callbacks` for the tags: scalars,
+    stages, freeze plans, HParams, input images and, with validation data,
+    confusion matrices and top losses; compare runs with `tensorboard
+    --logdir` on the folder holding the run directories), the best weights to
+    `run_dir/checkpoints/best.weights.h5`, then `run_dir/model.keras`,
+    `run_dir/manifest.json` and `run_dir/report/` (`transfer.write_report`).
 
     Args:
         model: a `keras.Model` from `transfer.build_classifier`.
@@ -372,9 +381,12 @@ def fit_recipe(
         run_dir: directory for logs, checkpoints, model and manifest.
         batch_size: batch size for array data. Defaults to `32`.
         callbacks: extra callbacks, added to every stage. Defaults to `None`.
-        class_names: names of the classes, for the manifest.
-            Defaults to `None`.
+        class_names: names of the classes, for the manifest, the confusion
+            matrices and the report. Defaults to `None`.
         verbose: passed to `model.fit`. Defaults to `"auto"`.
+        profile_batch: batch(es) to profile on the TensorFlow backend, as
+            `keras.callbacks.TensorBoard` takes it; other backends log one
+            line and skip it. Defaults to `0` (off).
 
     Returns:
         A list with one `keras.callbacks.History` per stage.
@@ -394,6 +406,8 @@ def fit_recipe(
             f"names were given. Received: class_names={list(class_names)}"
         )
     _backend.require_tensorboard()
+    require_matplotlib()
+    profile_batch = _backend.supported_profile_batch(profile_batch)
 
     log_dir = os.path.join(run_dir, "logs")
     checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
@@ -409,7 +423,8 @@ def fit_recipe(
     offset = 0
     best = None
     started = time.perf_counter()
-    for stage in recipe:
+    hparams = summaries.recipe_hparams(model, recipe, train_data, batch_size)
+    for number, stage in enumerate(recipe, start=1):
         plan = set_trainable_blocks(
             model, stage.trainable_blocks, train_batchnorm=stage.train_batchnorm
         )
@@ -422,9 +437,19 @@ def fit_recipe(
             model,
             keras.optimizers.Adam(stage.learning_rate_for(steps_per_epoch)),
         )
-        stage_callbacks = default_callbacks(
-            log_dir, checkpoint=checkpoint, monitor=monitor, best_so_far=best
-        ) + list(callbacks or [])
+        stage_callbacks = (
+            default_callbacks(
+                log_dir, checkpoint=checkpoint, monitor=monitor,
+                best_so_far=best, profile_batch=profile_batch,
+            )
+            + recipe_callbacks(
+                log_dir, stage=stage, stage_number=number, freeze_plan=plan,
+                validation_data=validation_data, class_names=class_names,
+                train_data=train_data if number == 1 else None,
+                hparams=hparams if number == 1 else None,
+            )
+            + list(callbacks or [])
+        )
         stage_started = time.perf_counter()
         history = model.fit(
             validation_data=validation_data,
@@ -464,7 +489,17 @@ def fit_recipe(
         "seconds": round(time.perf_counter() - started, 2),
         "checkpoint": os.path.relpath(checkpoint, run_dir),
         "model": "model.keras",
+        "logs": "logs",
+        "report": "report",
+        "hparams": hparams,
     }
+    write_report(
+        os.path.join(run_dir, "report"), histories,
+        stage_names=[s.name for s in recipe], model=model,
+        data=validation_data, class_names=class_names,
+    )
+    last_epoch = max([e for h in histories for e in h.epoch] or [0])
+    summaries.write_manifest(log_dir, manifest, step=last_epoch)
     write_json(os.path.join(run_dir, "manifest.json"), manifest)
     write_json(os.path.join(run_dir, "recipe.json"), recipe.get_config())
     logger.info("Saved %s", os.path.join(run_dir, "model.keras"))
