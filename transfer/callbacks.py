@@ -402,13 +402,18 @@ def recipe_callbacks(
     class_names=None,
     train_data=None,
     hparams=None,
+    images=True,
+    classifier=True,
 ):
     """The dashboard callbacks `fit_recipe` adds to one stage.
 
     `StageLogger` always; `ConfusionMatrixLogger` and `TopLossesLogger`
     with validation data; `HParamsLogger` (its trial named after the run
     directory holding `log_dir`) and `InputImagesLogger` when `hparams` and
-    `train_data` are given (the first stage).
+    `train_data` are given (the first stage). Image grids (inputs, top
+    losses) are for image models only (`images=False` for text), and
+    the confusion matrix for classifiers only (`classifier=False` for a
+    masked-LM stage).
 
     Returns:
         A list of `keras.callbacks.Callback`.
@@ -417,13 +422,14 @@ def recipe_callbacks(
     if hparams is not None:
         run_dir = os.path.dirname(os.path.normpath(log_dir)) or None
         callbacks.append(HParamsLogger(hparams, log_dir, trial_id=run_dir))
-    if train_data is not None:
+    if train_data is not None and images:
         callbacks.append(InputImagesLogger(train_data, log_dir))
-    if validation_data is not None:
+    if validation_data is not None and classifier:
         callbacks.append(
             ConfusionMatrixLogger(validation_data, class_names, log_dir)
         )
-        callbacks.append(
-            TopLossesLogger(validation_data, class_names, log_dir)
-        )
+        if images:
+            callbacks.append(
+                TopLossesLogger(validation_data, class_names, log_dir)
+            )
     return callbacks

@@ -417,6 +417,8 @@ def fit_recipe(
     if isinstance(validation_data, tuple) and _is_text(validation_data[0]):
         validation_data = _fit_args(validation_data, batch_size, False)["x"]
 
+    metadata = getattr(model, "transfer_metadata", None) or {}
+    is_image_model = metadata.get("modality", "image") == "image"
     steps_per_epoch = _steps_per_epoch(train_data, batch_size)
     histories = []
     stage_records = []
@@ -447,6 +449,8 @@ def fit_recipe(
                 validation_data=validation_data, class_names=class_names,
                 train_data=train_data if number == 1 else None,
                 hparams=hparams if number == 1 else None,
+                images=is_image_model,
+                classifier=not _is_masked_lm(model),
             )
             + list(callbacks or [])
         )

@@ -207,10 +207,16 @@ def recipe_hparams(model, recipe, train_data, batch_size):
         "backbone": str(metadata.get("backbone") or find_backbone(model).name),
         "weights": str(weights.get("weights") or "none"),
         "weights_source": str(weights.get("source") or "unknown"),
-        "image_size": int(metadata.get("image_size") or model.input_shape[1]),
         "batch_size": _data_batch_size(train_data, batch_size),
         "num_stages": len(recipe),
     }
+    if metadata.get("modality") == "text":
+        hparams["sequence_length"] = int(metadata.get("sequence_length") or 0)
+        hparams["lora_rank"] = int(metadata.get("lora_rank") or 0)
+    else:
+        hparams["image_size"] = int(
+            metadata.get("image_size") or model.input_shape[1]
+        )
     for number, stage in enumerate(recipe, start=1):
         prefix = f"stage{number}_"
         hparams[prefix + "name"] = stage.name
