@@ -65,7 +65,7 @@ weights: install
 demo: install data weights
 	$(PY) examples/image_finetune.py
 
-test: install data
+test: install data browser
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
 	  KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \

@@ -8,6 +8,9 @@ model.save("flowers.keras")                                            # reload 
 """
 
 from transfer import callbacks
+from transfer import masked_lm
+from transfer import text
+from transfer import text_data
 from transfer.backbones import applications as _applications  # noqa: F401
 from transfer.backbones import hub as _hub  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
@@ -31,6 +34,7 @@ from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
 from transfer.recipe import two_stage_recipe
 from transfer.report import write_report
+from transfer.text import build_text_classifier
 from transfer.weights.download import WeightsUnavailableError
 
 __version__ = "0.1.0"
@@ -43,12 +47,14 @@ __all__ = [
     "WeightsUnavailableError",
     "build_backbone",
     "build_classifier",
+    "build_text_classifier",
     "callbacks",
     "default_callbacks",
     "fetch_weights",
     "fit_recipe",
     "get_backbone_spec",
     "list_backbones",
+    "masked_lm",
     "load_dataset",
     "load_image_folder",
     "load_model",
@@ -57,6 +63,8 @@ __all__ = [
     "save_model",
     "set_trainable_blocks",
     "synthetic_images",
+    "text",
+    "text_data",
     "two_stage_recipe",
     "write_report",
 ]
