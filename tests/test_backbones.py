@@ -8,7 +8,7 @@ from transfer.backbones.blocks import assign_blocks
 from transfer.backbones.blocks import infer_blocks
 
 APPLICATIONS = [
-    name for name in transfer.list_backbones()
+    name for name in transfer.list_backbones("image")
     if transfer.get_backbone_spec(name).source == "keras.applications"
 ]
 

@@ -125,7 +125,7 @@ def test_text_classifier_bad_input(tiny_preset):
         text.build_text_classifier(tiny_preset, 1)
     with pytest.raises(ValueError, match="Received: lora_rank=0"):
         text.build_text_classifier(tiny_preset, 2, lora_rank=0)
-    with pytest.raises(ValueError, match="image backbone"):
+    with pytest.raises(ValueError, match="is for image models, but this needs one for text models"):
         text.build_text_classifier("tiny_cnn", 2)
 
 

@@ -79,8 +79,8 @@ def get_backbone_spec(backbone, modality="image"):
         if spec.modality != modality:
             names = [n for n, s in _REGISTRY.items() if s.modality == modality]
             raise ValueError(
-                f"Backbone '{backbone}' is a {spec.modality} backbone; this "
-                f"needs a {modality} one: {sorted(names)}. "
+                f"Backbone '{backbone}' is for {spec.modality} models, but "
+                f"this needs one for {modality} models: {sorted(names)}. "
                 f"Received: backbone={backbone!r}"
             )
         return spec
