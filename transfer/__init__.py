@@ -19,6 +19,7 @@ from transfer.data import load_dataset
 from transfer.data import load_image_folder
 from transfer.data import make_dataset
 from transfer.data import synthetic_images
+from transfer.checkpoints import NonFiniteLossError
 from transfer.export import load_model
 from transfer.export import save_model
 from transfer.freeze import FreezePlan
@@ -26,6 +27,8 @@ from transfer.freeze import set_trainable_blocks
 from transfer.models import build_backbone
 from transfer.models import build_classifier
 from transfer.models import fetch_weights
+from transfer.models import replace_head
+from transfer.lock import RunDirInUseError
 from transfer.recipe import Recipe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
@@ -38,7 +41,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec",
     "FreezePlan",
+    "NonFiniteLossError",
     "Recipe",
+    "RunDirInUseError",
     "Stage",
     "WeightsUnavailableError",
     "build_backbone",
@@ -54,6 +59,7 @@ __all__ = [
     "load_model",
     "make_dataset",
     "register_backbone",
+    "replace_head",
     "save_model",
     "set_trainable_blocks",
     "synthetic_images",

@@ -1,6 +1,7 @@
 """`Stage`, `Recipe`, `two_stage_recipe()` and `fit_recipe()`."""
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -12,12 +13,17 @@ import keras
 import numpy as np
 
 from transfer import _backend
+from transfer import labels
+from transfer import resume
 from transfer import summaries
 from transfer.callbacks import default_callbacks
 from transfer.callbacks import recipe_callbacks
+from transfer.checkpoints import NonFiniteLossError
 from transfer.export import save_model
 from transfer.export import write_json
 from transfer.freeze import set_trainable_blocks
+from transfer.lock import RunDirLock
+from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
 from transfer.report import write_report
 
@@ -238,27 +244,6 @@ def _is_masked_lm(model):
     return isinstance(model, keras_hub.models.MaskedLM)
 
 
-def _check_run_dir(run_dir):
-    if os.path.exists(os.path.join(run_dir, "manifest.json")):
-        raise ValueError(
-            f"'{run_dir}' already holds a finished run (manifest.json). "
-            "Pass a new run_dir so that two runs' logs never mix. "
-            f"Received: run_dir={run_dir!r}"
-        )
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(
-            f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
-            f"Choose a writable run_dir. Received: run_dir={run_dir!r}"
-        ) from e
-    summaries.check_new_log_dir(os.path.join(run_dir, "logs"), run_dir)
-
-
 def _text_dataset(items, batch_size, shuffle):
     """Strings (and labels) as a shuffled, batched `tf.data.Dataset`.
 
@@ -325,27 +310,6 @@ def _steps_per_epoch(data, batch_size):
         return None
 
 
-def _labels(data):
-    if isinstance(data, tuple) and len(data) == 2:
-        return np.asarray(data[1])
-    return None
-
-
-def _check_labels(model, data, what):
-    labels = _labels(data)
-    if labels is None:
-        return
-    num_classes = model.output_shape[-1]
-    bad = (labels < 0) | (labels >= num_classes)
-    if np.any(bad):
-        raise ValueError(
-            f"{what} labels must be in [0, {num_classes}) for a "
-            f"{num_classes}-class model; {int(bad.sum())} are not (first: "
-            f"{labels[bad][0]!r}). Received: labels in "
-            f"[{labels.min()}, {labels.max()}]"
-        )
-
-
 def fit_recipe(
     model,
     recipe,
@@ -372,6 +336,17 @@ def fit_recipe(
     `run_dir/checkpoints/best.weights.h5`, then `run_dir/model.keras`,
     `run_dir/manifest.json` and `run_dir/report/` (`transfer.write_report`).
 
+    A crash loses at most the epoch in progress: model and optimizer are
+    backed up at every epoch end in `run_dir/checkpoints/<stage>/`
+    (`transfer.resume`). Rerun the same command and the run resumes:
+    finished stages are not retrained, the interrupted one continues from
+    its last finished epoch with its optimizer state, and later stages run.
+    A finished run (`manifest.json`) is never reused, and a second process
+    pointed at a run directory in use is refused (`RunDirInUseError`).
+    Labels outside `[0, num_classes)` are refused on every backend. A NaN or
+    Inf loss stops the run with `NonFiniteLossError`, the model holding the
+    last good weights; NaN weights are never saved.
+
     Args:
         model: a `keras.Model` from `transfer.build_classifier`.
         recipe: a `Recipe` or a list of `Stage`s.
@@ -382,36 +357,78 @@ def fit_recipe(
         batch_size: batch size for array data. Defaults to `32`.
         callbacks: extra callbacks, added to every stage. Defaults to `None`.
         class_names: names of the classes, for the manifest, the confusion
-            matrices and the report. Defaults to `None`.
+            matrices and the report; they must match the head's classes of a
+            model trained before (see `transfer.replace_head`). Defaults to
+            `None`: the `class_names` of `train_data`, else the head's.
         verbose: passed to `model.fit`. Defaults to `"auto"`.
         profile_batch: batch(es) to profile on the TensorFlow backend, as
             `keras.callbacks.TensorBoard` takes it; other backends log one
             line and skip it. Defaults to `0` (off).
 
     Returns:
-        A list with one `keras.callbacks.History` per stage.
+        A list with one `keras.callbacks.History` per stage (for a resumed
+        run, every epoch of the stage, across attempts).
+
+    Raises:
+        ValueError: bad arguments or data, a finished `run_dir`, or an
+            unfinished one of another recipe; raised before training.
+        RunDirInUseError: another live process trains into `run_dir`.
+        NonFiniteLossError: the loss became NaN or Inf.
+
+    Example:
+
+    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> x, y = transfer.synthetic_images(16, 32, 2)
+    >>> histories = transfer.fit_recipe(
+    ...     model, [transfer.Stage("head", 1, 1e-3)], (x, y), run_dir="runs/a")
     """
     if not isinstance(recipe, Recipe):
         recipe = Recipe(tuple(recipe))
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
-    _check_run_dir(run_dir)
-    _check_labels(model, train_data, "Training")
-    if validation_data is not None:
-        _check_labels(model, validation_data, "Validation")
+    class_names = check_head_classes(model, class_names, train_data)
     num_classes = model.output_shape[-1]
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(
             f"The model has {num_classes} outputs but {len(class_names)} class "
             f"names were given. Received: class_names={list(class_names)}"
         )
+    preflight = getattr(train_data, "transfer_preflight", None)
+    resume.check_run_dir(run_dir)
+    if not _is_masked_lm(model):
+        train_data = labels.check_labels(train_data, num_classes, "Training")
+        if validation_data is not None:
+            validation_data = labels.check_labels(
+                validation_data, num_classes, "Validation"
+            )
     _backend.require_tensorboard()
     require_matplotlib()
     profile_batch = _backend.supported_profile_batch(profile_batch)
+    with RunDirLock(run_dir):
+        run = resume.RunState.open(
+            run_dir, model, recipe, batch_size=batch_size,
+            class_names=class_names,
+        )
+        return _fit_stages(
+            model, recipe, run, train_data, validation_data,
+            batch_size=batch_size, callbacks=callbacks,
+            class_names=class_names, verbose=verbose,
+            profile_batch=profile_batch, preflight=preflight,
+        )
 
+
+def _best(monitor, states):
+    seen = [v for s in states for v in s.state["history"].get(monitor, [])]
+    return max(seen) if seen else None
+
+
+def _fit_stages(model, recipe, run, train_data, validation_data, *,
+                batch_size, callbacks, class_names, verbose, profile_batch,
+                preflight):
+    """The stage loop of `fit_recipe`, holding the run directory's lock."""
+    run_dir = run.run_dir
     log_dir = os.path.join(run_dir, "logs")
     checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
-    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
     monitor = "val_accuracy" if validation_data is not None else "accuracy"
     fit_args = _fit_args(train_data, batch_size, shuffle=True)
     if isinstance(validation_data, tuple) and _is_text(validation_data[0]):
@@ -422,81 +439,156 @@ def fit_recipe(
     steps_per_epoch = _steps_per_epoch(train_data, batch_size)
     histories = []
     stage_records = []
+    states = []
     offset = 0
-    best = None
+    previous = None  # the last finished stage
+    # Whether the model in memory holds the weights the next stage starts
+    # from; a resumed run loads them from the run directory.
+    in_memory = not run.resumed
     started = time.perf_counter()
     hparams = summaries.recipe_hparams(model, recipe, train_data, batch_size)
     for number, stage in enumerate(recipe, start=1):
+        state = run.stage(number - 1, stage)
+        states.append(state)
+        if state.done:
+            logger.info(
+                "Stage '%s' finished in an earlier attempt; not retraining it.",
+                stage.name,
+            )
+            histories.append(state.history(model))
+            stage_records.append(state.record)
+            offset += stage.epochs
+            previous = state
+            continue
+        start = (
+            functools.partial(previous.restore, optimizer=False)
+            if previous is not None else run.restore_initial
+        )
         plan = set_trainable_blocks(
             model, stage.trainable_blocks, train_batchnorm=stage.train_batchnorm
-        )
-        logger.info(
-            "Stage '%s': %d epochs at lr %g, %s trainable parameters",
-            stage.name, stage.epochs, stage.learning_rate,
-            f"{plan.trainable_params:,}",
         )
         _compile(
             model,
             keras.optimizers.Adam(stage.learning_rate_for(steps_per_epoch)),
         )
+        resumed_epoch = state.restore(model)
+        if resumed_epoch is None and not in_memory:
+            start(model)
+        in_memory = True
+        first = offset if resumed_epoch is None else resumed_epoch + 1
+        end = offset + stage.epochs
+        logger.info(
+            "Stage '%s': epochs %d to %d at lr %g, %s trainable parameters%s",
+            stage.name, first, end - 1, stage.learning_rate,
+            f"{plan.trainable_params:,}",
+            f" (resumed after epoch {resumed_epoch})"
+            if resumed_epoch is not None else "",
+        )
+        fresh = first == 0 and number == 1
         stage_callbacks = (
-            default_callbacks(
+            [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
+            + default_callbacks(
                 log_dir, checkpoint=checkpoint, monitor=monitor,
-                best_so_far=best, profile_batch=profile_batch,
+                best_so_far=_best(monitor, states), profile_batch=profile_batch,
             )
             + recipe_callbacks(
                 log_dir, stage=stage, stage_number=number, freeze_plan=plan,
                 validation_data=validation_data, class_names=class_names,
-                train_data=train_data if number == 1 else None,
-                hparams=hparams if number == 1 else None,
+                train_data=train_data if fresh else None,
+                hparams=hparams if fresh else None,
                 images=is_image_model,
                 classifier=not _is_masked_lm(model),
             )
             + list(callbacks or [])
         )
-        stage_started = time.perf_counter()
-        history = model.fit(
-            validation_data=validation_data,
-            initial_epoch=offset,
-            epochs=offset + stage.epochs,
-            callbacks=stage_callbacks,
-            verbose=verbose,
-            **fit_args,
-        )
-        offset += stage.epochs
+        if first < end:
+            try:
+                model.fit(
+                    validation_data=validation_data,
+                    initial_epoch=first,
+                    epochs=end,
+                    callbacks=stage_callbacks,
+                    verbose=verbose,
+                    **fit_args,
+                )
+            except Exception as e:
+                labels.raise_for_label_error(e)
+                raise
+        _check_finite(model, stage, state, start)
+        offset = end
+        history = state.history(model)
         histories.append(history)
-        seen = history.history.get(monitor) or []
-        if seen:
-            best = max([best] + seen) if best is not None else max(seen)
         final = {k: float(v[-1]) for k, v in history.history.items() if v}
-        stage_records.append(
-            {
-                **stage.get_config(),
-                "trainable_params": plan.trainable_params,
-                "seconds": round(time.perf_counter() - stage_started, 2),
-                "metrics": final,
-                "plan": plan.to_dict(),
-            }
-        )
+        record = {
+            **stage.get_config(),
+            "trainable_params": plan.trainable_params,
+            "seconds": state.state["seconds"],
+            "metrics": final,
+            "plan": plan.to_dict(),
+            "resumed_after_epoch": resumed_epoch,
+        }
+        state.mark_done(record)
+        stage_records.append(record)
+        previous = state
         logger.info("Stage '%s' done: %s", stage.name, final)
+    if not in_memory:  # every stage had finished in earlier attempts
+        previous.restore(model, optimizer=False)
+    _finish(model, recipe, run, histories, stage_records, hparams,
+            validation_data=validation_data, class_names=class_names,
+            batch_size=batch_size, preflight=preflight,
+            seconds=time.perf_counter() - started)
+    return histories
 
+
+def _check_finite(model, stage, state, start):
+    """Raises `NonFiniteLossError` after a NaN/Inf epoch, first restoring
+    the last good backup (or the stage's starting weights) into `model`."""
+    losses = state.state["history"].get("loss", [])
+    if state.non_finite is None and all(np.isfinite(losses)):
+        return
+    bad = state.non_finite or {"epoch": None, "loss": float("nan")}
+    restored = state.restore(model)
+    if restored is None:
+        start(model)
+    where = (
+        f"after epoch {restored}" if restored is not None
+        else "from the start of the stage"
+    )
+    raise NonFiniteLossError(
+        f"Stage '{stage.name}' stopped at epoch {bad['epoch']}: the training "
+        f"loss became {bad['loss']}. Non-finite weights were not saved; the "
+        f"model holds the last good weights ({where}), and so does "
+        f"'{state.directory}'. Lower the stage's learning_rate or check the "
+        "data for NaN/Inf values, then train into a new run_dir. "
+        f"Received: loss={bad['loss']}"
+    )
+
+
+def _finish(model, recipe, run, histories, stage_records, hparams, *,
+            validation_data, class_names, batch_size, preflight, seconds):
+    """Writes model.keras, the report and, last, manifest.json."""
+    run_dir = run.run_dir
+    log_dir = os.path.join(run_dir, "logs")
     save_model(model, os.path.join(run_dir, "model.keras"))
     metadata = dict(getattr(model, "transfer_metadata", {}) or {})
+    metadata["class_names"] = list(class_names) if class_names else None
     manifest = {
         "backend": _backend.backend(),
         "versions": _backend.framework_versions(),
         **metadata,
-        "class_names": list(class_names) if class_names is not None else None,
         "batch_size": batch_size,
         "recipe": recipe.get_config(),
         "stages": stage_records,
-        "seconds": round(time.perf_counter() - started, 2),
-        "checkpoint": os.path.relpath(checkpoint, run_dir),
+        "seconds": round(seconds, 2),
+        "attempts": run.data["attempts"],
+        "checkpoint": os.path.join("checkpoints", "best.weights.h5"),
         "model": "model.keras",
         "logs": "logs",
         "report": "report",
         "hparams": hparams,
     }
+    if preflight is not None:
+        manifest["data"] = preflight.to_dict()
     write_report(
         os.path.join(run_dir, "report"), histories,
         stage_names=[s.name for s in recipe], model=model,
@@ -504,10 +596,10 @@ def fit_recipe(
     )
     last_epoch = max([e for h in histories for e in h.epoch] or [0])
     summaries.write_manifest(log_dir, manifest, step=last_epoch)
-    write_json(os.path.join(run_dir, "manifest.json"), manifest)
     write_json(os.path.join(run_dir, "recipe.json"), recipe.get_config())
+    write_json(os.path.join(run_dir, "manifest.json"), manifest)
+    model.transfer_metadata = metadata
     logger.info("Saved %s", os.path.join(run_dir, "model.keras"))
-    return histories
 
 
 def load_recipe(path):
