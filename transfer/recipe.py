@@ -546,7 +546,9 @@ def _check_finite(model, stage, state, start):
     losses = state.state["history"].get("loss", [])
     if state.non_finite is None and all(np.isfinite(losses)):
         return
-    bad = state.non_finite or {"epoch": None, "loss": float("nan")}
+    bad = state.non_finite or {
+        "epoch": state.last_epoch, "loss": losses[-1], "what": "loss"
+    }
     restored = state.restore(model)
     if restored is None:
         start(model)
@@ -554,12 +556,16 @@ def _check_finite(model, stage, state, start):
         f"after epoch {restored}" if restored is not None
         else "from the start of the stage"
     )
+    problem = (
+        f"the training loss became {bad['loss']}" if bad["what"] == "loss"
+        else f"the weights became NaN or Inf (training loss {bad['loss']})"
+    )
     raise NonFiniteLossError(
-        f"Stage '{stage.name}' stopped at epoch {bad['epoch']}: the training "
-        f"loss became {bad['loss']}. Non-finite weights were not saved; the "
-        f"model holds the last good weights ({where}), and so does "
-        f"'{state.directory}'. Lower the stage's learning_rate or check the "
-        "data for NaN/Inf values, then train into a new run_dir. "
+        f"Stage '{stage.name}' stopped at epoch {bad['epoch']}: {problem}. "
+        "Non-finite weights were not saved; the model holds the last good "
+        f"weights ({where}), and so does '{state.directory}'. Lower the "
+        "stage's learning_rate or check the data for NaN/Inf values, then "
+        "train into a new run_dir. "
         f"Received: loss={bad['loss']}"
     )
 

@@ -173,13 +173,15 @@ class StageState:
         not finite; then updates and saves the state."""
         self.non_finite = None
         if not finite_logs(logs):
-            self.non_finite = {"epoch": epoch, "loss": logs.get("loss")}
+            self.non_finite = {"epoch": epoch, "loss": logs.get("loss"),
+                               "what": "loss"}
             return False
         name = f"epoch-{epoch:04d}.npz"
         path = os.path.join(self.directory, name)
         digest = write_checkpoint(path, model, optimizer=True)
         if digest is None:
-            self.non_finite = {"epoch": epoch, "loss": logs.get("loss")}
+            self.non_finite = {"epoch": epoch, "loss": logs.get("loss"),
+                               "what": "weights"}
             return False
         state = self.state
         state["epochs"] = [e for e in state["epochs"] if e < epoch] + [epoch]
@@ -269,6 +271,9 @@ class StageBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
         if not self.stage_state.record_epoch(self.model, epoch, logs or {}, seconds):
+            # The loss can stay finite while the weights are not (on JAX,
+            # NaN inputs pass ReLU as 0), which TerminateOnNaN misses.
+            self.model.stop_training = True
             logger.warning(
                 "Epoch %d of stage '%s': loss or weights are NaN or Inf "
                 "(loss %s); no backup written, the last good one stays.",
