@@ -110,7 +110,7 @@ def test_resume_after_crash_matches_uninterrupted_run(
     # Stage 'head' is epochs 0-1, 'top' 2-4: only the unfinished epochs ran.
     assert epochs.seen == list(range(crash_epoch, 5))
     assert [h.epoch for h in histories] == [[0, 1], [2, 3, 4]]
-    for got, want in zip(histories, reference["histories"]):
+    for got, want in zip(histories, reference["histories"], strict=True):
         assert set(got.history) == set(want)
         for key in want:
             np.testing.assert_allclose(got.history[key], want[key], atol=1e-4)
@@ -150,7 +150,7 @@ def test_resume_restores_the_optimizer_state(tmp_path):
 
     _fit(run_dir, [Capture()])
     assert len(saved["optimizer"]) == len(restored["optimizer"]) > 2
-    for a, b in zip(saved["optimizer"], restored["optimizer"]):
+    for a, b in zip(saved["optimizer"], restored["optimizer"], strict=True):
         np.testing.assert_array_equal(a, b)
     # Adam's step count came back: one epoch of two batches in stage 'top'.
     assert int(restored["optimizer"][0]) == 2

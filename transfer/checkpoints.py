@@ -74,7 +74,7 @@ def _check_shapes(what, path, variables, arrays):
             f"model has {len(variables)}: it belongs to another model. "
             f"Received: {len(arrays)} arrays"
         )
-    for variable, array in zip(variables, arrays):
+    for variable, array in zip(variables, arrays, strict=True):
         if tuple(variable.shape) != tuple(array.shape):
             raise ValueError(
                 f"Checkpoint '{path}' does not fit the model: {what} "
@@ -112,10 +112,10 @@ def read_checkpoint(path, model, *, optimizer=True):
         _check_shapes(
             "optimizer variable", path, model.optimizer.variables, slots
         )
-    for variable, array in zip(model.weights, weights):
+    for variable, array in zip(model.weights, weights, strict=True):
         variable.assign(array)
     if restore_optimizer:
-        for variable, array in zip(model.optimizer.variables, slots):
+        for variable, array in zip(model.optimizer.variables, slots, strict=True):
             variable.assign(array)
 
 

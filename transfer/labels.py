@@ -17,9 +17,8 @@ Other iterables pass unchecked. One-hot labels (last axis of size
 `num_classes`) are not class indices and are left alone.
 """
 
-import numpy as np
-
 import keras
+import numpy as np
 
 _MARKER = "transfer-label-check"
 
