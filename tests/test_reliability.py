@@ -554,9 +554,11 @@ def test_only_own_backups_are_deleted(tmp_path):
     _fit(run_dir)
     assert (stage_dir / "epoch-notes.txt").read_text() == "mine"
     assert (run_dir / "checkpoints" / "readme.md").read_text() == "mine"
+    # A finished run keeps each stage's final backup only.
     assert sorted(n for n in os.listdir(stage_dir) if n.endswith(".npz")) == [
-        "epoch-0003.npz", "epoch-0004.npz"
+        "epoch-0004.npz"
     ]
+    assert not (run_dir / "checkpoints" / "initial.npz").exists()
 
 
 def test_resume_state_of_another_run_is_ignored(tmp_path):

@@ -6,9 +6,11 @@
 run.json                run id, recipe, batch size, class names, model
                         fingerprint, number of attempts
 initial.npz             the model's weights when the run first started
+                        (removed when the run finishes)
 <stage>/state.json      epochs done with their logs, the last two backups
                         (with sha256), the best metric, and "done"
 <stage>/epoch-0004.npz  model weights and optimizer variables after an epoch
+                        (the last two; a finished run keeps the last)
 best.weights.h5         the best weights so far (AtomicModelCheckpoint)
 ```
 
@@ -241,6 +243,11 @@ class StageState:
             history.set_model(model)
         return history
 
+    def keep_latest_only(self):
+        self.state["backups"] = self.state["backups"][:1]
+        self._save()
+        self._prune()
+
     def mark_done(self, record):
         self.state["done"] = True
         self.state["record"] = record
@@ -363,3 +370,12 @@ class RunState:
     def restore_initial(self, model):
         """Loads the weights the run started with (no optimizer state)."""
         read_checkpoint(self.initial_path, model, optimizer=False)
+
+    def finish(self):
+        """Trims a finished run's backups: once `manifest.json` exists the
+        run is never resumed, so each stage keeps only its final backup (its
+        weights at the end of the stage), and `initial.npz` goes."""
+        for state in self._stages.values():
+            state.keep_latest_only()
+        if os.path.exists(self.initial_path):
+            os.remove(self.initial_path)

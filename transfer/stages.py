@@ -322,5 +322,6 @@ def _finish(model, recipe, run, histories, stage_records, hparams, *,
     summaries.write_manifest(log_dir, manifest, step=last_epoch)
     write_json(os.path.join(run_dir, "recipe.json"), recipe.get_config())
     write_json(os.path.join(run_dir, "manifest.json"), manifest)
+    run.finish()
     model.transfer_metadata = metadata
     logger.info("Saved %s", os.path.join(run_dir, "model.keras"))
