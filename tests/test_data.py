@@ -6,8 +6,8 @@ import transfer
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path / "cache"))
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 def _write_images(root, classes, per_class=3, size=20):

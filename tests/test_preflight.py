@@ -16,8 +16,8 @@ from transfer import preflight
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path / "cache"))
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 def _image(path, mode="RGB", size=(20, 20), value=None, fmt=None):
