@@ -5,6 +5,11 @@ from PIL import Image
 import transfer
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 def _write_images(root, classes, per_class=3, size=20):
     rng = np.random.default_rng(0)
     for c in classes:

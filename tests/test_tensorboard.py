@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 
 import keras
@@ -336,18 +337,43 @@ def test_unfinished_run_logs_are_never_mixed(tiny_model, tiny_data, tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             raise RuntimeError("killed mid-run")
 
-    run_dir = str(tmp_path / "run")
+    def crashed_run(run_dir):
+        with pytest.raises(RuntimeError, match="killed mid-run"):
+            transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=run_dir,
+                                callbacks=[Crash()], verbose=0)
+        assert not os.path.exists(os.path.join(run_dir, "manifest.json"))
+        event_files = transfer.summaries.find_event_files(os.path.join(run_dir, "logs"))
+        assert event_files
+        return event_files
+
     recipe = [transfer.Stage("h", 1, 1e-3)]
-    with pytest.raises(RuntimeError, match="killed mid-run"):
-        transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=run_dir,
-                            callbacks=[Crash()], verbose=0)
-    assert not os.path.exists(os.path.join(run_dir, "manifest.json"))
-    event_files = transfer.summaries.find_event_files(os.path.join(run_dir, "logs"))
-    assert event_files
+    # Another run's leftover logs, with no resume state: refused, untouched.
+    foreign = str(tmp_path / "foreign")
+    crashed_run(foreign)
+    shutil.rmtree(os.path.join(foreign, "checkpoints"))
+    leftovers = transfer.summaries.find_event_files(os.path.join(foreign, "logs"))
     with pytest.raises(ValueError, match=r"holds TensorBoard logs of an earlier run.*events\.out\.tfevents.*Received: run_dir="):
+        transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=foreign, verbose=0)
+    assert transfer.summaries.find_event_files(os.path.join(foreign, "logs")) == leftovers
+
+    # A resumable run whose logs were written by another run: refused too.
+    run_dir = str(tmp_path / "run")
+    event_files = crashed_run(run_dir)
+    owner = os.path.join(run_dir, "logs", ".transfer-run")
+    mine = open(owner).read()
+    with open(owner, "w") as f:
+        f.write("another-run")
+    with pytest.raises(ValueError, match=r"were not written by that run.*Received: run_dir="):
         transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=run_dir, verbose=0)
-    # Nothing was added to the old run's logs.
     assert transfer.summaries.find_event_files(os.path.join(run_dir, "logs")) == event_files
+
+    # Its own logs: the rerun resumes and continues them.
+    with open(owner, "w") as f:
+        f.write(mine)
+    transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=run_dir, verbose=0)
+    assert os.path.exists(os.path.join(run_dir, "manifest.json"))
+    after = transfer.summaries.find_event_files(os.path.join(run_dir, "logs"))
+    assert set(event_files) <= set(after)
 
 
 def test_log_dir_that_is_not_writable(tiny_model, tiny_data, tmp_path):

@@ -11,6 +11,7 @@ from transfer import callbacks
 from transfer import masked_lm
 from transfer import text
 from transfer import text_data
+from transfer import preflight
 from transfer.backbones import applications as _applications  # noqa: F401
 from transfer.backbones import hub as _hub  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
@@ -18,6 +19,7 @@ from transfer.backbones.registry import list_backbones
 from transfer.backbones.registry import register_backbone
 from transfer.backbones.spec import BackboneSpec
 from transfer.callbacks import default_callbacks
+from transfer.checkpoints import NonFiniteLossError
 from transfer.data import load_dataset
 from transfer.data import load_image_folder
 from transfer.data import make_dataset
@@ -26,9 +28,12 @@ from transfer.export import load_model
 from transfer.export import save_model
 from transfer.freeze import FreezePlan
 from transfer.freeze import set_trainable_blocks
+from transfer.image_csv import load_image_csv
+from transfer.lock import RunDirInUseError
 from transfer.models import build_backbone
 from transfer.models import build_classifier
 from transfer.models import fetch_weights
+from transfer.models import replace_head
 from transfer.recipe import Recipe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
@@ -42,7 +47,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec",
     "FreezePlan",
+    "NonFiniteLossError",
     "Recipe",
+    "RunDirInUseError",
     "Stage",
     "WeightsUnavailableError",
     "build_backbone",
@@ -56,10 +63,13 @@ __all__ = [
     "list_backbones",
     "masked_lm",
     "load_dataset",
+    "load_image_csv",
     "load_image_folder",
     "load_model",
+    "preflight",
     "make_dataset",
     "register_backbone",
+    "replace_head",
     "save_model",
     "set_trainable_blocks",
     "synthetic_images",

@@ -33,6 +33,7 @@ from transfer import _backend
 from transfer import plots
 from transfer import report
 from transfer import summaries
+from transfer.checkpoints import AtomicModelCheckpoint
 
 
 def default_callbacks(
@@ -44,6 +45,10 @@ def default_callbacks(
     profile_batch=0,
 ):
     """TensorBoard logging, plus a best-weights checkpoint when asked.
+
+    The checkpoint is an `AtomicModelCheckpoint` (a
+    `keras.callbacks.ModelCheckpoint` that writes through a temporary file
+    and skips epochs with NaN or Inf loss or weights).
 
     `keras.callbacks.TensorBoard` writes per-epoch scalars, the learning
     rate included. Its graph is off (it exists on TensorFlow only, and
@@ -82,7 +87,7 @@ def default_callbacks(
     ]
     if checkpoint is not None:
         callbacks.append(
-            keras.callbacks.ModelCheckpoint(
+            AtomicModelCheckpoint(
                 checkpoint,
                 monitor=monitor,
                 mode="max",

@@ -14,9 +14,10 @@ import shutil
 import keras
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from transfer import preflight
+from transfer.preflight import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+logger = logging.getLogger(__name__)
 FASHION_MNIST_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
@@ -61,11 +62,19 @@ def load_image_folder(
     batch_size=32,
     validation_split=0.2,
     seed=1337,
+    skip_bad_files=False,
+    verbose=1,
 ):
     """Reads a folder with one subfolder of images per class.
 
     Uses `keras.utils.image_dataset_from_directory` with a seeded split, after
-    checking the layout so that a wrong path fails before any training.
+    checking the layout and decoding every image once
+    (`transfer.preflight.check_images`, cached), so that a wrong path or a
+    bad file fails before any training. Grayscale, RGBA, CMYK and 16-bit
+    images become RGB; bad files are an error listing them, or are left out
+    with `skip_bad_files=True`. The returned datasets carry `class_names`
+    and `transfer_preflight` (the `PreflightReport`, which `fit_recipe`
+    writes into the manifest).
 
     Args:
         directory: the root folder; class names are its subfolder names.
@@ -74,13 +83,24 @@ def load_image_folder(
         validation_split: fraction held out for validation, or `0` for none.
             Defaults to `0.2`.
         seed: seed of the split and shuffling. Defaults to `1337`.
+        skip_bad_files: leave out empty, truncated and non-image files
+            instead of raising. Defaults to `False`.
+        verbose: `1` shows the preflight progress bar. Defaults to `1`.
 
     Returns:
         `(train_ds, val_ds, class_names)`; `val_ds` is `None` without split.
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: no images, fewer than two classes, or an empty class.
+        ValueError: no images, fewer than two classes, an empty class, or
+            bad image files (unless `skip_bad_files`).
+
+    Example:
+
+    >>> train, val, names = transfer.load_image_folder(
+    ...     "flowers/", image_size=224, skip_bad_files=True)
+    >>> train.transfer_preflight.to_dict()["skipped"]
+    2
     """
     counts = _class_folders(directory)
     total = sum(counts.values())
@@ -101,6 +121,10 @@ def load_image_folder(
             f"'{directory}' has {len(counts)} class folder(s) "
             f"({sorted(counts)}); classification needs at least two."
         )
+    report = preflight.check_images(
+        directory, skip_bad_files=skip_bad_files, verbose=verbose
+    )
+    source = preflight.usable_directory(report, list(counts))
     kwargs = dict(
         labels="inferred",
         label_mode="int",
@@ -111,10 +135,10 @@ def load_image_folder(
     )
     if validation_split:
         train, val = keras.utils.image_dataset_from_directory(
-            directory, validation_split=validation_split, subset="both", **kwargs
+            source, validation_split=validation_split, subset="both", **kwargs
         )
     else:
-        train = keras.utils.image_dataset_from_directory(directory, **kwargs)
+        train = keras.utils.image_dataset_from_directory(source, **kwargs)
         val = None
     class_names = list(train.class_names)
     import tensorflow as tf
@@ -122,6 +146,10 @@ def load_image_folder(
     autotune = tf.data.AUTOTUNE
     train = train.prefetch(autotune)
     val = val.prefetch(autotune) if val is not None else None
+    for dataset in (train, val):
+        if dataset is not None:
+            dataset.class_names = class_names
+            dataset.transfer_preflight = report
     return train, val, class_names
 
 

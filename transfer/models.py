@@ -166,3 +166,96 @@ def fetch_weights(backbone):
     else:
         build_backbone(spec, weights="imagenet")
     return spec.name
+
+
+def replace_head(model, num_classes, *, activation=None):
+    """A new classifier: `model`'s layers up to its head, then a new head.
+
+    Use it to fine-tune a trained classifier on other classes: the
+    `predictions` layer is replaced by a freshly initialized `Dense` with
+    `num_classes` outputs, and the model forgets the class names it was
+    trained for, so `fit_recipe` accepts the new data's classes. Every other
+    layer (and its weights) is shared with `model`.
+
+    Args:
+        model: a classifier from `transfer.build_classifier` or
+            `transfer.load_model`, with a layer named `predictions`.
+        num_classes: number of classes of the new head, at least 2.
+        activation: activation of the new `predictions` layer; `None`
+            outputs logits. Defaults to `None`.
+
+    Returns:
+        A new functional `keras.Model`.
+
+    Raises:
+        ValueError: `model` has no `predictions` layer, or `num_classes` is
+            not an integer of at least 2.
+
+    Example:
+
+    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> transfer.replace_head(model, 5).output_shape
+    (None, 5)
+    """
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or num_classes < 2
+    ):
+        raise ValueError(
+            "`num_classes` must be an integer of at least 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    try:
+        old = model.get_layer("predictions")
+    except ValueError as e:
+        raise ValueError(
+            "replace_head needs a classifier whose head layer is named "
+            "'predictions', as transfer.build_classifier makes them. "
+            f"Received: model={model.name!r}"
+        ) from e
+    outputs = keras.layers.Dense(
+        num_classes, activation=activation, name="predictions", dtype="float32"
+    )(old.input)
+    new = keras.Model(model.inputs, outputs, name=model.name)
+    metadata = dict(getattr(model, "transfer_metadata", None) or {})
+    metadata.pop("class_names", None)
+    metadata["num_classes"] = num_classes
+    new.transfer_metadata = metadata
+    return new
+
+
+def check_head_classes(model, class_names, train_data=None):
+    """The class names to train with, checked against the model's head.
+
+    The data's class names are `class_names`, or else the `class_names`
+    attribute of `train_data` (as `load_image_folder` and
+    `keras.utils.image_dataset_from_directory` set it). A model trained by
+    `fit_recipe` (or loaded with its manifest by `transfer.load_model`)
+    knows its head's class names; if they differ from the data's, in names
+    or in order, this raises.
+
+    Returns:
+        The data's class names, else the head's, else `None`.
+
+    Raises:
+        ValueError: the head's classes differ from the data's.
+    """
+    data_names = class_names
+    if data_names is None:
+        data_names = getattr(train_data, "class_names", None)
+    metadata = getattr(model, "transfer_metadata", None) or {}
+    head_names = metadata.get("class_names")
+    if data_names is None:
+        return list(head_names) if head_names is not None else None
+    data_names = [str(n) for n in data_names]
+    if head_names is not None and list(map(str, head_names)) != data_names:
+        raise ValueError(
+            f"The model's head was trained for the classes {list(head_names)}"
+            f", but the data's classes are {data_names}: the outputs would "
+            "mean other classes. Train a new head for these classes with "
+            "`model = transfer.replace_head(model, num_classes="
+            f"{len(data_names)})`, or pass data with the head's classes in "
+            f"that order. Received: class_names={data_names}"
+        )
+    return data_names

@@ -3,23 +3,18 @@
 import dataclasses
 import json
 import logging
-import os
-import time
 from typing import Tuple
 from typing import Union
 
 import keras
-import numpy as np
 
 from transfer import _backend
-from transfer import summaries
-from transfer.callbacks import default_callbacks
-from transfer.callbacks import recipe_callbacks
-from transfer.export import save_model
-from transfer.export import write_json
-from transfer.freeze import set_trainable_blocks
+from transfer import labels
+from transfer import resume
+from transfer import stages
+from transfer.lock import RunDirLock
+from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
-from transfer.report import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -202,150 +197,6 @@ def two_stage_recipe(
     )
 
 
-def _is_logits(model):
-    """Whether the model's output layer has no activation (logits)."""
-    activation = getattr(model.layers[-1], "activation", None)
-    return activation is None or getattr(activation, "__name__", "") == "linear"
-
-
-def _compile(model, optimizer):
-    """Compiles for classification, or masked-LM with masked-token metrics."""
-    if _is_masked_lm(model):
-        # Unmasked positions carry zero sample weight: accuracy must be a
-        # weighted metric to count masked tokens only.
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            weighted_metrics=[
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-            ],
-        )
-        return
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=_is_logits(model)
-        ),
-        metrics=["accuracy"],
-    )
-
-
-def _is_masked_lm(model):
-    try:
-        import keras_hub
-    except ImportError:
-        return False
-    return isinstance(model, keras_hub.models.MaskedLM)
-
-
-def _check_run_dir(run_dir):
-    if os.path.exists(os.path.join(run_dir, "manifest.json")):
-        raise ValueError(
-            f"'{run_dir}' already holds a finished run (manifest.json). "
-            "Pass a new run_dir so that two runs' logs never mix. "
-            f"Received: run_dir={run_dir!r}"
-        )
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(
-            f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
-            f"Choose a writable run_dir. Received: run_dir={run_dir!r}"
-        ) from e
-    summaries.check_new_log_dir(os.path.join(run_dir, "logs"), run_dir)
-
-
-def _text_dataset(items, batch_size, shuffle):
-    """Strings (and labels) as a shuffled, batched `tf.data.Dataset`.
-
-    KerasHub tasks run their tokenizer in `tf.data`; giving them a dataset
-    that reshuffles every epoch keeps `shuffle` meaningful.
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(items)
-    if shuffle:
-        ds = ds.shuffle(len(items[0]) if isinstance(items, tuple) else len(items),
-                        reshuffle_each_iteration=True)
-    return ds.batch(batch_size)
-
-
-def _is_text(x):
-    return len(x) > 0 and isinstance(x[0], str)
-
-
-def _fit_args(data, batch_size, shuffle):
-    if isinstance(data, (list, np.ndarray)):  # unlabelled (e.g. masked LM)
-        if _is_text(data):
-            return {"x": _text_dataset(list(data), batch_size, shuffle), "shuffle": False}
-        return {"x": data, "batch_size": batch_size, "shuffle": shuffle}
-    if isinstance(data, tuple) and len(data) == 2 and _is_text(data[0]):
-        if len(data[0]) != len(data[1]):
-            raise ValueError(
-                f"x and y differ in length: {len(data[0])} texts, "
-                f"{len(data[1])} labels."
-            )
-        items = (list(data[0]), np.asarray(data[1]))
-        return {"x": _text_dataset(items, batch_size, shuffle), "shuffle": False}
-    if isinstance(data, tuple):
-        if len(data) != 2:
-            raise ValueError(
-                "Array data is an (x, y) tuple. "
-                f"Received: a tuple of length {len(data)}"
-            )
-        x, y = data
-        if len(x) != len(y):
-            raise ValueError(
-                f"x and y differ in length: {len(x)} images, {len(y)} labels."
-            )
-        return {"x": x, "y": y, "batch_size": batch_size, "shuffle": shuffle}
-    return {"x": data, "shuffle": False}  # datasets shuffle themselves
-
-
-def _steps_per_epoch(data, batch_size):
-    if isinstance(data, (list, np.ndarray)):
-        return int(np.ceil(len(data) / batch_size))
-    if isinstance(data, tuple):
-        return int(np.ceil(len(data[0]) / batch_size))
-    try:
-        import tensorflow as tf
-
-        if isinstance(data, tf.data.Dataset):
-            count = int(data.cardinality())
-            return count if count > 0 else None
-    except ImportError:
-        pass
-    try:
-        return len(data)
-    except TypeError:
-        return None
-
-
-def _labels(data):
-    if isinstance(data, tuple) and len(data) == 2:
-        return np.asarray(data[1])
-    return None
-
-
-def _check_labels(model, data, what):
-    labels = _labels(data)
-    if labels is None:
-        return
-    num_classes = model.output_shape[-1]
-    bad = (labels < 0) | (labels >= num_classes)
-    if np.any(bad):
-        raise ValueError(
-            f"{what} labels must be in [0, {num_classes}) for a "
-            f"{num_classes}-class model; {int(bad.sum())} are not (first: "
-            f"{labels[bad][0]!r}). Received: labels in "
-            f"[{labels.min()}, {labels.max()}]"
-        )
-
-
 def fit_recipe(
     model,
     recipe,
@@ -372,6 +223,17 @@ def fit_recipe(
     `run_dir/checkpoints/best.weights.h5`, then `run_dir/model.keras`,
     `run_dir/manifest.json` and `run_dir/report/` (`transfer.write_report`).
 
+    A crash loses at most the epoch in progress: model and optimizer are
+    backed up at every epoch end in `run_dir/checkpoints/<stage>/`
+    (`transfer.resume`). Rerun the same command and the run resumes:
+    finished stages are not retrained, the interrupted one continues from
+    its last finished epoch with its optimizer state, and later stages run.
+    A finished run (`manifest.json`) is never reused, and a second process
+    pointed at a run directory in use is refused (`RunDirInUseError`).
+    Labels outside `[0, num_classes)` are refused on every backend. A NaN or
+    Inf loss stops the run with `NonFiniteLossError`, the model holding the
+    last good weights; NaN weights are never saved.
+
     Args:
         model: a `keras.Model` from `transfer.build_classifier`.
         recipe: a `Recipe` or a list of `Stage`s.
@@ -382,132 +244,64 @@ def fit_recipe(
         batch_size: batch size for array data. Defaults to `32`.
         callbacks: extra callbacks, added to every stage. Defaults to `None`.
         class_names: names of the classes, for the manifest, the confusion
-            matrices and the report. Defaults to `None`.
+            matrices and the report; they must match the head's classes of a
+            model trained before (see `transfer.replace_head`). Defaults to
+            `None`: the `class_names` of `train_data`, else the head's.
         verbose: passed to `model.fit`. Defaults to `"auto"`.
         profile_batch: batch(es) to profile on the TensorFlow backend, as
             `keras.callbacks.TensorBoard` takes it; other backends log one
             line and skip it. Defaults to `0` (off).
 
     Returns:
-        A list with one `keras.callbacks.History` per stage.
+        A list with one `keras.callbacks.History` per stage (for a resumed
+        run, every epoch of the stage, across attempts).
+
+    Raises:
+        ValueError: bad arguments or data, a finished `run_dir`, or an
+            unfinished one of another recipe; raised before training.
+        RunDirInUseError: another live process trains into `run_dir`.
+        NonFiniteLossError: the loss became NaN or Inf.
+
+    Example:
+
+    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> x, y = transfer.synthetic_images(16, 32, 2)
+    >>> histories = transfer.fit_recipe(
+    ...     model, [transfer.Stage("head", 1, 1e-3)], (x, y), run_dir="runs/a")
     """
     if not isinstance(recipe, Recipe):
         recipe = Recipe(tuple(recipe))
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
-    _check_run_dir(run_dir)
-    _check_labels(model, train_data, "Training")
-    if validation_data is not None:
-        _check_labels(model, validation_data, "Validation")
+    class_names = check_head_classes(model, class_names, train_data)
     num_classes = model.output_shape[-1]
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(
             f"The model has {num_classes} outputs but {len(class_names)} class "
             f"names were given. Received: class_names={list(class_names)}"
         )
+    preflight = getattr(train_data, "transfer_preflight", None)
+    resume.check_run_dir(run_dir)
+    if not stages.is_masked_lm(model):
+        train_data = labels.check_labels(train_data, num_classes, "Training")
+        if validation_data is not None:
+            validation_data = labels.check_labels(
+                validation_data, num_classes, "Validation"
+            )
     _backend.require_tensorboard()
     require_matplotlib()
     profile_batch = _backend.supported_profile_batch(profile_batch)
-
-    log_dir = os.path.join(run_dir, "logs")
-    checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
-    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
-    monitor = "val_accuracy" if validation_data is not None else "accuracy"
-    fit_args = _fit_args(train_data, batch_size, shuffle=True)
-    if isinstance(validation_data, tuple) and _is_text(validation_data[0]):
-        validation_data = _fit_args(validation_data, batch_size, False)["x"]
-
-    metadata = getattr(model, "transfer_metadata", None) or {}
-    is_image_model = metadata.get("modality", "image") == "image"
-    steps_per_epoch = _steps_per_epoch(train_data, batch_size)
-    histories = []
-    stage_records = []
-    offset = 0
-    best = None
-    started = time.perf_counter()
-    hparams = summaries.recipe_hparams(model, recipe, train_data, batch_size)
-    for number, stage in enumerate(recipe, start=1):
-        plan = set_trainable_blocks(
-            model, stage.trainable_blocks, train_batchnorm=stage.train_batchnorm
+    with RunDirLock(run_dir):
+        run = resume.RunState.open(
+            run_dir, model, recipe, batch_size=batch_size,
+            class_names=class_names,
         )
-        logger.info(
-            "Stage '%s': %d epochs at lr %g, %s trainable parameters",
-            stage.name, stage.epochs, stage.learning_rate,
-            f"{plan.trainable_params:,}",
+        return stages.fit_stages(
+            model, recipe, run, train_data, validation_data,
+            batch_size=batch_size, callbacks=callbacks,
+            class_names=class_names, verbose=verbose,
+            profile_batch=profile_batch, preflight=preflight,
         )
-        _compile(
-            model,
-            keras.optimizers.Adam(stage.learning_rate_for(steps_per_epoch)),
-        )
-        stage_callbacks = (
-            default_callbacks(
-                log_dir, checkpoint=checkpoint, monitor=monitor,
-                best_so_far=best, profile_batch=profile_batch,
-            )
-            + recipe_callbacks(
-                log_dir, stage=stage, stage_number=number, freeze_plan=plan,
-                validation_data=validation_data, class_names=class_names,
-                train_data=train_data if number == 1 else None,
-                hparams=hparams if number == 1 else None,
-                images=is_image_model,
-                classifier=not _is_masked_lm(model),
-            )
-            + list(callbacks or [])
-        )
-        stage_started = time.perf_counter()
-        history = model.fit(
-            validation_data=validation_data,
-            initial_epoch=offset,
-            epochs=offset + stage.epochs,
-            callbacks=stage_callbacks,
-            verbose=verbose,
-            **fit_args,
-        )
-        offset += stage.epochs
-        histories.append(history)
-        seen = history.history.get(monitor) or []
-        if seen:
-            best = max([best] + seen) if best is not None else max(seen)
-        final = {k: float(v[-1]) for k, v in history.history.items() if v}
-        stage_records.append(
-            {
-                **stage.get_config(),
-                "trainable_params": plan.trainable_params,
-                "seconds": round(time.perf_counter() - stage_started, 2),
-                "metrics": final,
-                "plan": plan.to_dict(),
-            }
-        )
-        logger.info("Stage '%s' done: %s", stage.name, final)
-
-    save_model(model, os.path.join(run_dir, "model.keras"))
-    metadata = dict(getattr(model, "transfer_metadata", {}) or {})
-    manifest = {
-        "backend": _backend.backend(),
-        "versions": _backend.framework_versions(),
-        **metadata,
-        "class_names": list(class_names) if class_names is not None else None,
-        "batch_size": batch_size,
-        "recipe": recipe.get_config(),
-        "stages": stage_records,
-        "seconds": round(time.perf_counter() - started, 2),
-        "checkpoint": os.path.relpath(checkpoint, run_dir),
-        "model": "model.keras",
-        "logs": "logs",
-        "report": "report",
-        "hparams": hparams,
-    }
-    write_report(
-        os.path.join(run_dir, "report"), histories,
-        stage_names=[s.name for s in recipe], model=model,
-        data=validation_data, class_names=class_names,
-    )
-    last_epoch = max([e for h in histories for e in h.epoch] or [0])
-    summaries.write_manifest(log_dir, manifest, step=last_epoch)
-    write_json(os.path.join(run_dir, "manifest.json"), manifest)
-    write_json(os.path.join(run_dir, "recipe.json"), recipe.get_config())
-    logger.info("Saved %s", os.path.join(run_dir, "model.keras"))
-    return histories
 
 
 def load_recipe(path):

@@ -64,6 +64,46 @@ def check_new_log_dir(log_dir, run_dir):
     check_log_dir(log_dir)
 
 
+_OWNER_FILE = ".transfer-run"
+
+
+def claim_log_dir(log_dir, run_id):
+    """Marks `log_dir` as written by the run `run_id` (for resuming it)."""
+    with open(os.path.join(log_dir, _OWNER_FILE), "w", encoding="utf-8") as f:
+        f.write(run_id)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_resumed_log_dir(log_dir, run_dir, run_id):
+    """Lets a resumed run continue its own logs, and only its own.
+
+    Event files left by the run `run_id` (marked by `claim_log_dir`) are
+    continued; any other run's event files are refused, as for a new run.
+
+    Raises:
+        ValueError: `log_dir` holds another run's events, or is not writable.
+    """
+    leftovers = find_event_files(log_dir)
+    try:
+        with open(os.path.join(log_dir, _OWNER_FILE), encoding="utf-8") as f:
+            owner = f.read().strip()
+    except OSError:
+        owner = None
+    if leftovers and owner != run_id:
+        raise ValueError(
+            f"'{run_dir}' holds an unfinished run to resume, but its "
+            f"TensorBoard logs ({len(leftovers)} event file(s), e.g. "
+            f"'{os.path.relpath(leftovers[0], run_dir)}') were not written "
+            "by that run; resuming would mix two runs' logs. Pass a new "
+            f"run_dir, or delete '{log_dir}'. Received: run_dir="
+            f"{str(run_dir)!r}"
+        )
+    check_log_dir(log_dir)
+    if owner != run_id:
+        claim_log_dir(log_dir, run_id)
+
+
 def find_event_files(log_dir):
     """Paths of the TensorBoard event files under `log_dir`, sorted."""
     found = []

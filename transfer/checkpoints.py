@@ -1,0 +1,174 @@
+"""Checkpoint files that survive a crash, and a guard against NaN weights.
+
+`write_checkpoint` stores a model's weights (and, optionally, its
+optimizer's variables) in one `.npz` file through `atomic_write`
+(temporary file, fsync, `os.replace`), so a kill or a full disk mid-write
+leaves the previous file whole. `read_checkpoint` checks every array's shape
+before it assigns any, so a checkpoint that does not fit leaves the model
+untouched. Weights are matched by position in `model.weights`, which Keras
+orders by structure (not by `trainable` flags), as `model.save_weights` does.
+
+`AtomicModelCheckpoint` is `keras.callbacks.ModelCheckpoint` that writes
+through a temporary file and never saves NaN or Inf weights.
+"""
+
+import logging
+import math
+import os
+
+import keras
+import numpy as np
+
+from transfer.export import non_finite_weights
+from transfer.weights.cache import atomic_write
+from transfer.weights.cache import sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the run stopped."""
+
+
+def finite_logs(logs):
+    """Whether the epoch's training loss is a finite number (or absent)."""
+    loss = (logs or {}).get("loss")
+    if loss is None:
+        return True
+    return math.isfinite(float(loss))
+
+
+def _arrays(variables, prefix):
+    return {
+        f"{prefix}{i:05d}": keras.ops.convert_to_numpy(v)
+        for i, v in enumerate(variables)
+    }
+
+
+def write_checkpoint(path, model, *, optimizer=True):
+    """Writes the model's weights (and optimizer variables) to `path`.
+
+    Args:
+        path: an `.npz` file, replaced atomically.
+        model: the `keras.Model`.
+        optimizer: also store `model.optimizer.variables` (Adam's moments
+            and step count). Defaults to `True`.
+
+    Returns:
+        The file's sha256, or `None` when a weight is NaN or Inf (nothing is
+        written then).
+    """
+    arrays = _arrays(model.weights, "m")
+    if not all(np.all(np.isfinite(a)) for a in arrays.values()):
+        return None
+    if optimizer and getattr(model, "optimizer", None) is not None:
+        arrays.update(_arrays(model.optimizer.variables, "o"))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return sha256_file(path)
+
+
+def _check_shapes(what, path, variables, arrays):
+    if len(variables) != len(arrays):
+        raise ValueError(
+            f"Checkpoint '{path}' holds {len(arrays)} {what} arrays but the "
+            f"model has {len(variables)}: it belongs to another model. "
+            f"Received: {len(arrays)} arrays"
+        )
+    for variable, array in zip(variables, arrays, strict=True):
+        if tuple(variable.shape) != tuple(array.shape):
+            raise ValueError(
+                f"Checkpoint '{path}' does not fit the model: {what} "
+                f"'{variable.path}' is {tuple(variable.shape)}, the file has "
+                f"{tuple(array.shape)}. Received: shape={tuple(array.shape)}"
+            )
+
+
+def read_checkpoint(path, model, *, optimizer=True):
+    """Restores a `write_checkpoint` file into `model`, all or nothing.
+
+    Args:
+        path: the `.npz` file.
+        model: the `keras.Model`, compiled when `optimizer=True`.
+        optimizer: also restore the optimizer's variables, building the
+            optimizer first. Defaults to `True`.
+
+    Raises:
+        ValueError: the file is unreadable or does not fit the model.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(
+            f"Checkpoint '{path}' is unreadable ({type(e).__name__}: {e})."
+        ) from e
+    weights = [arrays[k] for k in sorted(arrays) if k.startswith("m")]
+    _check_shapes("weight", path, model.weights, weights)
+    slots = [arrays[k] for k in sorted(arrays) if k.startswith("o")]
+    restore_optimizer = optimizer and model.optimizer is not None and slots
+    if restore_optimizer:
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        _check_shapes(
+            "optimizer variable", path, model.optimizer.variables, slots
+        )
+    for variable, array in zip(model.weights, weights, strict=True):
+        variable.assign(array)
+    if restore_optimizer:
+        for variable, array in zip(model.optimizer.variables, slots, strict=True):
+            variable.assign(array)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`keras.callbacks.ModelCheckpoint` that cannot leave a broken file.
+
+    Each save goes to a temporary file beside `filepath`, which then
+    replaces it (`os.replace`): a kill mid-save keeps the previous best
+    weights. An epoch whose loss or weights are NaN or Inf is never saved.
+    Saves once per epoch (`save_freq="epoch"`).
+
+    Args:
+        filepath: the checkpoint path, as `ModelCheckpoint` takes it.
+        **kwargs: passed to `keras.callbacks.ModelCheckpoint`.
+
+    Example:
+
+    >>> checkpoint = transfer.checkpoints.AtomicModelCheckpoint(
+    ...     "best.weights.h5", monitor="val_accuracy", mode="max",
+    ...     save_best_only=True, save_weights_only=True)
+    """
+
+    def __init__(self, filepath, **kwargs):
+        if kwargs.get("save_freq", "epoch") != "epoch":
+            raise ValueError(
+                "AtomicModelCheckpoint saves once per epoch. Received: "
+                f"save_freq={kwargs['save_freq']!r}"
+            )
+        super().__init__(filepath, **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not finite_logs(logs) or non_finite_weights(self.model):
+            logger.warning(
+                "Epoch %d: loss or weights are NaN or Inf (loss %s); not "
+                "saving '%s'.", epoch, (logs or {}).get("loss"), self.filepath,
+            )
+            return
+        target = self.filepath
+        directory, name = os.path.split(target)
+        # The temporary name keeps the suffix Keras requires.
+        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+        self.filepath = tmp
+        try:
+            super().on_epoch_end(epoch, logs)
+        finally:
+            self.filepath = target
+        formatted = [
+            f for f in os.listdir(directory or ".")
+            if f.startswith(f".tmp-{os.getpid()}-")
+        ]
+        for name in formatted:
+            written = os.path.join(directory, name)
+            final = os.path.join(directory, name[len(f".tmp-{os.getpid()}-"):])
+            with open(written, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(written, final)
