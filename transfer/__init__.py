@@ -9,9 +9,9 @@ model.save("flowers.keras")                                            # reload 
 
 from transfer import callbacks
 from transfer import masked_lm
+from transfer import preflight
 from transfer import text
 from transfer import text_data
-from transfer import preflight
 from transfer.backbones import applications as _applications  # noqa: F401
 from transfer.backbones import hub as _hub  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
