@@ -163,6 +163,9 @@ def test_truncated_latest_backup_falls_back_to_the_previous(tmp_path, caplog):
     stage_dir = run_dir / "checkpoints" / "top"
     state = json.loads((stage_dir / "state.json").read_text())
     assert [b["epoch"] for b in state["backups"]] == [3, 2]
+    assert state["last_epoch"] == 3 and state["index"] == 1
+    assert state["best"]["monitor"] == "accuracy"
+    assert state["best"]["value"] == max(state["history"]["accuracy"])
     assert sorted(os.listdir(stage_dir)) == [
         "epoch-0002.npz", "epoch-0003.npz", "state.json"
     ]

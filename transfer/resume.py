@@ -7,8 +7,9 @@ run.json                run id, recipe, batch size, class names, model
                         fingerprint, number of attempts
 initial.npz             the model's weights when the run first started
                         (removed when the run finishes)
-<stage>/state.json      epochs done with their logs, the last two backups
-                        (with sha256), the best metric, and "done"
+<stage>/state.json      stage index, last completed epoch, best metric,
+                        epochs done with their logs, the last two backups
+                        (with sha256), and "done"
 <stage>/epoch-0004.npz  model weights and optimizer variables after an epoch
                         (the last two; a finished run keeps the last)
 best.weights.h5         the best weights so far (AtomicModelCheckpoint)
@@ -150,6 +151,8 @@ class StageState:
             "name": name,
             "index": index,
             "done": False,
+            "last_epoch": None,
+            "best": None,
             "epochs": [],
             "history": {},
             "backups": [],
@@ -196,6 +199,15 @@ class StageState:
             {"epoch": epoch, "file": name, "sha256": digest}
         ] + backups[: _KEEP - 1]
         state["seconds"] = round(state["seconds"] + seconds, 2)
+        state["last_epoch"] = epoch
+        monitor = next(
+            (m for m in ("val_accuracy", "accuracy") if m in state["history"]),
+            None,
+        )
+        state["best"] = (
+            {"monitor": monitor, "value": max(state["history"][monitor])}
+            if monitor else None
+        )
         self._save()
         self._prune()
         return True
