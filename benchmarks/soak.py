@@ -106,7 +106,7 @@ def _kill_point(log, pid):
 
 def _expected_start(snapshot):
     """The epoch a restart should begin with, from the backups on disk."""
-    for index, (first, last) in enumerate(STAGE_EPOCHS):
+    for first, last in STAGE_EPOCHS:
         state = next(
             (s for s in snapshot.values()
              if s["epochs"] and first <= s["epochs"][-1] <= last), None,
@@ -208,7 +208,7 @@ def soak(runs, max_kills, seed, workdir, tolerance):
                     if state["done"] and not after.get(name, {}).get("done"):
                         lost["finished_stage_lost"] += 1
                         ok = False
-                for name, state in after.items():
+                for state in after.values():
                     if state["backups"] and not state["good_backups"]:
                         lost["checkpoint_destroyed"] += 1
                         ok = False
