@@ -12,7 +12,9 @@ kill the same command is started again, until it finishes. Checked:
   (`finished_stage_retrained`), and training restarts right after the
   newest backup (`progress_regressed` otherwise);
 - at the end: the run finished, and its final metrics equal an
-  uninterrupted run's within `--tolerance` (`metrics_off`).
+  uninterrupted run's within `--tolerance` (`metrics_off`). A kill that
+  lands after `manifest.json` is written finds a finished run (a rerun would
+  be refused as one), which is checked as it stands.
 
 Prints (and with `--out` writes) JSON: runs, kills, resumes, resumes
 survived, what was lost, where the kills landed.
@@ -118,16 +120,32 @@ def _expected_start(snapshot):
     return None  # everything done: nothing to train
 
 
+def _check(got, expected, tolerance, lost):
+    """Counts `metrics_off` unless `got` matches; returns the largest gap."""
+    if set(got) != set(expected):
+        lost["metrics_off"] += 1
+        return float("inf")
+    diff = max(abs(got[k] - expected[k]) for k in expected)
+    if diff > tolerance:
+        lost["metrics_off"] += 1
+    return diff
+
+
 def soak(runs, max_kills, seed, workdir, tolerance):
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     reference_dir = os.path.join(workdir, "reference")
     t0 = time.perf_counter()
     process = _start(reference_dir, reference_dir + ".log")
+    while not _lines(reference_dir + ".log") and process.poll() is None:
+        time.sleep(0.02)
+    t1 = time.perf_counter()
     stdout, stderr = process.communicate()
     if process.returncode:
         raise RuntimeError(f"The reference run failed:\n{stderr[-3000:]}")
     total = time.perf_counter() - t0
+    training = time.perf_counter() - t1  # first epoch to exit
+    epochs = STAGE_EPOCHS[-1][1] + 1
     expected = json.loads(stdout.strip().splitlines()[-1])
     rows = _lines(reference_dir + ".log")
     lost = collections.Counter()
@@ -148,14 +166,15 @@ def soak(runs, max_kills, seed, workdir, tolerance):
             process = _start(run_dir, log)
             killed = False
             if attempt < planned:
-                # A quarter of the kills land anywhere (start-up included),
-                # the rest once training has begun.
-                if rng.random() < 0.25:
+                # A fifth of the kills land anywhere (start-up included), the
+                # rest once training has begun, spread over what is left.
+                left = (epochs - (expected_start or epochs)) / epochs
+                if rng.random() < 0.2:
                     delay = rng.uniform(0, total)
                 else:
                     while not _lines(log, process.pid) and process.poll() is None:
                         time.sleep(0.02)
-                    delay = rng.uniform(0, total * 0.6)
+                    delay = rng.uniform(0, training * left + 1.0)
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline and process.poll() is None:
                     time.sleep(0.01)
@@ -179,7 +198,11 @@ def soak(runs, max_kills, seed, workdir, tolerance):
                 resumes += 1
             if killed:
                 kills += 1
-                points[_kill_point(log, process.pid)] += 1
+                manifest = os.path.join(run_dir, "manifest.json")
+                points[
+                    "after manifest.json (run finished)"
+                    if os.path.exists(manifest) else _kill_point(log, process.pid)
+                ] += 1
                 after = _snapshot(run_dir)
                 for name, state in before.items():
                     if state["done"] and not after.get(name, {}).get("done"):
@@ -196,6 +219,17 @@ def soak(runs, max_kills, seed, workdir, tolerance):
                 if attempt > 0 and ok:
                     survived += 1
                 attempt += 1
+                if os.path.exists(manifest):
+                    # Killed after the run finished (while trimming backups
+                    # or exiting): a rerun is refused as a finished run, so
+                    # check the run as it stands.
+                    with open(manifest) as f:
+                        got = json.load(f)["stages"][-1]["metrics"]
+                    finished += 1
+                    worst = max(worst, _check(got, expected, tolerance, lost))
+                    if not os.path.exists(os.path.join(run_dir, "model.keras")):
+                        lost["model_missing"] += 1
+                    break
                 continue
             if process.returncode != 0:
                 lost["run_failed"] += 1
@@ -205,10 +239,7 @@ def soak(runs, max_kills, seed, workdir, tolerance):
                 survived += 1
             finished += 1
             got = json.loads(stdout.strip().splitlines()[-1])
-            diff = max(abs(got[k] - expected[k]) for k in expected)
-            worst = max(worst, diff)
-            if set(got) != set(expected) or diff > tolerance:
-                lost["metrics_off"] += 1
+            worst = max(worst, _check(got, expected, tolerance, lost))
             if not os.path.exists(os.path.join(run_dir, "model.keras")):
                 lost["model_missing"] += 1
             break
@@ -234,6 +265,7 @@ def soak(runs, max_kills, seed, workdir, tolerance):
         "max_metric_difference": worst,
         "tolerance": tolerance,
         "reference_run_seconds": round(total, 1),
+        "reference_training_seconds": round(training, 1),
         "reference_epochs": len([r for r in rows if r[1] == "begin"]),
         "seconds": round(time.perf_counter() - started, 1),
     }

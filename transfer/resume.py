@@ -108,9 +108,10 @@ def check_run_dir(run_dir):
     """
     if os.path.exists(os.path.join(run_dir, "manifest.json")):
         raise ValueError(
-            f"'{run_dir}' already holds a finished run (manifest.json). "
-            "Pass a new run_dir so that two runs' logs never mix. "
-            f"Received: run_dir={run_dir!r}"
+            f"'{run_dir}' already holds a finished run (manifest.json); its "
+            f"model is '{os.path.join(run_dir, 'model.keras')}' (load it with "
+            "transfer.load_model). Pass a new run_dir so that two runs' logs "
+            f"never mix. Received: run_dir={run_dir!r}"
         )
     try:
         os.makedirs(run_dir, exist_ok=True)
