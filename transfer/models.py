@@ -14,6 +14,19 @@ _POOLING = {
 }
 
 
+def check_num_classes(num_classes):
+    """Raises `ValueError` unless `num_classes` is an integer of at least 2."""
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or num_classes < 2
+    ):
+        raise ValueError(
+            "`num_classes` must be an integer of at least 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+
+
 def _check_image_size(spec, image_size):
     if (
         isinstance(image_size, bool)
@@ -97,15 +110,7 @@ def build_classifier(
     (None, 5)
     """
     spec = get_backbone_spec(backbone)
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes < 2
-    ):
-        raise ValueError(
-            "`num_classes` must be an integer of at least 2. "
-            f"Received: num_classes={num_classes!r}"
-        )
+    check_num_classes(num_classes)
     if pooling not in _POOLING:
         raise ValueError(
             f"`pooling` must be one of {sorted(_POOLING)}. "
@@ -197,15 +202,7 @@ def replace_head(model, num_classes, *, activation=None):
     >>> transfer.replace_head(model, 5).output_shape
     (None, 5)
     """
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes < 2
-    ):
-        raise ValueError(
-            "`num_classes` must be an integer of at least 2. "
-            f"Received: num_classes={num_classes!r}"
-        )
+    check_num_classes(num_classes)
     try:
         old = model.get_layer("predictions")
     except ValueError as e:

@@ -12,6 +12,7 @@ import logging
 
 from transfer.backbones import text as text_backbones  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
+from transfer.models import check_num_classes
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +77,7 @@ def build_text_classifier(
     """
     import keras_hub
 
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes < 2
-    ):
-        raise ValueError(
-            "`num_classes` must be an integer of at least 2. "
-            f"Received: num_classes={num_classes!r}"
-        )
+    check_num_classes(num_classes)
     if lora_rank is not None and (
         isinstance(lora_rank, bool) or not isinstance(lora_rank, int)
         or lora_rank < 1
