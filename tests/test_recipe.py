@@ -168,3 +168,23 @@ def test_cosine_schedule_decays_to_zero(tiny_model, tiny_data, tmp_path):
                         batch_size=8, verbose=0)
     final = float(keras.ops.convert_to_numpy(tiny_model.optimizer.learning_rate))
     assert final < 1e-6
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_recipe_file_round_trip_and_errors(tmp_path, suffix):
+    recipe = transfer.two_stage_recipe(head_epochs=2, finetune_blocks=3)
+    path = str(tmp_path / f"recipe{suffix}")
+    transfer.save_recipe(recipe, path)
+    assert transfer.load_recipe(path) == recipe
+
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_text(json.dumps({"stages": [{"name": "x", "epochs": 1, "learning_rate": 1e-3, "lr": 2}]}))
+    with pytest.raises(ValueError, match=r"bad.*Unknown Stage option\(s\) \['lr'\].*Allowed"):
+        transfer.load_recipe(str(bad))
+    bad.write_text(json.dumps({"stages": [], "distribte": 1}))
+    with pytest.raises(ValueError, match=r"Unknown Recipe option\(s\) \['distribte'\]"):
+        transfer.load_recipe(str(bad))
+    with pytest.raises(ValueError, match="not found"):
+        transfer.load_recipe(str(tmp_path / f"missing{suffix}"))
+    with pytest.raises(ValueError, match=r"\.json', '\.yaml', '\.yml'"):
+        transfer.load_recipe(str(tmp_path / "recipe.txt"))

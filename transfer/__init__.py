@@ -37,6 +37,8 @@ from transfer.models import replace_head
 from transfer.recipe import Recipe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
+from transfer.recipe import load_recipe
+from transfer.recipe import save_recipe
 from transfer.recipe import two_stage_recipe
 from transfer.report import write_report
 from transfer.text import build_text_classifier
@@ -59,6 +61,8 @@ __all__ = [
     "default_callbacks",
     "fetch_weights",
     "fit_recipe",
+    "load_recipe",
+    "save_recipe",
     "get_backbone_spec",
     "list_backbones",
     "masked_lm",
