@@ -1,0 +1,217 @@
+"""Training configs for whole runs: a recipe plus the options around it.
+
+A config file (YAML or JSON) is a mapping with a `stages` list (the
+`Recipe`, as `transfer.load_recipe` reads it) and top-level training
+options: the backbone, image size, batch size, split, seed, augmentation.
+`resolve_config` merges defaults, the file and explicit overrides (the
+command line's flags), in that order, and checks every key and value before
+any data is read. The resolved config is saved as `config.json` in the run
+directory, so `evaluate`, `report` and `export` know how the run was made.
+"""
+
+import json
+import os
+
+from transfer.recipe import Recipe
+from transfer.recipe import two_stage_recipe
+
+CONFIG_FILE = "config.json"
+MODALITIES = ("auto", "image", "text")
+
+# Top-level options and their defaults. `stages` defaults to
+# `two_stage_recipe()`; `image_size` to the backbone's own size.
+DEFAULTS = {
+    "data": None,
+    "backbone": None,
+    "modality": "auto",
+    "weights": "pretrained",
+    "image_size": None,
+    "sequence_length": 128,
+    "batch_size": 32,
+    "validation_split": 0.2,
+    "seed": 1337,
+    "augment": True,
+    "dropout": 0.2,
+    "skip_bad_files": False,
+    "stages": None,
+}
+
+
+def allowed_keys():
+    """The keys a config file may hold, sorted."""
+    return sorted(DEFAULTS)
+
+
+def read_config_file(path):
+    """Reads a YAML or JSON config file into a dict.
+
+    Raises:
+        ValueError: the file is missing, has another suffix, cannot be
+            parsed or does not hold a mapping; the message names the file.
+    """
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise ValueError(
+            f"Config files end in .yaml, .yml or .json. Received: {path}"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"Config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if suffix == ".json":
+            config = json.loads(text)
+        else:
+            import yaml
+
+            config = yaml.safe_load(text)
+    except Exception as e:
+        raise ValueError(f"Cannot parse config file {path}: {e}") from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"Config file {path} must hold a mapping of options "
+            f"({', '.join(allowed_keys())}). Received: {type(config).__name__}"
+        )
+    return config
+
+
+def _check_number(config, key, kind, low, high=None):
+    value = config[key]
+    if value is None and key == "image_size":
+        return
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok:
+        ok = value >= low and (high is None or value < high)
+    if not ok:
+        bound = f">= {low}" + (f" and < {high}" if high is not None else "")
+        raise ValueError(
+            f"Option `{key}` must be {'an integer' if kind is int else 'a number'}"
+            f" {bound}. Received: {key}={value!r}"
+        )
+
+
+def resolve_config(path=None, overrides=None):
+    """Defaults, then the config file, then `overrides`, checked.
+
+    Args:
+        path: a YAML or JSON config file, or `None`. Defaults to `None`.
+        overrides: a dict of options that win over the file (the flags of
+            `transfer train`); `None` values are ignored. Defaults to `None`.
+
+    Returns:
+        The resolved config: a dict with every key of `DEFAULTS`, `stages`
+        as `Recipe.get_config()["stages"]`.
+
+    Raises:
+        ValueError: an unknown key (the allowed keys are named), a bad value,
+            or a missing `backbone` or `data`.
+
+    Example:
+
+    >>> config = transfer.run_config.resolve_config(
+    ...     "recipe.yaml", {"backbone": "efficientnet_lite0", "data": "flowers"})
+    >>> config["batch_size"]
+    32
+    """
+    source = read_config_file(path) if path else {}
+    where = f"config file {path}" if path else "config"
+    unknown = sorted(set(source) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} in {where}. Allowed: "
+            f"{allowed_keys()}."
+        )
+    config = dict(DEFAULTS)
+    config.update(source)
+    for key, value in (overrides or {}).items():
+        if key not in DEFAULTS:
+            raise ValueError(
+                f"Unknown option {key!r}. Allowed: {allowed_keys()}."
+            )
+        if value is not None:
+            config[key] = value
+    for key in ("data", "backbone"):
+        if not config[key] or not isinstance(config[key], str):
+            raise ValueError(
+                f"No `{key}` given: pass --{key} or set `{key}:` in the "
+                f"config file. Received: {key}={config[key]!r}"
+            )
+    if config["modality"] not in MODALITIES:
+        raise ValueError(
+            f"Option `modality` must be one of {MODALITIES}. "
+            f"Received: modality={config['modality']!r}"
+        )
+    if config["weights"] in ("none", "None", "null", "random"):
+        config["weights"] = None
+    _check_number(config, "image_size", int, 16)
+    _check_number(config, "sequence_length", int, 8)
+    _check_number(config, "batch_size", int, 1)
+    _check_number(config, "validation_split", (int, float), 0, 1)
+    _check_number(config, "seed", int, 0)
+    _check_number(config, "dropout", (int, float), 0, 1)
+    for key in ("augment", "skip_bad_files"):
+        if not isinstance(config[key], bool):
+            raise ValueError(
+                f"Option `{key}` must be true or false. "
+                f"Received: {key}={config[key]!r}"
+            )
+    stages = config["stages"]
+    if stages is None:
+        stages = two_stage_recipe().get_config()["stages"]
+    if not isinstance(stages, list) or not all(
+        isinstance(s, dict) for s in stages
+    ):
+        raise ValueError(
+            f"`stages` in {where} must be a list of mappings, e.g. "
+            "[{name: head, epochs: 3, learning_rate: 1.0e-3}]. "
+            f"Received: stages={stages!r}"
+        )
+    try:
+        recipe = Recipe.from_config({"stages": stages})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    config["stages"] = recipe.get_config()["stages"]
+    return config
+
+
+def override_stages(stages, epochs=None, learning_rates=None):
+    """`stages` with per-stage epochs and learning rates replaced.
+
+    Args:
+        stages: a list of stage mappings.
+        epochs: one value per stage, or `None`.
+        learning_rates: one value per stage, or `None`.
+
+    Raises:
+        ValueError: a list's length differs from the number of stages.
+    """
+    stages = [dict(s) for s in stages]
+    for key, values in (("epochs", epochs), ("learning_rate", learning_rates)):
+        if values is None:
+            continue
+        if len(values) != len(stages):
+            names = [s["name"] for s in stages]
+            raise ValueError(
+                f"Got {len(values)} value(s) for `{key}` but the recipe has "
+                f"{len(stages)} stage(s) {names}: give one per stage, "
+                f"comma-separated. Received: {key}={values}"
+            )
+        for stage, value in zip(stages, values, strict=True):
+            stage[key] = value
+    return stages
+
+
+def load_run_config(run_dir):
+    """The resolved config a run was trained with, or `None`."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def dumps(config):
+    """`config` as the JSON text written to `run_dir/config.json`."""
+    return json.dumps(config, indent=2) + "\n"

@@ -1,0 +1,358 @@
+"""Whole runs from a folder: train, reload, predict on files, evaluate.
+
+These functions are what `transfer train|evaluate|predict` call; they are
+plain library functions, usable from Python too. Every model they return is
+a plain `keras.Model`.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from transfer import run_config
+from transfer.preflight import IMAGE_EXTENSIONS
+
+logger = logging.getLogger(__name__)
+TEXT_EXTENSIONS = (".txt",)
+
+
+def detect_modality(directory):
+    """`"image"` or `"text"`: which kind of files a class folder tree holds.
+
+    Raises:
+        FileNotFoundError: `directory` does not exist.
+        ValueError: it holds neither images nor `.txt` files.
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Data folder '{directory}' does not exist. Pass a folder with one "
+            f"subfolder per class. Received: data={directory!r}"
+        )
+    counts = {"image": 0, "text": 0}
+    for _, _, files in os.walk(directory):
+        for name in files:
+            lower = name.lower()
+            if lower.endswith(IMAGE_EXTENSIONS):
+                counts["image"] += 1
+            elif lower.endswith(TEXT_EXTENSIONS):
+                counts["text"] += 1
+    if not any(counts.values()):
+        raise ValueError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) or .txt files under "
+            f"'{directory}'. Expected <data>/<class>/<file>. "
+            f"Received: data={directory!r}"
+        )
+    return max(counts, key=counts.get)
+
+
+def _image_weights(weights):
+    return "imagenet" if weights == "pretrained" else weights
+
+
+def _augmented(train, seed):
+    import tensorflow as tf
+
+    from transfer.data import default_augmentation
+
+    layers = list(default_augmentation(seed).layers)
+
+    def augment(images, labels):
+        for layer in layers:
+            images = layer(images, training=True)
+        return images, labels
+
+    augmented = train.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    augmented.class_names = train.class_names
+    augmented.transfer_preflight = train.transfer_preflight
+    return augmented
+
+
+def train_run(config, run_dir, *, verbose=1):
+    """Trains a classifier on `config["data"]` as a resolved config says.
+
+    Checks the backbone name and the data folder first, then reads the data
+    (image preflight with a progress bar), builds the classifier (preparing
+    its weights), saves the config as `run_dir/config.json` and runs
+    `transfer.fit_recipe`. Rerunning an interrupted run resumes it.
+
+    Args:
+        config: a config from `transfer.run_config.resolve_config`.
+        run_dir: the run directory.
+        verbose: `0` silent, `1` progress bars. Defaults to `1`.
+
+    Returns:
+        The trained `keras.Model`.
+
+    Raises:
+        ValueError, FileNotFoundError: bad data, backbone or run directory,
+            before anything is trained.
+
+    Example:
+
+    >>> config = transfer.run_config.resolve_config(
+    ...     None, {"data": "flowers", "backbone": "efficientnet_lite0"})
+    >>> model = transfer.workflow.train_run(config, "runs/flowers")
+    """
+    from transfer import resume
+    from transfer.backbones.registry import get_backbone_spec
+    from transfer.recipe import Recipe
+    from transfer.recipe import fit_recipe
+    from transfer.weights.cache import atomic_write
+
+    modality = config["modality"]
+    if modality == "auto":
+        modality = detect_modality(config["data"])
+    spec = get_backbone_spec(config["backbone"], modality=modality)
+    resume.check_run_dir(run_dir)
+    recipe = Recipe.from_config({"stages": config["stages"]})
+    resolved = dict(config, modality=modality)
+    if modality == "image":
+        from transfer.data import load_image_folder
+        from transfer.models import build_classifier
+
+        image_size = config["image_size"] or spec.image_size
+        resolved["image_size"] = image_size
+        train, val, class_names = load_image_folder(
+            config["data"], image_size=image_size,
+            batch_size=config["batch_size"],
+            validation_split=config["validation_split"], seed=config["seed"],
+            skip_bad_files=config["skip_bad_files"], verbose=verbose,
+        )
+        if config["augment"]:
+            train = _augmented(train, config["seed"])
+        model = build_classifier(
+            spec, len(class_names), weights=_image_weights(config["weights"]),
+            image_size=image_size, dropout=config["dropout"],
+        )
+    else:
+        from transfer.text import build_text_classifier
+        from transfer.text_data import load_text_folder
+
+        train, val, class_names = load_text_folder(
+            config["data"], validation_split=config["validation_split"],
+            seed=config["seed"],
+        )
+        model = build_text_classifier(
+            config["backbone"], len(class_names), weights=config["weights"],
+            sequence_length=config["sequence_length"],
+            dropout=config["dropout"],
+        )
+    resolved["class_names"] = list(class_names)
+    text = run_config.dumps(resolved)
+    atomic_write(os.path.join(run_dir, run_config.CONFIG_FILE),
+                 lambda f: f.write(text), mode="w")
+    fit_recipe(
+        model, recipe, train, val, run_dir=run_dir,
+        batch_size=config["batch_size"], class_names=class_names,
+        verbose=verbose,
+    )
+    return model
+
+
+def load_run(run_dir):
+    """The trained model of a finished run, and the run's config.
+
+    Returns:
+        `(model, config)`; `config` is `None` for runs not made by
+        `train_run`. `model.transfer_metadata` holds `class_names`.
+
+    Raises:
+        FileNotFoundError: no `model.keras` in `run_dir`.
+    """
+    from transfer.export import load_model
+
+    path = os.path.join(run_dir, "model.keras")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"No trained model in '{run_dir}' (looked for {path}). Pass the "
+            "directory of a finished `transfer train` run. "
+            f"Received: run_dir={run_dir!r}"
+        )
+    model = load_model(path)
+    return model, run_config.load_run_config(run_dir)
+
+
+def run_modality(model):
+    """`"text"` for text classifiers, else `"image"`."""
+    metadata = getattr(model, "transfer_metadata", None) or {}
+    return metadata.get("modality") or "image"
+
+
+def run_class_names(model):
+    """The class names a run's model was trained with, or `"0"`, `"1"`..."""
+    metadata = getattr(model, "transfer_metadata", None) or {}
+    names = metadata.get("class_names")
+    if names:
+        return [str(n) for n in names]
+    return [str(i) for i in range(int(model.output_shape[-1]))]
+
+
+def expand_files(paths, modality="image"):
+    """Files named by `paths`, directories expanded (recursively, sorted).
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a directory holds no file of the modality's kinds.
+    """
+    extensions = IMAGE_EXTENSIONS if modality == "image" else TEXT_EXTENSIONS
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if name.lower().endswith(extensions)
+            )
+            if not found:
+                raise ValueError(
+                    f"No {', '.join(extensions)} files in folder '{path}'. "
+                    f"Received: {path!r}"
+                )
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(
+                f"No such file or folder: '{path}'. Pass existing image "
+                f"files or folders. Received: {path!r}"
+            )
+    return files
+
+
+def _load_inputs(files, modality, image_size):
+    import keras
+
+    inputs = []
+    for path in files:
+        try:
+            if modality == "text":
+                with open(path, encoding="utf-8") as f:
+                    inputs.append(f.read())
+            else:
+                image = keras.utils.load_img(
+                    path, color_mode="rgb",
+                    target_size=(image_size, image_size),
+                )
+                inputs.append(keras.utils.img_to_array(image, dtype="float32"))
+        except Exception as e:
+            kind = "UTF-8 text" if modality == "text" else "image"
+            raise ValueError(
+                f"Cannot read '{path}' as {kind} ({type(e).__name__}: {e}). "
+                f"Remove it or pass only {kind} files. Received: {path!r}"
+            ) from None
+    if modality == "text":
+        return np.asarray(inputs, dtype=object)
+    return np.stack(inputs)
+
+
+def probabilities(model, inputs, batch_size=32):
+    """Class probabilities of `model` on `inputs` (softmax of logits)."""
+    from transfer.stages import _is_logits
+
+    outputs = np.asarray(
+        model.predict(inputs, batch_size=batch_size, verbose=0),
+        dtype="float64",
+    )
+    if not _is_logits(model):
+        return outputs
+    shifted = np.exp(outputs - outputs.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def predict_files(model, paths, *, top_k=1, batch_size=32):
+    """Top-k classes and probabilities of a classifier on files.
+
+    Every file is read before anything is predicted, so one bad file fails
+    the call at once, naming the file.
+
+    Args:
+        model: a classifier from `load_run` (its `transfer_metadata` names
+            the classes) or any image classifier taking `[0, 255]` pixels.
+        paths: image files (`.txt` files for text models) and folders.
+        top_k: how many classes per file, best first. Defaults to `1`.
+        batch_size: prediction batch size. Defaults to `32`.
+
+    Returns:
+        A list with one dict per file: `file` and `predictions`, a list of
+        `{"class": name, "probability": p}`.
+
+    Example:
+
+    >>> model, _ = transfer.workflow.load_run("runs/flowers")
+    >>> transfer.workflow.predict_files(model, ["rose.jpg"], top_k=2)
+    [{'file': 'rose.jpg', 'predictions': [{'class': 'rose', ...}, ...]}]
+    """
+    class_names = run_class_names(model)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not (
+        1 <= top_k <= len(class_names)
+    ):
+        raise ValueError(
+            f"`top_k` must be between 1 and the number of classes "
+            f"({len(class_names)}). Received: top_k={top_k!r}"
+        )
+    modality = run_modality(model)
+    files = expand_files(paths, modality)
+    image_size = None if modality == "text" else int(model.input_shape[1])
+    inputs = _load_inputs(files, modality, image_size)
+    probs = probabilities(model, inputs, batch_size)
+    results = []
+    for path, row in zip(files, probs, strict=True):
+        order = np.argsort(-row, kind="stable")[:top_k]
+        results.append({
+            "file": path,
+            "predictions": [
+                {"class": class_names[i], "probability": float(row[i])}
+                for i in order
+            ],
+        })
+    return results
+
+
+def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
+    """Labelled evaluation data for a run's model, as `(x, y)` arrays.
+
+    Args:
+        data_dir: a folder with one subfolder per class, with the classes
+            the model was trained on.
+        model: the run's model (for its input size, classes, modality).
+        config: the run's config, for the split. Defaults to `None`.
+        validation_only: return the run's validation split of `data_dir`
+            (same split and seed as training) instead of every file.
+            Defaults to `False`.
+
+    Raises:
+        ValueError: the folder's classes differ from the model's.
+    """
+    class_names = run_class_names(model)
+    split = seed = None
+    if validation_only and config:
+        split, seed = config.get("validation_split"), config.get("seed")
+    if run_modality(model) == "text":
+        from transfer.text_data import load_text_folder
+
+        train, val, names = load_text_folder(
+            data_dir, validation_split=split or 0, seed=seed or 1337
+        )
+        pair = val if split else train
+        x, y = np.asarray(pair[0], dtype=object), np.asarray(pair[1])
+    else:
+        from transfer.data import load_image_folder
+
+        train, val, names = load_image_folder(
+            data_dir, image_size=int(model.input_shape[1]),
+            validation_split=split or 0, seed=seed or 1337, verbose=0,
+            skip_bad_files=bool(config and config.get("skip_bad_files")),
+        )
+        dataset = val if split else train
+        batches = [(np.asarray(a), np.asarray(b)) for a, b in dataset]
+        x = np.concatenate([b[0] for b in batches])
+        y = np.concatenate([b[1] for b in batches])
+    if list(names) != class_names:
+        raise ValueError(
+            f"The classes of '{data_dir}' {list(names)} differ from the "
+            f"model's {class_names}. Evaluate on a folder with the same class "
+            f"subfolders. Received: data={data_dir!r}"
+        )
+    return x, y
