@@ -98,3 +98,37 @@ def supported_profile_batch(profile_batch):
         profile_batch,
     )
     return 0
+
+
+# Which backends export each format with the packages of the `export` extra.
+# Keras also routes ONNX on JAX through jax2onnx, LiteRT on torch through
+# litert-torch and SavedModel on torch through torch_xla; none of them is a
+# dependency of `transfer`, so those combinations are refused up front.
+EXPORT_BACKENDS = {
+    "keras": ("tensorflow", "jax", "torch"),
+    "saved_model": ("tensorflow", "jax"),
+    "onnx": ("tensorflow", "torch"),
+    "litert": ("tensorflow",),
+}
+
+
+def check_export_format(export_format):
+    """Raises `ValueError` unless this backend exports `export_format`.
+
+    The message names the backends that can: a `.keras` model trained on
+    any backend loads on every other, so exporting there works.
+    """
+    if export_format not in EXPORT_BACKENDS:
+        raise ValueError(
+            f"Unknown export format {export_format!r}. Choose one of "
+            f"{sorted(EXPORT_BACKENDS)}. Received: format={export_format!r}"
+        )
+    able = EXPORT_BACKENDS[export_format]
+    if backend() not in able:
+        raise ValueError(
+            f"The {backend()} backend cannot export format "
+            f"'{export_format}' here; the {' or '.join(able)} backend can. "
+            f"Run the same command with KERAS_BACKEND={able[0]} (the "
+            f".keras model loads on any backend). Received: "
+            f"format={export_format!r}, backend={backend()!r}"
+        )

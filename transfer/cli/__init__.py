@@ -1,0 +1,247 @@
+"""`transfer` on the command line: argparse, then library calls.
+
+Exit codes: `0` success, `2` a usage error or bad input (a `ValueError`,
+`TypeError` or missing file from the library's checks), `1` a failure while
+running. Errors are one line on stderr; `--debug` shows the traceback.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from transfer.cli import commands
+
+EPILOG = """examples:
+  transfer train --data flowers/ --backbone efficientnet_lite0 --output runs/flowers
+  transfer train --data flowers/ --backbone efficientnet_lite0 --config recipe.yaml --epochs 2,5
+  transfer evaluate runs/flowers --data flowers_test/
+  transfer predict runs/flowers rose.jpg more_photos/ --top-k 3 --format csv
+  transfer export runs/flowers --format onnx
+  transfer report runs/flowers
+  transfer backbones
+  transfer weights fetch efficientnet_lite0
+  transfer weights verify
+
+The backend is chosen by KERAS_BACKEND (tensorflow, jax, torch).
+Exit codes: 0 success, 2 usage error or bad input, 1 failure while running.
+"""
+
+SUBCOMMAND_EXAMPLES = {
+    "train": """examples:
+  transfer train --data flowers/ --backbone efficientnet_lite0
+  transfer train --data flowers/ --backbone efficientnet_lite0 --config recipe.yaml --output runs/f
+  transfer train --data reviews/ --backbone minilm_l6 --epochs 2,3   # text: one folder of .txt per class
+
+recipe.yaml holds `stages` plus any top-level option (flags override it):
+  backbone: efficientnet_lite0
+  image_size: 160
+  batch_size: 32
+  stages:
+    - {name: head, epochs: 3, learning_rate: 1.0e-3}
+    - {name: finetune, epochs: 10, learning_rate: 3.0e-4, trainable_blocks: all, schedule: cosine}
+""",
+    "evaluate": """examples:
+  transfer evaluate runs/flowers --data flowers_test/
+  transfer evaluate runs/flowers --data flowers_test/ --output reports/test
+""",
+    "predict": """examples:
+  transfer predict runs/flowers rose.jpg tulip.png
+  transfer predict runs/flowers photos/ --top-k 3 --format csv > predictions.csv
+""",
+    "export": """examples:
+  transfer export runs/flowers --format keras
+  transfer export runs/flowers --format saved_model
+  transfer export runs/flowers --format onnx --output flowers.onnx
+  KERAS_BACKEND=tensorflow transfer export runs/flowers --format litert --quantize dynamic
+""",
+    "backbones": """examples:
+  transfer backbones
+  transfer backbones --no-params --format json
+""",
+    "weights": """examples:
+  transfer weights fetch efficientnet_lite0
+  transfer weights verify
+  transfer weights verify minilm_l6
+""",
+    "report": """examples:
+  transfer report runs/flowers                      # the run's validation split
+  transfer report runs/flowers --data flowers_test/
+""",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common():
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error")
+    volume = parent.add_mutually_exclusive_group()
+    volume.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bars, warnings and errors only")
+    volume.add_argument("--verbose", "-v", action="store_true",
+                        help="log every step")
+    return parent
+
+
+def _subparser(subparsers, name, help_text, parents):
+    return subparsers.add_parser(
+        name, help=help_text, description=help_text, parents=parents,
+        epilog=SUBCOMMAND_EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _csv(kind):
+    def parse(text):
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} values, one per "
+                f"stage (e.g. 3,10); received {text!r}"
+            ) from None
+
+    return parse
+
+
+def build_parser():
+    """The `transfer` argument parser, with one subparser per command."""
+    common = [_common()]
+    parser = _Parser(
+        prog="transfer", parents=common, epilog=EPILOG,
+        description="Transfer learning for Keras 3 from the command line.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=_Parser)
+    sub.required = True
+
+    p = _subparser(sub, "train", "train a classifier on a folder of classes",
+                   common)
+    p.add_argument("--data", help="folder with one subfolder per class")
+    p.add_argument("--backbone", help="registered name (see `transfer "
+                   "backbones`), hub:<preset>, preset folder or .keras file")
+    p.add_argument("--config", help="recipe/config file (.yaml or .json)")
+    p.add_argument("--output", help="run directory (default runs/<data>-"
+                   "<backbone>); rerun the same command to resume")
+    p.add_argument("--epochs", type=_csv(int), help="epochs per stage, "
+                   "comma-separated")
+    p.add_argument("--learning-rate", type=_csv(float),
+                   help="learning rate per stage, comma-separated")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--sequence-length", type=int, help="text runs")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--validation-split", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--weights", help="pretrained (default) or none")
+    p.add_argument("--modality", choices=("auto", "image", "text"))
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   default=None, help="no flip/translate augmentation")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
+                   help="leave out unreadable images instead of failing")
+    p.set_defaults(handler=commands.train)
+
+    p = _subparser(sub, "evaluate", "metrics and a report on labelled data",
+                   common)
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True,
+                   help="folder with the run's class subfolders")
+    p.add_argument("--output", help="report folder (default "
+                   "RUN_DIR/evaluation)")
+    p.set_defaults(handler=commands.evaluate)
+
+    p = _subparser(sub, "predict", "classes and probabilities per file",
+                   common)
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.set_defaults(handler=commands.predict)
+
+    p = _subparser(sub, "export", "export and check parity with Keras",
+                   common)
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True,
+                   choices=("keras", "saved_model", "onnx", "litert"))
+    p.add_argument("--quantize", choices=("dynamic",),
+                   help="dynamic-range int8 weights (litert only)")
+    p.add_argument("--output", help="target path (default RUN_DIR/export/"
+                   "model.<ext>)")
+    p.set_defaults(handler=commands.export)
+
+    p = _subparser(sub, "backbones", "the registered backbones", common)
+    p.add_argument("--no-params", dest="params", action="store_false",
+                   help="skip building each backbone to count parameters")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=commands.backbones)
+
+    p = _subparser(sub, "weights", "prefetch and verify pretrained weights",
+                   common)
+    weights = p.add_subparsers(dest="action", metavar="ACTION",
+                               parser_class=_Parser)
+    weights.required = True
+    w = weights.add_parser("fetch", help="download or prepare into the cache",
+                           parents=common)
+    w.add_argument("name")
+    w.set_defaults(handler=commands.weights_fetch)
+    w = weights.add_parser("verify", help="check cached files' sha256",
+                           parents=common)
+    w.add_argument("name", nargs="?")
+    w.set_defaults(handler=commands.weights_verify)
+
+    p = _subparser(sub, "report", "per-class metrics, PNGs and one HTML page",
+                   common)
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="labelled folder (default: the run's "
+                   "validation split of its training data)")
+    p.set_defaults(handler=commands.report)
+    return parser
+
+
+_BAD_INPUT = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+              IsADirectoryError)
+
+
+def exit_code(error):
+    """`2` for bad input, `1` for a failure while running."""
+    from transfer.weights.download import WeightsUnavailableError
+
+    if isinstance(error, WeightsUnavailableError):
+        return 1
+    return 2 if isinstance(error, _BAD_INPUT) else 1
+
+
+def _configure_logging(args):
+    level = logging.ERROR if args.quiet else (
+        logging.INFO if args.verbose else logging.WARNING
+    )
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None):
+    """Runs `transfer` with `argv` (default `sys.argv[1:]`); returns the code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        args.handler(args)
+    except KeyboardInterrupt:
+        print("transfer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 (every error becomes one line)
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"transfer {args.command}: error: {message}", file=sys.stderr)
+        return exit_code(e)
+    return 0
+
