@@ -162,6 +162,9 @@ def export_model(model, path, export_format, *, quantize=None, samples=None):
         samples = sample_inputs(model)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    # Also builds the call graph Keras's exporters trace: a freshly loaded
+    # model has "never been called" otherwise.
+    expected = np.asarray(model.predict(samples, verbose=0), dtype="float32")
     if export_format == "keras":
         from transfer.export import save_model
 
@@ -176,7 +179,6 @@ def export_model(model, path, export_format, *, quantize=None, samples=None):
 
             kwargs["optimizations"] = [tf.lite.Optimize.DEFAULT]
         model.export(path, format=keras_format, verbose=False, **kwargs)
-    expected = np.asarray(model.predict(samples, verbose=0), dtype="float32")
     actual = np.asarray(RUNNERS[export_format](path, samples), dtype="float32")
     if actual.shape != expected.shape:
         raise RuntimeError(

@@ -134,7 +134,8 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     worst = None
     if data is not None and max_examples:
         worst = top_losses(model, data, max_examples)
-    if worst is not None and getattr(worst[0], "dtype", None) != object:
+    texts = worst is not None and worst[0].dtype.kind in "OUS"
+    if worst is not None and not texts:
         figure = plots.top_losses_figure(*worst, class_names)
         figure.savefig(os.path.join(output_dir, "worst_examples.png"))
         names.append("worst_examples.png")
@@ -149,7 +150,7 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
         if os.path.exists(path):
             files.append(path)
             sections.append(f"<h2>{titles[name]}</h2>{_inline_png(path)}")
-    if worst is not None and getattr(worst[0], "dtype", None) == object:
+    if texts:
         sections.append(
             "<h2>Worst-classified examples</h2>"
             + _worst_texts_table(worst, class_names)

@@ -106,7 +106,8 @@ def train_run(config, run_dir, *, verbose=1):
     spec = get_backbone_spec(config["backbone"], modality=modality)
     resume.check_run_dir(run_dir)
     recipe = Recipe.from_config({"stages": config["stages"]})
-    resolved = dict(config, modality=modality)
+    resolved = dict(config, modality=modality,
+                    data=os.path.abspath(config["data"]))
     if modality == "image":
         from transfer.data import load_image_folder
         from transfer.models import build_classifier

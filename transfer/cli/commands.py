@@ -57,13 +57,13 @@ def train(args):
     workflow.train_run(config, run_dir, verbose=_keras_verbose(args))
     with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
-    final = (manifest.get("stages") or [{}])[-1].get("final", {})
+    final = (manifest.get("stages") or [{}])[-1].get("metrics", {})
     _out({
         "run_dir": run_dir,
         "model": os.path.join(run_dir, "model.keras"),
         "backend": manifest.get("backend"),
         "class_names": manifest.get("class_names"),
-        "final_epoch": final,
+        "final_metrics": final,
         "seconds": manifest.get("seconds"),
     })
 
