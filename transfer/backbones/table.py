@@ -67,10 +67,10 @@ def count_parameters(name):
 
     spec = _REGISTRY[name]
     if spec.modality == "text":
-        model, _ = spec.builder(None, None)
+        model = spec.builder(None, None)[0]
     else:
         size = max(spec.min_image_size, 32)
-        model, _ = spec.builder(None, (size, size, 3))
+        model = spec.builder(None, (size, size, 3))[0]
     count = int(model.count_params())
     keras.backend.clear_session()
     return count

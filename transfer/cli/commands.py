@@ -5,12 +5,17 @@ Results go to stdout (JSON, CSV or a table); notes for people go to stderr.
 
 import csv
 import json
+import logging
 import os
 import sys
 
+logger = logging.getLogger(__name__)
+
 
 def _out(data):
-    print(json.dumps(data, indent=2))
+    # One line, last on stdout: Keras prints progress and "Found N files"
+    # there too, so a reader takes the last line.
+    print(json.dumps(data))
 
 
 def _note(args, text):
@@ -53,7 +58,7 @@ def train(args):
     )
     config = run_config.resolve_config(None, config)
     run_dir = args.output or _default_run_dir(config)
-    _note(args, f"Training into {run_dir}")
+    logger.info("Training into %s", run_dir)
     workflow.train_run(config, run_dir, verbose=_keras_verbose(args))
     with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)

@@ -1,0 +1,281 @@
+"""The `transfer` command line, driven in subprocesses on tiny data.
+
+One module-scoped run trains a tiny CNN (saved as a `.keras` backbone file,
+so the subprocess needs no test registry) on 16 synthetic PNGs; predict and
+export run on it in subprocesses, on every backend. Cheaper checks (usage
+errors, reports, tables) call `transfer.cli.main` in this process.
+"""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import transfer
+from transfer import _backend
+from transfer.backbones import table
+from transfer.cli import main
+
+BACKEND = keras.config.backend()
+RECIPE_YAML = """\
+image_size: 32
+batch_size: 8
+augment: false
+stages:
+  - {name: head, epochs: 1, learning_rate: 1.0e-2}
+  - {name: top, epochs: 1, learning_rate: 5.0e-3, trainable_blocks: 1}
+"""
+
+
+def run_cli(*args, cwd):
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(transfer.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "transfer", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def last_json(stdout):
+    """The JSON result: the last line of a command's stdout."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _write_folder(root, num_images=16):
+    x, y = transfer.synthetic_images(num_images, 32, 2)
+    for i, (image, label) in enumerate(zip(x, y, strict=True)):
+        folder = os.path.join(root, ("cat", "dog")[label])
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(np.clip(image, 0, 255).astype("uint8")).save(
+            os.path.join(folder, f"{i}.png")
+        )
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A finished `transfer train` run made in a subprocess."""
+    root = tmp_path_factory.mktemp("cli")
+    _write_folder(str(root / "data"))
+    backbone, *_ = transfer.build_backbone("tiny_cnn", weights=None)
+    backbone.save(str(root / "tiny_cnn.keras"))
+    (root / "recipe.yaml").write_text(RECIPE_YAML)
+    result = run_cli(
+        "train", "--data", "data", "--backbone", "tiny_cnn.keras",
+        "--config", "recipe.yaml", "--output", "run", "--epochs", "1,1",
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+def test_train_writes_run_and_resolved_config(cli_run):
+    root, result = cli_run
+    summary = last_json(result.stdout)
+    assert summary["class_names"] == ["cat", "dog"]
+    assert summary["backend"] == BACKEND
+    assert set(summary["final_metrics"]) >= {"loss", "val_loss"}
+    # Keras progress bars ran during fit.
+    assert "step" in result.stdout + result.stderr
+    config = json.loads((root / "run" / "config.json").read_text())
+    assert config["image_size"] == 32 and config["batch_size"] == 8
+    assert config["augment"] is False
+    assert config["data"] == str(root / "data")
+    assert [s["name"] for s in config["stages"]] == ["head", "top"]
+    assert config["stages"][1]["trainable_blocks"] == 1
+    assert (root / "run" / "model.keras").exists()
+
+
+def test_predict_json_and_csv(cli_run):
+    root, _ = cli_run
+    result = run_cli("predict", "run", "data/cat", "data/dog/1.png",
+                     "--top-k", "2", "--format", "csv", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    files = sorted({r["file"] for r in rows})
+    assert len(files) == len(os.listdir(root / "data" / "cat")) + 1
+    assert len(rows) == 2 * len(files)
+    for file in files:
+        probs = [float(r["probability"]) for r in rows if r["file"] == file]
+        classes = {r["class"] for r in rows if r["file"] == file}
+        assert classes == {"cat", "dog"}
+        assert probs[0] >= probs[1]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    # The CLI's probabilities are the reloaded model's softmax.
+    model = transfer.load_model(str(root / "run" / "model.keras"))
+    image = keras.utils.img_to_array(
+        keras.utils.load_img(str(root / "data/dog/1.png"), target_size=(32, 32))
+    )
+    logits = np.asarray(model.predict(image[None], verbose=0))[0]
+    expected = np.exp(logits) / np.exp(logits).sum()
+    mine = {r["class"]: float(r["probability"]) for r in rows
+            if r["file"] == "data/dog/1.png"}
+    assert mine["dog"] == pytest.approx(expected[1], abs=1e-5)
+
+
+def _formats_here():
+    return [f for f, able in _backend.EXPORT_BACKENDS.items()
+            if BACKEND in able and f != "keras"]
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "litert"])
+def test_export_parity(cli_run, export_format):
+    root, _ = cli_run
+    if export_format not in _formats_here():
+        pytest.skip(f"{export_format} is not exported on {BACKEND}")
+    result = run_cli("export", "run", "--format", export_format, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = last_json(result.stdout)
+    assert os.path.exists(root / report["path"])
+    assert report["max_abs_diff"] <= 1e-4
+    assert "max abs diff" in result.stderr
+
+
+def test_saved_model_export_parity(cli_run, capsys):
+    root, _ = cli_run
+    if "saved_model" not in _formats_here():
+        pytest.skip(f"saved_model is not exported on {BACKEND}")
+    assert main(["export", str(root / "run"), "--format", "saved_model"]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert os.path.exists(os.path.join(report["path"], "saved_model.pb"))
+    assert report["max_abs_diff"] <= 1e-4
+
+
+def test_export_refused_on_other_backend(cli_run, capsys):
+    root, _ = cli_run
+    refused = [f for f, able in _backend.EXPORT_BACKENDS.items()
+               if BACKEND not in able]
+    if not refused:
+        pytest.skip(f"{BACKEND} exports every format")
+    code = main(["export", str(root / "run"), "--format", refused[0]])
+    err = capsys.readouterr().err
+    assert code == 2
+    able = _backend.EXPORT_BACKENDS[refused[0]]
+    assert f"KERAS_BACKEND={able[0]}" in err and BACKEND in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_keras_export_and_report(cli_run, capsys):
+    root, _ = cli_run
+    run_dir = str(root / "run")
+    assert main(["export", run_dir, "--format", "keras", "--quiet"]) == 0
+    assert last_json(capsys.readouterr().out)["max_abs_diff"] == 0.0
+    assert main(["report", run_dir, "--quiet"]) == 0
+    out = last_json(capsys.readouterr().out)
+    assert out["split"] == "validation"
+    report_dir = root / "run" / "report"
+    for name in ("confusion_matrix.png", "training_curves.png",
+                 "worst_examples.png", "metrics.json"):
+        assert (report_dir / name).stat().st_size > 0, name
+    page = (report_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert "<td>cat</td>" in page and "precision" in page
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"cat", "dog"}
+
+
+def test_evaluate_on_folder(cli_run, capsys):
+    root, _ = cli_run
+    assert main(["evaluate", str(root / "run"), "--data", str(root / "data"),
+                 "--quiet"]) == 0
+    metrics = last_json(capsys.readouterr().out)
+    assert metrics["num_examples"] == 16
+    assert sum(map(sum, metrics["confusion_matrix"])) == 16
+    assert (root / "run" / "evaluation" / "report.html").exists()
+
+
+def test_evaluate_refuses_other_classes(cli_run, tmp_path, capsys):
+    root, _ = cli_run
+    other = tmp_path / "other"
+    _write_folder(str(other))
+    os.rename(other / "dog", other / "bird")
+    code = main(["evaluate", str(root / "run"), "--data", str(other)])
+    err = capsys.readouterr().err
+    assert code == 2 and "bird" in err and "differ" in err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--data", "nowhere", "--backbone", "tiny_cnn"],
+         "does not exist"),
+        (["train", "--data", "d", "--backbone", "resnet5", "--modality",
+          "image"], "Unknown backbone"),
+        (["train", "--backbone", "efficientnet_b0"], "No `data` given"),
+        (["train", "--data", "d", "--backbone", "x", "--epochs", "a,b"],
+         "comma-separated"),
+        (["predict", "no_run", "x.png"], "No trained model"),
+        (["export", "no_run", "--format", "tflite"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_config_key_names_allowed(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("backbone: tiny_cnn\nlearning_rate: 0.1\n")
+    code = main(["train", "--data", str(tmp_path), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "learning_rate" in err and "Allowed" in err and "batch_size" in err
+
+
+def test_debug_shows_traceback(capsys):
+    with pytest.raises(FileNotFoundError):
+        main(["predict", "no_run", "x.png", "--debug"])
+
+
+def test_epochs_must_match_stages(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path), "--backbone", "tiny_cnn",
+                 "--epochs", "1,2,3"])
+    assert code == 2
+    assert "2 stage(s)" in capsys.readouterr().err
+
+
+def test_help_has_examples(capsys):
+    for argv in (["--help"], ["train", "--help"], ["export", "--help"],
+                 ["weights", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+@pytest.mark.requires_backend("tensorflow")
+def test_backbones_table_and_weights_verify(capsys):
+    assert main(["backbones", "--no-params", "--format", "json"]) == 0
+    rows = {r["name"]: r for r in last_json(capsys.readouterr().out)}
+    lite0 = rows["efficientnet_lite0"]
+    assert lite0["image_size"] == 224 and lite0["blocks"] == 9
+    assert lite0["weights_offline"] == "yes"
+    assert rows["tiny_cnn"]["weights_offline"] == "none"
+    assert rows["tiny_cnn"]["blocks"] == 3
+    # 3x3 convs without bias (216 + 864 + 1728) and 4 values per BN channel.
+    assert table.count_parameters("tiny_cnn") == 2808 + 4 * (8 + 12 + 16)
+    assert main(["backbones", "--no-params"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["name", "modality"]
+    assert any(line.startswith("efficientnet_lite0 ") for line in lines)
+    assert main(["weights", "verify", "efficientnet_lite0"]) == 0
+    (row,) = last_json(capsys.readouterr().out)
+    assert row["status"] == "ok" and row["sha256"] == row["expected"]
+    assert main(["weights", "verify", "efficientnet_lite"]) == 2
+    assert "Did you mean" in capsys.readouterr().err
