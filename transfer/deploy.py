@@ -157,6 +157,17 @@ def export_model(model, path, export_format, *, quantize=None, samples=None):
     True
     """
     check_export_request(export_format, quantize)
+    metadata = getattr(model, "transfer_metadata", None) or {}
+    if metadata.get("modality") == "text" and export_format != "keras":
+        # Keras traces a KerasHub text classifier's serving function on its
+        # preprocessed inputs (a dict of token ids), not on strings: the
+        # artifact would not take the texts this check (and users) pass.
+        raise ValueError(
+            "Text classifiers export to 'keras' only: the SavedModel, ONNX "
+            "and LiteRT signatures Keras writes for them take token ids, not "
+            "strings. Use --format keras (load it with transfer.load_model). "
+            f"Received: format={export_format!r}"
+        )
     path = os.fspath(path)
     if samples is None:
         samples = sample_inputs(model)
