@@ -20,6 +20,8 @@ from PIL import Image
 
 import transfer
 from transfer import _backend
+from transfer import deploy
+from transfer import run_config
 from transfer.backbones import table
 from transfer.cli import main
 
@@ -279,3 +281,24 @@ def test_backbones_table_and_weights_verify(capsys):
     assert row["status"] == "ok" and row["sha256"] == row["expected"]
     assert main(["weights", "verify", "efficientnet_lite"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+def test_text_models_export_keras_only(tmp_path):
+    model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    model.transfer_metadata = {"modality": "text"}
+    with pytest.raises(ValueError, match="token ids"):
+        deploy.export_model(model, str(tmp_path / "m.onnx"), "onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_config_file_flags_override(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"backbone": "a", "batch_size": 4,
+                                  "stages": [{"name": "s", "epochs": 2,
+                                              "learning_rate": 0.1}]}))
+    resolved = run_config.resolve_config(
+        str(config), {"backbone": "b", "data": "d", "batch_size": None})
+    assert resolved["backbone"] == "b" and resolved["batch_size"] == 4
+    assert resolved["stages"][0]["trainable_blocks"] == 0
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        run_config.resolve_config(str(config), {"data": "d", "batch_size": 0})
