@@ -286,6 +286,8 @@ def test_backbones_table_and_weights_verify(capsys):
     assert main(["weights", "verify", "efficientnet_lite0"]) == 0
     (row,) = last_json(capsys.readouterr().out)
     assert row["status"] == "ok" and row["sha256"] == row["expected"]
+    assert main(["weights", "fetch", "efficientnet_lite0", "--quiet"]) == 0
+    assert last_json(capsys.readouterr().out)["status"] == "ok"
     assert main(["weights", "verify", "efficientnet_lite"]) == 2
     assert "Did you mean" in capsys.readouterr().err
 

@@ -149,11 +149,15 @@ def prepare_efficientnet_lite0(source=None, force=False):
     cache.verify_sha256(source, SOURCE_SHA256, "efficientnet_lite0")
     logger.info("Converting %s into %s", source, directory)
     state = load_legacy_pth(source)
-    tensors = {
-        _timm_key(key): value
-        for key, value in state.items()
-        if not key.endswith("num_batches_tracked")
-    }
+    import keras
+
+    # The one-time conversion reads every tensor; show it as it goes.
+    keys = [k for k in state if not k.endswith("num_batches_tracked")]
+    progress = keras.utils.Progbar(len(keys), unit_name="tensor")
+    tensors = {}
+    for index, key in enumerate(keys, start=1):
+        tensors[_timm_key(key)] = state[key]
+        progress.update(index)
     blob = save_safetensors(tensors, metadata={"format": "pt"})
     cache.atomic_write(weights_path, lambda f: f.write(blob))
     cache.atomic_write(
