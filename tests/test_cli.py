@@ -247,9 +247,12 @@ def test_unknown_config_key_names_allowed(tmp_path, capsys):
     assert "learning_rate" in err and "Allowed" in err and "batch_size" in err
 
 
-def test_debug_shows_traceback(capsys):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_traceback(where):
+    argv = ["predict", "no_run", "x.png"]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
     with pytest.raises(FileNotFoundError):
-        main(["predict", "no_run", "x.png", "--debug"])
+        main(argv)
 
 
 def test_epochs_must_match_stages(tmp_path, capsys):

@@ -78,15 +78,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _common():
+def _common(subcommand=False):
+    """`--debug`, `--quiet`, `--verbose`, before or after the command.
+
+    A subcommand's copies default to SUPPRESS: a plain default there would
+    overwrite `transfer --debug train ...`'s value.
+    """
+    default = argparse.SUPPRESS if subcommand else False
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--debug", action="store_true",
+    parent.add_argument("--debug", action="store_true", default=default,
                         help="show the traceback of an error")
     volume = parent.add_mutually_exclusive_group()
-    volume.add_argument("--quiet", "-q", action="store_true",
+    volume.add_argument("--quiet", "-q", action="store_true", default=default,
                         help="no progress bars, warnings and errors only")
     volume.add_argument("--verbose", "-v", action="store_true",
-                        help="log every step")
+                        default=default, help="log every step")
     return parent
 
 
@@ -113,9 +119,9 @@ def _csv(kind):
 
 def build_parser():
     """The `transfer` argument parser, with one subparser per command."""
-    common = [_common()]
+    common = [_common(subcommand=True)]
     parser = _Parser(
-        prog="transfer", parents=common, epilog=EPILOG,
+        prog="transfer", parents=[_common()], epilog=EPILOG,
         description="Transfer learning for Keras 3 from the command line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
