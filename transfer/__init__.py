@@ -8,10 +8,14 @@ model.save("flowers.keras")                                            # reload 
 """
 
 from transfer import callbacks
+from transfer import deploy
 from transfer import masked_lm
 from transfer import preflight
+from transfer import run_config
+from transfer import run_report
 from transfer import text
 from transfer import text_data
+from transfer import workflow
 from transfer.backbones import applications as _applications  # noqa: F401
 from transfer.backbones import hub as _hub  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
@@ -59,6 +63,7 @@ __all__ = [
     "build_text_classifier",
     "callbacks",
     "default_callbacks",
+    "deploy",
     "fetch_weights",
     "fit_recipe",
     "load_recipe",
@@ -74,11 +79,14 @@ __all__ = [
     "make_dataset",
     "register_backbone",
     "replace_head",
+    "run_config",
+    "run_report",
     "save_model",
     "set_trainable_blocks",
     "synthetic_images",
     "text",
     "text_data",
     "two_stage_recipe",
+    "workflow",
     "write_report",
 ]
