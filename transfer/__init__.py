@@ -7,6 +7,10 @@ model.save("flowers.keras")                                            # reload 
 ```
 """
 
+from transfer import _startup
+
+_startup.quiet_imports()
+
 from transfer import callbacks
 from transfer import deploy
 from transfer import masked_lm
