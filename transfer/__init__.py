@@ -43,6 +43,10 @@ from transfer.recipe import two_stage_recipe
 from transfer.report import write_report
 from transfer.text import build_text_classifier
 from transfer.weights.download import WeightsUnavailableError
+from transfer import pretrain
+from transfer import ssl
+from transfer.backbones import small as _small  # noqa: F401
+from transfer.pretrain import pretrain_images
 
 __version__ = "0.1.0"
 
@@ -81,4 +85,7 @@ __all__ = [
     "text_data",
     "two_stage_recipe",
     "write_report",
+    "pretrain",
+    "pretrain_images",
+    "ssl",
 ]
