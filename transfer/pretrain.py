@@ -177,6 +177,49 @@ def _knn_accuracy(features, labels, k):
     return float((counts.argmax(1) == labels).mean())
 
 
+def embed(model, images, *, batch_size=256):
+    """Pooled backbone features of images, as a NumPy array.
+
+    Args:
+        model: a `ContrastivePretrainer`, or a classifier from
+            `build_classifier` (its `pooler` output is used).
+        images: `(n, size, size, 3)` images in `[0, 255]`.
+        batch_size: images per forward pass. Defaults to `256`.
+    """
+    if hasattr(model, "features"):
+        return np.concatenate([
+            keras.ops.convert_to_numpy(
+                model.features(images[i : i + batch_size], training=False)
+            )
+            for i in range(0, len(images), batch_size)
+        ])
+    extractor = keras.Model(model.inputs, model.get_layer("pooler").output)
+    return extractor.predict(images, batch_size=batch_size, verbose=0)
+
+
+def linear_probe_accuracy(model, train, test):
+    """Test accuracy of a linear classifier on frozen pooled features.
+
+    Standardized features and scikit-learn's `LogisticRegression`: the
+    usual linear probe of representation quality, with no fine-tuning.
+
+    Args:
+        model: as for `embed`.
+        train: `(images, labels)` to fit the probe.
+        test: `(images, labels)` to score it.
+
+    Returns:
+        The accuracy on `test`, a float.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    probe.fit(embed(model, train[0]), np.asarray(train[1]))
+    return float(probe.score(embed(model, test[0]), np.asarray(test[1])))
+
+
 class RepresentationProbe(keras.callbacks.Callback):
     """Leave-one-out k-NN accuracy of the pooled features on a labelled set.
 
@@ -185,7 +228,8 @@ class RepresentationProbe(keras.callbacks.Callback):
     `holdout` with `model.features` and classifies each image by its `k`
     nearest neighbours (cosine) among the others. Logged to TensorBoard as
     `epoch_knn_accuracy` in `log_dir/probe`, and kept in `history` as
-    `(epoch, accuracy)` pairs (`-1`: before training).
+    `(epoch, accuracy)` pairs, starting with the weights training starts
+    from (`-1` for a fresh run, the last finished epoch for a resumed one).
 
     Args:
         holdout: `(images, labels)` arrays, images as the model takes them.
@@ -202,20 +246,14 @@ class RepresentationProbe(keras.callbacks.Callback):
 
     def measure(self):
         images, labels = self.holdout
-        features = [
-            keras.ops.convert_to_numpy(
-                self.model.features(images[i : i + 256], training=False)
-            )
-            for i in range(0, len(images), 256)
-        ]
-        return _knn_accuracy(
-            np.concatenate(features), np.asarray(labels), self.k
-        )
+        return _knn_accuracy(embed(self.model, images), labels, self.k)
 
     def on_train_begin(self, logs=None):
         self._writer = summaries.EventWriter(os.path.join(self.log_dir, "probe"))
-        if not self.history:
-            self.history.append((-1, self.measure()))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.history:  # the starting point (resumed: its last epoch)
+            self.history.append((epoch - 1, self.measure()))
 
     def on_epoch_end(self, epoch, logs=None):
         accuracy = self.measure()

@@ -107,6 +107,17 @@ class ContrastivePretrainer(keras.Model):
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         self.self_supervised = True
 
+    def build(self, input_shape):
+        shape = (None,) + tuple(input_shape[1:])
+        for layer in self.augmentation:
+            if not layer.built:
+                layer.build(shape)
+        self.preprocessing.build(shape)
+        width = int(self.backbone.output_shape[-1])
+        self.projection_hidden.build((None, width))
+        self.projection.build((None, width))
+        self.built = True
+
     def features(self, images, training=False):
         """Pooled backbone features of `[0, 255]` images (no projection)."""
         x = self.preprocessing(ops.cast(images, "float32"))
