@@ -10,10 +10,13 @@ model.save("flowers.keras")                                            # reload 
 from transfer import callbacks
 from transfer import masked_lm
 from transfer import preflight
+from transfer import pretrain
+from transfer import ssl
 from transfer import text
 from transfer import text_data
 from transfer.backbones import applications as _applications  # noqa: F401
 from transfer.backbones import hub as _hub  # noqa: F401
+from transfer.backbones import small as _small  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
 from transfer.backbones.registry import list_backbones
 from transfer.backbones.registry import register_backbone
@@ -34,6 +37,7 @@ from transfer.models import build_backbone
 from transfer.models import build_classifier
 from transfer.models import fetch_weights
 from transfer.models import replace_head
+from transfer.pretrain import pretrain_images
 from transfer.recipe import Recipe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
@@ -43,10 +47,6 @@ from transfer.recipe import two_stage_recipe
 from transfer.report import write_report
 from transfer.text import build_text_classifier
 from transfer.weights.download import WeightsUnavailableError
-from transfer import pretrain
-from transfer import ssl
-from transfer.backbones import small as _small  # noqa: F401
-from transfer.pretrain import pretrain_images
 
 __version__ = "0.1.0"
 
