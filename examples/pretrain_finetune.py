@@ -11,8 +11,8 @@ labelled images per class (the same seeded split for every model), each of
 - `imagenet`: EfficientNet-Lite0 with real ImageNet weights (64 px),
 
 gets a linear probe (logistic regression on frozen pooled features) and a
-two-stage fine-tune (`transfer.two_stage_recipe`, the same epochs and
-learning rates for all), scored on the same test images.
+two-stage fine-tune (`transfer.two_stage_recipe`: the same epochs, learning
+rates and batch size for all), scored on the same test images.
 
     python examples/pretrain_finetune.py
     python examples/pretrain_finetune.py --quick
@@ -106,6 +106,13 @@ def at_size(images_labels, size):
     return pretrain.image_array(images, size), labels
 
 
+def finetune_batch_size(num_images):
+    """32, or less so that an epoch has at least 10 steps (10 labels per
+    class: 100 images in batches of 10): a few steps per epoch would leave
+    the new head barely trained."""
+    return max(2, min(32, num_images // 10))
+
+
 def evaluate(backbone, weights, size, data, args, run_dir):
     """Linear probe and two-stage fine-tune for each labelled split."""
     probe, finetune = {}, {}
@@ -120,7 +127,7 @@ def evaluate(backbone, weights, size, data, args, run_dir):
         recipe = transfer.two_stage_recipe(args.head_epochs, args.finetune_epochs)
         transfer.fit_recipe(
             model, recipe, train, run_dir=os.path.join(run_dir, f"{labels}"),
-            batch_size=32, verbose=0)
+            batch_size=finetune_batch_size(len(train[1])), verbose=0)
         predictions = model.predict(test[0], batch_size=256, verbose=0)
         finetune[str(labels)] = round(
             float((predictions.argmax(-1) == test[1]).mean()), 4)
