@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import transfer  # noqa: E402
-from transfer import pretrain  # noqa: E402
+from transfer import pretrain
+from transfer import probes  # noqa: E402
 from transfer.ssl import ContrastivePretrainer  # noqa: E402
 
 
@@ -60,8 +61,8 @@ class SimSiamPretrainer(ContrastivePretrainer):
 
 
 def evaluate(model, labelled, test):
-    knn = pretrain._knn_accuracy(pretrain.embed(model, test[0]), test[1], 10)
-    return knn, pretrain.linear_probe_accuracy(model, labelled, test)
+    knn = probes._knn_accuracy(probes.embed(model, test[0]), test[1], 10)
+    return knn, probes.linear_probe_accuracy(model, labelled, test)
 
 
 def main(argv=None):

@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 
 import transfer  # noqa: E402
 from transfer import data as data_lib  # noqa: E402
-from transfer import pretrain  # noqa: E402
+from transfer import pretrain
+from transfer import probes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -123,7 +124,7 @@ def evaluate(backbone, weights, size, data, args, run_dir):
         model = transfer.build_classifier(
             backbone, data["num_classes"], weights=weights, image_size=size)
         probe[str(labels)] = round(
-            pretrain.linear_probe_accuracy(model, train, test), 4)
+            probes.linear_probe_accuracy(model, train, test), 4)
         recipe = transfer.two_stage_recipe(args.head_epochs, args.finetune_epochs)
         transfer.fit_recipe(
             model, recipe, train, run_dir=os.path.join(run_dir, f"{labels}"),

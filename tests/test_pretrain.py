@@ -9,6 +9,7 @@ import pytest
 
 import transfer
 from transfer import pretrain
+from transfer import probes
 from transfer.ssl import ContrastivePretrainer
 from transfer.ssl import nt_xent
 
@@ -65,8 +66,8 @@ def test_pretrainer_saves_and_reloads(tmp_path):
     reloaded = keras.saving.load_model(path)
     assert isinstance(reloaded, ContrastivePretrainer)
     assert reloaded.get_config()["temperature"] == 0.5
-    np.testing.assert_allclose(pretrain.embed(reloaded, x),
-                               pretrain.embed(model, x), atol=1e-5)
+    np.testing.assert_allclose(probes.embed(reloaded, x),
+                               probes.embed(model, x), atol=1e-5)
 
 
 def test_nt_xent_rewards_matching_views():
@@ -85,8 +86,8 @@ def test_knn_probe_separates_clusters():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 20)
     features = rng.normal(size=(40, 4)) + np.eye(4)[labels] * 10.0
-    assert pretrain._knn_accuracy(features, labels, 5) == 1.0
-    assert pretrain._knn_accuracy(rng.normal(size=(40, 4)), labels, 5) < 0.9
+    assert probes._knn_accuracy(features, labels, 5) == 1.0
+    assert probes._knn_accuracy(rng.normal(size=(40, 4)), labels, 5) < 0.9
 
 
 def test_too_few_images_for_the_batch(tmp_path):
@@ -143,20 +144,20 @@ class _Kill(Exception):
 def test_killed_pretraining_resumes(tmp_path, monkeypatch):
     x, y = _images()
     run_dir = str(tmp_path / "ssl")
-    original = pretrain.RepresentationProbe.on_epoch_end
+    original = probes.RepresentationProbe.on_epoch_end
 
     def die_after_epoch_1(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 1:
             raise _Kill()
 
-    monkeypatch.setattr(pretrain.RepresentationProbe, "on_epoch_end",
+    monkeypatch.setattr(probes.RepresentationProbe, "on_epoch_end",
                         die_after_epoch_1)
     with pytest.raises(_Kill):
         transfer.pretrain_images(x, run_dir=run_dir, backbone="tiny_cnn",
                                  epochs=3, batch_size=16, holdout=(x, y))
     assert not os.path.exists(os.path.join(run_dir, "backbone.keras"))
-    monkeypatch.setattr(pretrain.RepresentationProbe, "on_epoch_end", original)
+    monkeypatch.setattr(probes.RepresentationProbe, "on_epoch_end", original)
     result = transfer.pretrain_images(x, run_dir=run_dir, backbone="tiny_cnn",
                                       epochs=3, batch_size=16, holdout=(x, y))
     assert [epoch for epoch, _ in result["probe"]] == [1, 2]
@@ -165,4 +166,11 @@ def test_killed_pretraining_resumes(tmp_path, monkeypatch):
         manifest = json.load(f)
     assert manifest["stages"][0]["resumed_after_epoch"] == 1
     assert manifest["attempts"] == 2
+    assert os.path.exists(result["backbone"])
+    # A kill between manifest.json and backbone.keras: the rerun restores
+    # the backbone from model.keras and names it.
+    os.remove(result["backbone"])
+    with pytest.raises(ValueError, match="finished pretraining run; its backbone"):
+        transfer.pretrain_images(x, run_dir=run_dir, backbone="tiny_cnn",
+                                 epochs=3, batch_size=16)
     assert os.path.exists(result["backbone"])

@@ -11,6 +11,7 @@ from transfer import callbacks
 from transfer import masked_lm
 from transfer import preflight
 from transfer import pretrain
+from transfer import probes
 from transfer import ssl
 from transfer import text
 from transfer import text_data
@@ -87,5 +88,6 @@ __all__ = [
     "write_report",
     "pretrain",
     "pretrain_images",
+    "probes",
     "ssl",
 ]

@@ -4,8 +4,8 @@
 or continuing from its pretrained weights) with `transfer.ssl`'s SimCLR
 objective, as one `fit_recipe` stage: TensorBoard logs, progress bars,
 per-epoch backups and resume come from there. A k-NN probe on a small
-labelled holdout (`RepresentationProbe`) logs how good the features are
-after every epoch. The trained backbone is saved as `run_dir/backbone.keras`;
+labelled holdout (`transfer.probes.RepresentationProbe`) logs how good the
+features are after every epoch. The trained backbone is saved as `run_dir/backbone.keras`;
 pass that path to `build_classifier` to fine-tune it.
 """
 
@@ -16,9 +16,9 @@ import time
 import keras
 import numpy as np
 
-from transfer import summaries
 from transfer.backbones.registry import get_backbone_spec
 from transfer.export import save_model
+from transfer.probes import RepresentationProbe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
 from transfer.ssl import ContrastivePretrainer
@@ -163,111 +163,20 @@ def image_array(images, image_size=None, *, min_image_size=1):
     return out
 
 
-def _knn_accuracy(features, labels, k):
-    """Leave-one-out k-NN accuracy with cosine similarity."""
-    f = features / np.maximum(
-        np.linalg.norm(features, axis=1, keepdims=True), 1e-12
+def _check_not_finished(run_dir):
+    """Refuses a finished run, naming its backbone file (which is restored
+    from `model.keras` if a kill came between the two saves)."""
+    path = os.path.join(run_dir, BACKBONE_FILE)
+    if not os.path.exists(os.path.join(run_dir, "manifest.json")):
+        return
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.exists(path) and os.path.exists(model_path):
+        save_model(keras.saving.load_model(model_path).backbone, path)
+    raise ValueError(
+        f"'{run_dir}' holds a finished pretraining run; its backbone is "
+        f"'{path}': pass that path to transfer.build_classifier. Pass a new "
+        f"run_dir to pretrain again. Received: run_dir={run_dir!r}"
     )
-    similarity = f @ f.T
-    np.fill_diagonal(similarity, -np.inf)
-    neighbours = np.argsort(-similarity, axis=1)[:, :k]
-    votes = labels[neighbours]
-    num_classes = int(labels.max()) + 1
-    counts = np.stack([(votes == c).sum(1) for c in range(num_classes)], 1)
-    return float((counts.argmax(1) == labels).mean())
-
-
-def embed(model, images, *, batch_size=256):
-    """Pooled backbone features of images, as a NumPy array.
-
-    Args:
-        model: a `ContrastivePretrainer`, or a classifier from
-            `build_classifier` (its `pooler` output is used).
-        images: `(n, size, size, 3)` images in `[0, 255]`.
-        batch_size: images per forward pass. Defaults to `256`.
-    """
-    if hasattr(model, "features"):
-        return np.concatenate([
-            keras.ops.convert_to_numpy(
-                model.features(images[i : i + batch_size], training=False)
-            )
-            for i in range(0, len(images), batch_size)
-        ])
-    extractor = keras.Model(model.inputs, model.get_layer("pooler").output)
-    return extractor.predict(images, batch_size=batch_size, verbose=0)
-
-
-def linear_probe_accuracy(model, train, test):
-    """Test accuracy of a linear classifier on frozen pooled features.
-
-    Standardized features and scikit-learn's `LogisticRegression`: the
-    usual linear probe of representation quality, with no fine-tuning.
-
-    Args:
-        model: as for `embed`.
-        train: `(images, labels)` to fit the probe.
-        test: `(images, labels)` to score it.
-
-    Returns:
-        The accuracy on `test`, a float.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    probe.fit(embed(model, train[0]), np.asarray(train[1]))
-    return float(probe.score(embed(model, test[0]), np.asarray(test[1])))
-
-
-class RepresentationProbe(keras.callbacks.Callback):
-    """Leave-one-out k-NN accuracy of the pooled features on a labelled set.
-
-    A cheap measure of representation quality during self-supervised
-    pretraining: at the start of training and after every epoch, embeds
-    `holdout` with `model.features` and classifies each image by its `k`
-    nearest neighbours (cosine) among the others. Logged to TensorBoard as
-    `epoch_knn_accuracy` in `log_dir/probe`, and kept in `history` as
-    `(epoch, accuracy)` pairs, starting with the weights training starts
-    from (`-1` for a fresh run, the last finished epoch for a resumed one).
-
-    Args:
-        holdout: `(images, labels)` arrays, images as the model takes them.
-        log_dir: TensorBoard log directory. Defaults to `"logs"`.
-        k: neighbours that vote. Defaults to `10`.
-    """
-
-    def __init__(self, holdout, log_dir="logs", k=10):
-        super().__init__()
-        self.holdout = holdout
-        self.log_dir = log_dir
-        self.k = k
-        self.history = []
-
-    def measure(self):
-        images, labels = self.holdout
-        return _knn_accuracy(embed(self.model, images), labels, self.k)
-
-    def on_train_begin(self, logs=None):
-        self._writer = summaries.EventWriter(os.path.join(self.log_dir, "probe"))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self.history:  # the starting point (resumed: its last epoch)
-            self.history.append((epoch - 1, self.measure()))
-
-    def on_epoch_end(self, epoch, logs=None):
-        accuracy = self.measure()
-        self.history.append((epoch, accuracy))
-        logger.info("Epoch %d: k-NN probe accuracy %.4f", epoch, accuracy)
-        self._writer.scalar(
-            "epoch_knn_accuracy", accuracy, step=epoch,
-            description=f"Leave-one-out {self.k}-NN accuracy of the pooled "
-                        "backbone features on the labelled holdout.",
-        )
-        self._writer.flush()
-
-    def on_train_end(self, logs=None):
-        self._writer.close()
 
 
 def pretrain_images(
@@ -333,6 +242,7 @@ def pretrain_images(
     from transfer.models import build_backbone
 
     started = time.perf_counter()
+    _check_not_finished(run_dir)
     spec = get_backbone_spec(backbone)
     x = image_array(images, image_size, min_image_size=spec.min_image_size)
     size = x.shape[1]
