@@ -19,6 +19,16 @@ def _images(n=32, size=32, seed=0):
                                      num_classes=2, seed=seed)
 
 
+def _tensor_steps(run):
+    """{tag: steps} of the TensorBoard run directory `run`."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(run)
+    accumulator.Reload()
+    return {tag: sorted(e.step for e in accumulator.Tensors(tag))
+            for tag in accumulator.Tags()["tensors"]}
+
+
 def test_pretrain_then_build_classifier_uses_the_pretrained_weights(tmp_path):
     x, y = _images()
     run_dir = str(tmp_path / "ssl")
@@ -32,7 +42,11 @@ def test_pretrain_then_build_classifier_uses_the_pretrained_weights(tmp_path):
     # The probe measured the starting point and epoch 0, into TensorBoard.
     assert [epoch for epoch, _ in result["probe"]] == [-1, 0]
     assert all(0.0 <= acc <= 1.0 for _, acc in result["probe"])
-    assert os.listdir(os.path.join(run_dir, "logs", "probe"))
+    logs = os.path.join(run_dir, "logs")
+    assert _tensor_steps(os.path.join(logs, "probe")) == {
+        "epoch_knn_accuracy": [0]}
+    train_tags = _tensor_steps(os.path.join(logs, "train"))
+    assert train_tags["epoch_loss"] == train_tags["epoch_accuracy"] == [0]
     with open(os.path.join(run_dir, "manifest.json")) as f:
         assert json.load(f)["task"] == "simclr"
 
