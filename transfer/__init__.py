@@ -15,13 +15,17 @@ from transfer import callbacks
 from transfer import deploy
 from transfer import masked_lm
 from transfer import preflight
+from transfer import pretrain
+from transfer import probes
 from transfer import run_config
 from transfer import run_report
+from transfer import ssl
 from transfer import text
 from transfer import text_data
 from transfer import workflow
 from transfer.backbones import applications as _applications  # noqa: F401
 from transfer.backbones import hub as _hub  # noqa: F401
+from transfer.backbones import small as _small  # noqa: F401
 from transfer.backbones.registry import get_backbone_spec
 from transfer.backbones.registry import list_backbones
 from transfer.backbones.registry import register_backbone
@@ -42,6 +46,7 @@ from transfer.models import build_backbone
 from transfer.models import build_classifier
 from transfer.models import fetch_weights
 from transfer.models import replace_head
+from transfer.pretrain import pretrain_images
 from transfer.recipe import Recipe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
@@ -93,4 +98,8 @@ __all__ = [
     "two_stage_recipe",
     "workflow",
     "write_report",
+    "pretrain",
+    "pretrain_images",
+    "probes",
+    "ssl",
 ]

@@ -282,7 +282,8 @@ def fit_recipe(
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
     class_names = check_head_classes(model, class_names, train_data)
-    num_classes = model.output_shape[-1]
+    unlabelled = stages.is_self_supervised(model)
+    num_classes = None if unlabelled else model.output_shape[-1]
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(
             f"The model has {num_classes} outputs but {len(class_names)} class "
@@ -290,7 +291,7 @@ def fit_recipe(
         )
     preflight = getattr(train_data, "transfer_preflight", None)
     resume.check_run_dir(run_dir)
-    if not stages.is_masked_lm(model):
+    if not unlabelled:
         train_data = labels.check_labels(train_data, num_classes, "Training")
         if validation_data is not None:
             validation_data = labels.check_labels(

@@ -38,7 +38,14 @@ def _is_logits(model):
 
 
 def _compile(model, optimizer):
-    """Compiles for classification, or masked-LM with masked-token metrics."""
+    """Compiles for classification, or masked-LM with masked-token metrics.
+
+    Self-supervised image models (`transfer.ssl.ContrastivePretrainer`)
+    compute their own loss and metrics: they get the optimizer only.
+    """
+    if getattr(model, "self_supervised", False):
+        model.compile(optimizer=optimizer)
+        return
     if is_masked_lm(model):
         # Unmasked positions carry zero sample weight: accuracy must be a
         # weighted metric to count masked tokens only.
@@ -57,6 +64,11 @@ def _compile(model, optimizer):
         ),
         metrics=["accuracy"],
     )
+
+
+def is_self_supervised(model):
+    """Whether `model` trains on unlabelled data (masked LM, SimCLR)."""
+    return is_masked_lm(model) or getattr(model, "self_supervised", False)
 
 
 def is_masked_lm(model):
@@ -215,7 +227,7 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
                 train_data=train_data if fresh else None,
                 hparams=hparams if fresh else None,
                 images=is_image_model,
-                classifier=not is_masked_lm(model),
+                classifier=not is_self_supervised(model),
             )
             + list(callbacks or [])
         )
