@@ -24,6 +24,8 @@ from transfer.data import load_dataset
 from transfer.data import load_image_folder
 from transfer.data import make_dataset
 from transfer.data import synthetic_images
+from transfer.distribute import DistributionPlan
+from transfer.distribute import distribution_scope
 from transfer.export import load_model
 from transfer.export import save_model
 from transfer.freeze import FreezePlan
@@ -48,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneSpec",
+    "DistributionPlan",
     "FreezePlan",
     "NonFiniteLossError",
     "Recipe",
@@ -59,6 +62,7 @@ __all__ = [
     "build_text_classifier",
     "callbacks",
     "default_callbacks",
+    "distribution_scope",
     "fetch_weights",
     "fit_recipe",
     "load_recipe",
