@@ -365,8 +365,8 @@ def plan_for_model(model, distribute):
                 found, None, None, mesh=mesh)
         if found == "none" and mode == "data_parallel" and len(
                 keras.distribution.list_devices()) == 1:
-            # One device: nothing to shard, and JAX keeps such variables
-            # on it whether or not they were made in a distribution scope.
+            # One device: nothing to shard; JAX keeps variables on one
+            # device whether or not they were made in a distribution scope.
             return _jax_plan(mode, None, None)
         if found == "none":
             raise _built_outside(distribute, "keras.distribution")
@@ -407,13 +407,26 @@ def plan_for_model(model, distribute):
         version=keras.__version__, distribute=distribute))
 
 
-def check_array_batches(plan, data, batch_size):
-    """Refuses array data whose last, partial batch cannot be split.
+def check_batches(plan, data, batch_size):
+    """Refuses data that the plan's engine would fail on after a while.
 
-    JAX shards every batch evenly over the replicas; Keras's array adapter
-    yields a last batch of `len % batch_size` samples.
+    JAX shards every batch evenly over the replicas, and Keras's array
+    adapter yields a last batch of `len % batch_size` samples; several
+    processes need a `tf.data.Dataset` with a static batch size.
     """
-    if plan.handle is None or not isinstance(data, tuple):
+    if plan.handle is None or data is None:
+        return
+    spec = getattr(data, "element_spec", None)
+    if plan.num_processes > 1 and spec is not None:
+        first = spec[0] if isinstance(spec, tuple) else spec
+        if not first.shape.rank or first.shape[0] is None:
+            raise ValueError(
+                f"With {plan.num_processes} processes Keras splits each "
+                "batch of the tf.data.Dataset by process and needs its size "
+                "fixed: batch it with `drop_remainder=True`. Received: "
+                f"element_spec={spec}"
+            )
+    if not isinstance(data, tuple):
         return
     if plan.num_processes > 1:
         raise ValueError(

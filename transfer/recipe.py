@@ -332,7 +332,7 @@ def fit_recipe(
     )
     batch_plan = plan.batch_plan(_data_batch_size(train_data, batch_size))
     for data in (train_data, validation_data):
-        distribute_lib.check_array_batches(plan, data, batch_size)
+        distribute_lib.check_batches(plan, data, batch_size)
     if not plan.is_chief:
         return distribute_lib.fit_as_worker(
             plan, model, recipe, train_data, validation_data,
