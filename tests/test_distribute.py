@@ -59,14 +59,14 @@ def _event_steps(log_dir):
 
 
 def _assert_same_training(result, reference):
-    for stage, ref in zip(result["metrics"], reference["metrics"]):
+    for stage, ref in zip(result["metrics"], reference["metrics"], strict=True):
         assert stage.keys() == ref.keys()
         for key, value in stage.items():
             if "loss" in key:
                 np.testing.assert_allclose(value, ref[key], rtol=1e-5)
             else:
                 assert value == ref[key], key
-    for w, ref in zip(result["weights"], reference["weights"]):
+    for w, ref in zip(result["weights"], reference["weights"], strict=True):
         np.testing.assert_allclose(w, ref, atol=1e-5)
 
 

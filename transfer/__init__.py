@@ -8,6 +8,7 @@ model.save("flowers.keras")                                            # reload 
 """
 
 from transfer import callbacks
+from transfer import distribute
 from transfer import masked_lm
 from transfer import preflight
 from transfer import text
@@ -62,6 +63,7 @@ __all__ = [
     "build_text_classifier",
     "callbacks",
     "default_callbacks",
+    "distribute",
     "distribution_scope",
     "fetch_weights",
     "fit_recipe",
