@@ -449,18 +449,31 @@ def check_batches(plan, data, batch_size):
         )
 
 
-def fit_as_worker(plan, model, recipe, train_data, validation_data, **kwargs):
-    """A non-chief process: the same stages and callbacks (every process
-    must run the same computations), into a scratch run directory that is
-    removed afterwards, so only the chief writes `run_dir`."""
+def fit_as_worker(plan, run_dir, model, recipe, train_data, validation_data,
+                  **kwargs):
+    """Trains a non-chief process's share without writing `run_dir`.
+
+    Every process must run the same computations (stages, epochs, callback
+    predictions), so a non-chief one runs the same stage loop into a scratch
+    run directory, removed afterwards. To resume as the chief does, it
+    starts from a copy of the chief's `run_dir/checkpoints` when it can
+    read one (same host, or a filesystem every host sees).
+    """
     from transfer import resume
     from transfer import stages
 
+    if os.path.exists(os.path.join(run_dir, "manifest.json")):
+        resume.check_run_dir(run_dir)  # raises: a finished run
     scratch = tempfile.mkdtemp(prefix=f"transfer-process{plan.process_id}-")
     logger.info(
         "Process %d of %d is not the chief: writing nothing to run_dir "
         "(scratch: %s)", plan.process_id, plan.num_processes, scratch,
     )
+    source = os.path.join(run_dir, resume.CHECKPOINTS)
+    if os.path.exists(os.path.join(source, "run.json")):
+        shutil.copytree(
+            source, os.path.join(scratch, "run", resume.CHECKPOINTS))
+        logger.info("Resuming from a copy of the chief's '%s'", source)
     try:
         with plan.scope():
             run = resume.RunState.open(
@@ -474,4 +487,3 @@ def fit_as_worker(plan, model, recipe, train_data, validation_data, **kwargs):
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-

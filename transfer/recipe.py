@@ -335,7 +335,7 @@ def fit_recipe(
         distribute_lib.check_batches(plan, data, batch_size)
     if not plan.is_chief:
         return distribute_lib.fit_as_worker(
-            plan, model, recipe, train_data, validation_data,
+            plan, run_dir, model, recipe, train_data, validation_data,
             batch_size=batch_size, callbacks=callbacks,
             class_names=class_names, verbose=verbose,
         )
