@@ -165,8 +165,15 @@ def test_four_devices_match_one(tmp_path):
     # the one-device run, none twice, and only this process wrote them.
     reference = _event_steps(str(tmp_path / "one" / "logs"))
     assert reference[("train", "epoch_loss")] == [0, 1]
-    for config in ("all", "resume"):
-        assert _event_steps(str(tmp_path / config / "logs")) == reference
+    assert _event_steps(str(tmp_path / "all" / "logs")) == reference
+    # The crash may lose events not yet flushed (README "Run directory"),
+    # but the rerun never writes a step twice.
+    steps = _event_steps(str(tmp_path / "resume" / "logs"))
+    assert steps.keys() == reference.keys()
+    for key, values in steps.items():
+        assert len(set(values)) == len(values), key
+        assert set(values) <= set(reference[key]), key
+    assert 1 in steps[("train", "epoch_loss")]
     pids = {
         re.match(r"events\.out\.tfevents\.\d+\.[^.]+\.(\d+)\.",
                  os.path.basename(f)).group(1)

@@ -12,6 +12,7 @@ import keras
 
 from transfer import _backend
 from transfer import distribute as distribute_lib
+from transfer import engines
 from transfer import labels
 from transfer import resume
 from transfer import stages
@@ -327,12 +328,12 @@ def fit_recipe(
             f"names were given. Received: class_names={list(class_names)}"
         )
     preflight = getattr(train_data, "transfer_preflight", None)
-    plan = distribute_lib.plan_for_model(
+    plan = engines.plan_for_model(
         model, recipe.distribute if distribute is None else distribute
     )
     batch_plan = plan.batch_plan(_data_batch_size(train_data, batch_size))
     for data in (train_data, validation_data):
-        distribute_lib.check_batches(plan, data, batch_size)
+        engines.check_batches(plan, data, batch_size)
     if not plan.is_chief:
         return distribute_lib.fit_as_worker(
             plan, run_dir, model, recipe, train_data, validation_data,
