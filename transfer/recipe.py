@@ -334,13 +334,8 @@ def fit_recipe(
     batch_plan = plan.batch_plan(_data_batch_size(train_data, batch_size))
     for data in (train_data, validation_data):
         engines.check_batches(plan, data, batch_size)
-    if not plan.is_chief:
-        return distribute_lib.fit_as_worker(
-            plan, run_dir, model, recipe, train_data, validation_data,
-            batch_size=batch_size, callbacks=callbacks,
-            class_names=class_names, verbose=verbose,
-        )
-    resume.check_run_dir(run_dir)
+    if plan.is_chief:  # the others never write run_dir
+        resume.check_run_dir(run_dir)
     if not stages.is_masked_lm(model):
         train_data = labels.check_labels(train_data, num_classes, "Training")
         if validation_data is not None:
@@ -350,6 +345,12 @@ def fit_recipe(
     _backend.require_tensorboard()
     require_matplotlib()
     profile_batch = _backend.supported_profile_batch(profile_batch)
+    if not plan.is_chief:
+        return distribute_lib.fit_as_worker(
+            plan, run_dir, model, recipe, train_data, validation_data,
+            batch_size=batch_size, callbacks=callbacks,
+            class_names=class_names, verbose=verbose,
+        )
     distribution = {**plan.to_dict(), **batch_plan}
     if plan.handle is not None:
         logger.info("Distribution: %s", distribution)
