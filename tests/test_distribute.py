@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections import Counter
 
 import keras
 import numpy as np
@@ -170,9 +171,9 @@ def test_four_devices_match_one(tmp_path):
     # but the rerun never writes a step twice.
     steps = _event_steps(str(tmp_path / "resume" / "logs"))
     assert steps.keys() == reference.keys()
-    for key, values in steps.items():
-        assert len(set(values)) == len(values), key
-        assert set(values) <= set(reference[key]), key
+    for key, values in steps.items():  # (Keras's *_vs_iterations steps
+        # restart with each stage's optimizer: the reference repeats them)
+        assert Counter(values) <= Counter(reference[key]), key
     assert 1 in steps[("train", "epoch_loss")]
     pids = {
         re.match(r"events\.out\.tfevents\.\d+\.[^.]+\.(\d+)\.",

@@ -183,18 +183,15 @@ def distribution_scope(distribute="data_parallel", *, devices=None,
         yield plan
 
 
-def fit_as_worker(plan, run_dir, model, recipe, train_data, validation_data,
-                  **kwargs):
-    """Trains a non-chief process's share without writing `run_dir`.
+def worker_scratch(plan, run_dir):
+    """A scratch run directory for a non-chief process, holding a copy of
+    the chief's `run_dir/checkpoints` when it can read one (same host, or a
+    filesystem every host sees), so that it resumes as the chief does.
 
-    Every process must run the same computations (stages, epochs, callback
-    predictions), so a non-chief one runs the same stage loop into a scratch
-    run directory, removed afterwards. To resume as the chief does, it
-    starts from a copy of the chief's `run_dir/checkpoints` when it can
-    read one (same host, or a filesystem every host sees).
+    Call it before the processes' first barrier: after it the chief may
+    write `run_dir`.
     """
     from transfer import resume
-    from transfer import stages
 
     if os.path.exists(os.path.join(run_dir, "manifest.json")):
         resume.check_run_dir(run_dir)  # raises: a finished run
@@ -208,6 +205,20 @@ def fit_as_worker(plan, run_dir, model, recipe, train_data, validation_data,
         shutil.copytree(
             source, os.path.join(scratch, "run", resume.CHECKPOINTS))
         logger.info("Resuming from a copy of the chief's '%s'", source)
+    return scratch
+
+
+def fit_as_worker(plan, scratch, model, recipe, train_data, validation_data,
+                  **kwargs):
+    """Trains a non-chief process's share without writing `run_dir`.
+
+    Every process must run the same computations (stages, epochs, callback
+    predictions), so a non-chief one runs the same stage loop into
+    `scratch` (from `worker_scratch`), removed afterwards.
+    """
+    from transfer import resume
+    from transfer import stages
+
     try:
         with plan.scope():
             run = resume.RunState.open(

@@ -279,3 +279,14 @@ def check_batches(plan, data, batch_size):
             "tf.data.Dataset batched with drop_remainder=True. Received: "
             f"{len(data[0])} samples, batch_size={batch_size}"
         )
+
+
+def barrier(plan, name):
+    """Waits until every process of `plan` reaches `name` (JAX, several
+    processes; a no-op otherwise). TensorFlow's workers meet in their first
+    collective step instead."""
+    if plan.num_processes < 2 or _backend.backend() != "jax":
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

@@ -334,7 +334,12 @@ def fit_recipe(
     batch_plan = plan.batch_plan(_data_batch_size(train_data, batch_size))
     for data in (train_data, validation_data):
         engines.check_batches(plan, data, batch_size)
-    if plan.is_chief:  # the others never write run_dir
+    # Non-chief processes never write run_dir; they copy its checkpoints
+    # before the chief may change them, to resume as it does.
+    scratch = None if plan.is_chief else distribute_lib.worker_scratch(
+        plan, run_dir)
+    engines.barrier(plan, "transfer.fit_recipe")
+    if plan.is_chief:
         resume.check_run_dir(run_dir)
     if not stages.is_masked_lm(model):
         train_data = labels.check_labels(train_data, num_classes, "Training")
@@ -347,7 +352,7 @@ def fit_recipe(
     profile_batch = _backend.supported_profile_batch(profile_batch)
     if not plan.is_chief:
         return distribute_lib.fit_as_worker(
-            plan, run_dir, model, recipe, train_data, validation_data,
+            plan, scratch, model, recipe, train_data, validation_data,
             batch_size=batch_size, callbacks=callbacks,
             class_names=class_names, verbose=verbose,
         )
