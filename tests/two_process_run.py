@@ -1,10 +1,11 @@
 """One process of a two-process JAX `fit_recipe` run on 127.0.0.1, for
 tests/test_distribute.py.
 
-    KERAS_BACKEND=jax python tests/two_process_run.py RUN_DIR PORT PROCESS_ID
+    KERAS_BACKEND=jax python tests/two_process_run.py RUN_DIR PORT PROCESS_ID [crash]
 
-Prints one JSON line: this process's plan, and the run's outcome (the
-manifest's stage metrics, or the exception)."""
+Prints one JSON line: this process's plan, and the run's outcome. With
+`crash`, a two-stage recipe raises after its first epoch (run it again
+without `crash` to resume); the test runs the one-stage recipe only."""
 
 import json
 import logging
@@ -18,6 +19,11 @@ import keras  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # this checkout's transfer
+
+
+class Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise RuntimeError("simulated crash")
 
 
 def main():
@@ -43,11 +49,17 @@ def main():
     # batch size static: drop_remainder=True.
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
         16, seed=0).batch(8, drop_remainder=True)
-    recipe = transfer.Recipe((transfer.Stage("head", 1, 1e-2, 0),))
+    stages = [transfer.Stage("head", 1, 1e-2, 0)]
+    callbacks = []
+    if len(sys.argv) > 4:
+        stages.append(transfer.Stage("top", 1, 5e-3, 1))
+        if sys.argv[4] == "crash":
+            callbacks.append(Crash())
+    recipe = transfer.Recipe(tuple(stages))
     result = {"plan": plan.to_dict(), "pid": os.getpid()}
     try:
         transfer.fit_recipe(model, recipe, data, run_dir=run_dir, verbose=0,
-                            distribute="data_parallel")
+                            distribute="data_parallel", callbacks=callbacks)
         result["outcome"] = "finished"
         result["weights_sum"] = float(
             sum(abs(w).sum() for w in model.get_weights()))
