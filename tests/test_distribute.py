@@ -141,9 +141,9 @@ def test_tf_refuses_a_model_built_outside_the_strategy(tiny_model, tiny_data,
 def test_four_devices_match_one(tmp_path):
     """The same recipe, seed and global batch (8) on 4 virtual CPU devices
     and on 1; on TF a 4-device run killed after epoch 0 and rerun; on JAX
-    model-parallel (kernels split over 2 devices, 2 replicas). (JAX's
-    resume into sharded variables runs in the two-process test's script by
-    hand; here it would push JAX past its test-time budget.)"""
+    model-parallel (kernels split over 2 devices, 2 replicas). (The
+    resume config passes on JAX too, but would push JAX past its test-time
+    budget: `distributed_run.py OUT 4 resume` runs it.)"""
     configs = ["one", "all"] + (
         ["model"] if BACKEND == "jax" else ["resume"])
     process = _subprocess(
