@@ -43,6 +43,7 @@ LR_SCALING = (
     "times, scale the learning rates k times yourself (linear rule)."
 )
 
+
 def check_distribute(distribute):
     """`distribute` as one of `MODES` (`None` -> `"none"`).
 
