@@ -144,8 +144,9 @@ def test_four_devices_match_one(tmp_path):
     model-parallel (kernels split over 2 devices, 2 replicas). (The
     resume config passes on JAX too, but would push JAX past its test-time
     budget: `distributed_run.py OUT 4 resume` runs it.)"""
-    configs = ["one", "all"] + (
-        ["model"] if BACKEND == "jax" else ["resume"])
+    # "one" last: on TF, a MirroredStrategy run after a plain one in the
+    # same process took 115 s instead of 30 s here (measured, order only).
+    configs = ["all", "model" if BACKEND == "jax" else "resume", "one"]
     process = _subprocess(
         [os.path.join(HERE, "distributed_run.py"), str(tmp_path), "4",
          *configs], tmp_path)
