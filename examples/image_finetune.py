@@ -10,6 +10,7 @@ baseline.
     python examples/image_finetune.py
     python examples/image_finetune.py --data path/to/folders --backbone efficientnet_b0
     KERAS_BACKEND=jax python examples/image_finetune.py --no-baseline
+    python examples/image_finetune.py --distribute data_parallel   # every GPU
 
 The last stdout line is one JSON object with the results.
 """
@@ -56,6 +57,10 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="runs", help="parent of the run dir")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--distribute", choices=list(transfer.distribute.MODES), default="none",
+        help="train on every device: data_parallel (JAX or TensorFlow) or "
+             "model_parallel (JAX); --batch-size is the global batch")
     args = parser.parse_args(argv)
     try:
         parts = [int(p) for p in args.epochs.split(",")]
@@ -132,15 +137,18 @@ def load_data(args):
 def run(args, data, weights, recipe, run_dir):
     """Builds, trains and tests one model; returns its results and seconds."""
     started = time.perf_counter()
-    model = transfer.build_classifier(
-        args.backbone, len(data["class_names"]), weights=weights,
-        image_size=args.image_size,
-    )
+    # Variables live where they are made: build inside the engine's scope.
+    with transfer.distribution_scope(args.distribute) as plan:
+        model = transfer.build_classifier(
+            args.backbone, len(data["class_names"]), weights=weights,
+            image_size=args.image_size,
+        )
     transfer.fit_recipe(
         model, recipe, data["train"], data["val"], run_dir=run_dir,
-        class_names=data["class_names"], verbose=2,
+        class_names=data["class_names"], verbose=2, distribute=args.distribute,
     )
-    _, test_accuracy = model.evaluate(data["test"], verbose=0)
+    with plan.scope():
+        _, test_accuracy = model.evaluate(data["test"], verbose=0)
     seconds = time.perf_counter() - started
     with open(os.path.join(run_dir, "manifest.json")) as f:
         manifest = json.load(f)
@@ -197,6 +205,7 @@ def main(argv=None):
         "num_test": data["num_test"],
         "stages": stages,
         "test_accuracy": round(test_accuracy, 4),
+        "distribution": manifest["distribution"],
         "seconds": round(seconds, 1),
         "baseline_test_accuracy": None,
         "baseline_seconds": None,

@@ -13,6 +13,7 @@ _startup.quiet_imports()
 
 from transfer import callbacks
 from transfer import deploy
+from transfer import distribute
 from transfer import masked_lm
 from transfer import preflight
 from transfer import pretrain
@@ -36,6 +37,8 @@ from transfer.data import load_dataset
 from transfer.data import load_image_folder
 from transfer.data import make_dataset
 from transfer.data import synthetic_images
+from transfer.distribute import DistributionPlan
+from transfer.distribute import distribution_scope
 from transfer.export import load_model
 from transfer.export import save_model
 from transfer.freeze import FreezePlan
@@ -61,6 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneSpec",
+    "DistributionPlan",
     "FreezePlan",
     "NonFiniteLossError",
     "Recipe",
@@ -73,6 +77,8 @@ __all__ = [
     "callbacks",
     "default_callbacks",
     "deploy",
+    "distribute",
+    "distribution_scope",
     "fetch_weights",
     "fit_recipe",
     "load_recipe",

@@ -132,3 +132,18 @@ def check_export_format(export_format):
             f".keras model loads on any backend). Received: "
             f"format={export_format!r}, backend={backend()!r}"
         )
+
+
+def predict_on_batch(model, batch):
+    """`model.predict_on_batch(batch)`, right under `tf.distribute` too.
+
+    On TensorFlow, Keras 3.15's `predict_on_batch` of a model built in a
+    `MirroredStrategy` scope runs the whole batch on every replica and
+    concatenates the outputs (4 replicas: 4 times the rows); `predict`
+    splits the batch as `fit` does.
+    """
+    if backend() == "tensorflow":
+        strategy = getattr(model, "_distribute_strategy", None)
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            return model.predict(batch, batch_size=len(batch), verbose=0)
+    return model.predict_on_batch(batch)

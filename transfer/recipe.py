@@ -4,18 +4,22 @@ import dataclasses
 import json
 import logging
 import os
+from typing import Optional
 from typing import Tuple
 from typing import Union
 
 import keras
 
 from transfer import _backend
+from transfer import distribute as distribute_lib
+from transfer import engines
 from transfer import labels
 from transfer import resume
 from transfer import stages
 from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
+from transfer.summaries import _data_batch_size
 from transfer.weights.cache import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -111,9 +115,15 @@ class Recipe:
 
     Args:
         stages: the stages, run in order.
+        distribute: how `fit_recipe` spreads training over devices when its
+            own `distribute` argument is `None`: `"none"`,
+            `"data_parallel"` or `"model_parallel"` (see
+            `transfer.distribution_scope`). Defaults to `None`: follow the
+            model (the scope it was built in, if any).
     """
 
     stages: Tuple[Stage, ...]
+    distribute: Optional[str] = None
 
     def __post_init__(self):
         stages = tuple(self.stages)
@@ -126,6 +136,11 @@ class Recipe:
         if len(set(names)) != len(names):
             raise ValueError(f"Stage names must be unique. Received: {names}")
         object.__setattr__(self, "stages", stages)
+        if self.distribute is not None:
+            object.__setattr__(
+                self, "distribute",
+                distribute_lib.check_distribute(self.distribute),
+            )
 
     def __iter__(self):
         return iter(self.stages)
@@ -138,7 +153,12 @@ class Recipe:
         return sum(s.epochs for s in self.stages)
 
     def get_config(self):
-        return {"stages": [s.get_config() for s in self.stages]}
+        config = {"stages": [s.get_config() for s in self.stages]}
+        # Omitted when unset, so configs (and run directories) written
+        # before the field existed still compare equal on resume.
+        if self.distribute is not None:
+            config["distribute"] = self.distribute
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -148,7 +168,10 @@ class Recipe:
             raise ValueError(
                 f"Unknown Recipe option(s) {unknown}. Allowed: {sorted(fields)}."
             )
-        return cls(tuple(Stage.from_config(s) for s in config["stages"]))
+        return cls(
+            tuple(Stage.from_config(s) for s in config["stages"]),
+            distribute=config.get("distribute"),
+        )
 
 
 def two_stage_recipe(
@@ -217,6 +240,7 @@ def fit_recipe(
     class_names=None,
     verbose="auto",
     profile_batch=0,
+    distribute=None,
 ):
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
@@ -242,6 +266,16 @@ def fit_recipe(
     Inf loss stops the run with `NonFiniteLossError`, the model holding the
     last good weights; NaN weights are never saved.
 
+    With `distribute` (see `transfer.distribution_scope`, in which the
+    model must be built), every stage compiles and fits on the engine the
+    model was built on: Keras's distribution API on JAX, `tf.distribute`
+    on TensorFlow. `batch_size` (or the dataset's batch) is the global
+    batch, split evenly over the replicas; learning rates are not rescaled.
+    The global and per-device batch and the rule are logged and written to
+    `manifest.json` (`distribution`). With several processes only the chief
+    (process 0) writes `run_dir`; the others work in a temporary directory
+    that is removed afterwards.
+
     Args:
         model: a `keras.Model` from `transfer.build_classifier`.
         recipe: a `Recipe` or a list of `Stage`s.
@@ -259,14 +293,19 @@ def fit_recipe(
         profile_batch: batch(es) to profile on the TensorFlow backend, as
             `keras.callbacks.TensorBoard` takes it; other backends log one
             line and skip it. Defaults to `0` (off).
+        distribute: `"none"`, `"data_parallel"` or `"model_parallel"`
+            (JAX only). Defaults to `None`: the recipe's `distribute`, else
+            whatever scope the model was built in.
 
     Returns:
         A list with one `keras.callbacks.History` per stage (for a resumed
         run, every epoch of the stage, across attempts).
 
     Raises:
-        ValueError: bad arguments or data, a finished `run_dir`, or an
-            unfinished one of another recipe; raised before training.
+        ValueError: bad arguments or data, a finished `run_dir`, an
+            unfinished one of another recipe, or a model not built in the
+            `distribution_scope` that `distribute` asks for; raised before
+            training.
         RunDirInUseError: another live process trains into `run_dir`.
         NonFiniteLossError: the loss became NaN or Inf.
 
@@ -290,7 +329,19 @@ def fit_recipe(
             f"names were given. Received: class_names={list(class_names)}"
         )
     preflight = getattr(train_data, "transfer_preflight", None)
-    resume.check_run_dir(run_dir)
+    plan = engines.plan_for_model(
+        model, recipe.distribute if distribute is None else distribute
+    )
+    batch_plan = plan.batch_plan(_data_batch_size(train_data, batch_size))
+    for data in (train_data, validation_data):
+        engines.check_batches(plan, data, batch_size)
+    # Non-chief processes never write run_dir; they copy its checkpoints
+    # before the chief may change them, to resume as it does.
+    scratch = None if plan.is_chief else distribute_lib.worker_scratch(
+        plan, run_dir)
+    engines.barrier(plan, "transfer.fit_recipe")
+    if plan.is_chief:
+        resume.check_run_dir(run_dir)
     if not unlabelled:
         train_data = labels.check_labels(train_data, num_classes, "Training")
         if validation_data is not None:
@@ -300,7 +351,16 @@ def fit_recipe(
     _backend.require_tensorboard()
     require_matplotlib()
     profile_batch = _backend.supported_profile_batch(profile_batch)
-    with RunDirLock(run_dir):
+    if not plan.is_chief:
+        return distribute_lib.fit_as_worker(
+            plan, scratch, model, recipe, train_data, validation_data,
+            batch_size=batch_size, callbacks=callbacks,
+            class_names=class_names, verbose=verbose,
+        )
+    distribution = {**plan.to_dict(), **batch_plan}
+    if plan.handle is not None:
+        logger.info("Distribution: %s", distribution)
+    with RunDirLock(run_dir), plan.scope():
         run = resume.RunState.open(
             run_dir, model, recipe, batch_size=batch_size,
             class_names=class_names,
@@ -310,6 +370,7 @@ def fit_recipe(
             batch_size=batch_size, callbacks=callbacks,
             class_names=class_names, verbose=verbose,
             profile_batch=profile_batch, preflight=preflight,
+            distribution=distribution,
         )
 
 

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from transfer import _backend
 from transfer import plots
 from transfer.export import write_json
 
@@ -76,7 +77,7 @@ def predict_batches(model, data, batch_size=32):
     for images, labels in iterate_batches(data, batch_size):
         if labels.ndim == 2 and labels.shape[-1] > 1:
             labels = labels.argmax(-1)
-        outputs = model.predict_on_batch(images)
+        outputs = _backend.predict_on_batch(model, images)
         yield images, labels.reshape(-1).astype("int64"), _as_probabilities(
             outputs
         )

@@ -152,10 +152,11 @@ def _best(monitor, states):
 
 def fit_stages(model, recipe, run, train_data, validation_data, *,
                 batch_size, callbacks, class_names, verbose, profile_batch,
-                preflight):
+                preflight, distribution=None):
     """Trains every unfinished stage of `recipe` into `run` (a
     `resume.RunState`), holding the run directory's lock; returns the
-    histories."""
+    histories. `distribution` (the engine and batch plan, or `None`) goes
+    into the manifest; the caller enters the engine's scope."""
     run_dir = run.run_dir
     log_dir = os.path.join(run_dir, "logs")
     checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
@@ -266,7 +267,8 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
     _finish(model, recipe, run, histories, stage_records, hparams,
             validation_data=validation_data, class_names=class_names,
             batch_size=batch_size, preflight=preflight,
-            seconds=time.perf_counter() - started)
+            seconds=time.perf_counter() - started,
+            distribution=distribution)
     return histories
 
 
@@ -301,7 +303,8 @@ def _check_finite(model, stage, state, start):
 
 
 def _finish(model, recipe, run, histories, stage_records, hparams, *,
-            validation_data, class_names, batch_size, preflight, seconds):
+            validation_data, class_names, batch_size, preflight, seconds,
+            distribution=None):
     """Writes model.keras, the report and, last, manifest.json."""
     run_dir = run.run_dir
     log_dir = os.path.join(run_dir, "logs")
@@ -325,6 +328,8 @@ def _finish(model, recipe, run, histories, stage_records, hparams, *,
     }
     if preflight is not None:
         manifest["data"] = preflight.to_dict()
+    if distribution is not None:
+        manifest["distribution"] = distribution
     write_report(
         os.path.join(run_dir, "report"), histories,
         stage_names=[s.name for s in recipe], model=model,
