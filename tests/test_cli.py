@@ -26,6 +26,9 @@ from transfer.backbones import table
 from transfer.cli import main
 
 BACKEND = keras.config.backend()
+# Keras has no distribution API on torch; elsewhere the CLI's run goes
+# through the data-parallel engine (one CPU device here).
+DISTRIBUTE = "none" if BACKEND == "torch" else "data_parallel"
 RECIPE_YAML = """\
 image_size: 32
 batch_size: 8
@@ -91,7 +94,7 @@ def cli_run(tmp_path_factory):
     result = run_cli(
         "train", "--data", "data", "--backbone", "tiny_cnn.keras",
         "--config", "recipe.yaml", "--output", "run", "--epochs", "1,1",
-        cwd=root,
+        "--distribute", DISTRIBUTE, cwd=root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result
@@ -112,6 +115,11 @@ def test_train_writes_run_and_resolved_config(cli_run):
     assert [s["name"] for s in config["stages"]] == ["head", "top"]
     assert config["stages"][1]["trainable_blocks"] == 1
     assert (root / "run" / "model.keras").exists()
+    assert config["distribute"] == DISTRIBUTE
+    manifest = json.loads((root / "run" / "manifest.json").read_text())
+    if DISTRIBUTE != "none":
+        assert manifest["distribution"]["mode"] == DISTRIBUTE
+        assert manifest["distribution"]["global_batch"] == 8
 
 
 def test_predict_json_and_csv(cli_run, capsys):
@@ -334,3 +342,5 @@ def test_config_file_flags_override(tmp_path):
     assert resolved["stages"][0]["trainable_blocks"] == 0
     with pytest.raises(ValueError, match="Received: batch_size=0"):
         run_config.resolve_config(str(config), {"data": "d", "batch_size": 0})
+    with pytest.raises(ValueError, match="Received: distribute='ddp'"):
+        run_config.resolve_config(str(config), {"data": "d", "distribute": "ddp"})

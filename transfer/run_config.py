@@ -33,6 +33,7 @@ DEFAULTS = {
     "augment": True,
     "dropout": 0.2,
     "skip_bad_files": False,
+    "distribute": "none",
     "stages": None,
 }
 
@@ -157,6 +158,9 @@ def resolve_config(path=None, overrides=None):
                 f"Option `{key}` must be true or false. "
                 f"Received: {key}={config[key]!r}"
             )
+    from transfer.distribute import check_distribute
+
+    config["distribute"] = check_distribute(config["distribute"])
     stages = config["stages"]
     if stages is None:
         stages = two_stage_recipe().get_config()["stages"]

@@ -96,6 +96,7 @@ def train_run(config, run_dir, *, verbose=1):
     """
     from transfer import resume
     from transfer.backbones.registry import get_backbone_spec
+    from transfer.distribute import distribution_scope
     from transfer.recipe import Recipe
     from transfer.recipe import fit_recipe
     from transfer.weights.cache import atomic_write
@@ -122,10 +123,13 @@ def train_run(config, run_dir, *, verbose=1):
         )
         if config["augment"]:
             train = _augmented(train, config["seed"])
-        model = build_classifier(
-            spec, len(class_names), weights=_image_weights(config["weights"]),
-            image_size=image_size, dropout=config["dropout"],
-        )
+        # Variables live where they are made: build in the engine's scope.
+        with distribution_scope(config["distribute"]):
+            model = build_classifier(
+                spec, len(class_names),
+                weights=_image_weights(config["weights"]),
+                image_size=image_size, dropout=config["dropout"],
+            )
     else:
         from transfer.text import build_text_classifier
         from transfer.text_data import load_text_folder
@@ -134,11 +138,13 @@ def train_run(config, run_dir, *, verbose=1):
             config["data"], validation_split=config["validation_split"],
             seed=config["seed"],
         )
-        model = build_text_classifier(
-            config["backbone"], len(class_names), weights=config["weights"],
-            sequence_length=config["sequence_length"],
-            dropout=config["dropout"],
-        )
+        with distribution_scope(config["distribute"]):
+            model = build_text_classifier(
+                config["backbone"], len(class_names),
+                weights=config["weights"],
+                sequence_length=config["sequence_length"],
+                dropout=config["dropout"],
+            )
     resolved["class_names"] = list(class_names)
     text = run_config.dumps(resolved)
     atomic_write(os.path.join(run_dir, run_config.CONFIG_FILE),
@@ -146,7 +152,7 @@ def train_run(config, run_dir, *, verbose=1):
     fit_recipe(
         model, recipe, train, val, run_dir=run_dir,
         batch_size=config["batch_size"], class_names=class_names,
-        verbose=verbose,
+        verbose=verbose, distribute=config["distribute"],
     )
     return model
 

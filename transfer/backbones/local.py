@@ -30,7 +30,9 @@ def keras_file_spec(path, image_size=None):
         if weights is None:
             clone = model.__class__.from_config(model.get_config())
             return clone, {"weights": None, "source": "random init"}
-        return model, info
+        # Loaded again here, so that its variables are made in the scope
+        # active now (a `transfer.distribution_scope`, for one).
+        return load_model(path), info
 
     return BackboneSpec(
         name=model.name,

@@ -32,6 +32,7 @@ SUBCOMMAND_EXAMPLES = {
   transfer train --data flowers/ --backbone efficientnet_lite0
   transfer train --data flowers/ --backbone efficientnet_lite0 --config recipe.yaml --output runs/f
   transfer train --data reviews/ --backbone minilm_l6 --epochs 2,3   # text: one folder of .txt per class
+  transfer train --data flowers/ --backbone efficientnet_lite0 --distribute data_parallel   # every GPU
 
 recipe.yaml holds `stages` plus any top-level option (flags override it):
   backbone: efficientnet_lite0
@@ -152,6 +153,11 @@ def build_parser():
                    default=None, help="no flip/translate augmentation")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
                    help="leave out unreadable images instead of failing")
+    p.add_argument("--distribute",
+                   choices=("none", "data_parallel", "model_parallel"),
+                   help="train on every local device (data_parallel) or "
+                   "shard kernels too (model_parallel, JAX); see README "
+                   "'Scaling out'")
     p.set_defaults(handler=commands.train)
 
     p = _subparser(sub, "evaluate", "metrics and a report on labelled data",

@@ -51,6 +51,7 @@ def train(args):
         "modality": args.modality,
         "augment": args.augment,
         "skip_bad_files": args.skip_bad_files,
+        "distribute": args.distribute,
     }
     config = run_config.resolve_config(args.config, overrides)
     config["stages"] = run_config.override_stages(
