@@ -8,6 +8,7 @@ model.save("flowers.keras")                                            # reload 
 """
 
 from transfer import callbacks
+from transfer import feature_cache
 from transfer import masked_lm
 from transfer import preflight
 from transfer import text
@@ -58,6 +59,7 @@ __all__ = [
     "build_classifier",
     "build_text_classifier",
     "callbacks",
+    "feature_cache",
     "default_callbacks",
     "fetch_weights",
     "fit_recipe",

@@ -13,6 +13,7 @@ from transfer import _backend
 from transfer import labels
 from transfer import resume
 from transfer import stages
+from transfer.feature_cache import check_cache_features
 from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
@@ -217,6 +218,7 @@ def fit_recipe(
     class_names=None,
     verbose="auto",
     profile_batch=0,
+    cache_features="auto",
 ):
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
@@ -259,6 +261,13 @@ def fit_recipe(
         profile_batch: batch(es) to profile on the TensorFlow backend, as
             `keras.callbacks.TensorBoard` takes it; other backends log one
             line and skip it. Defaults to `0` (off).
+        cache_features: `"auto"` computes the frozen backbone's features
+            once for a head-only stage (`trainable_blocks=0`) and trains the
+            head on them, unless random augmentation runs before the head
+            or cannot be ruled out; `True` caches even then (one augmented
+            copy), `False` never. Each stage's choice and reason are in the
+            log and the manifest (`stages[i].feature_cache`); see
+            `transfer.feature_cache`. Defaults to `"auto"`.
 
     Returns:
         A list with one `keras.callbacks.History` per stage (for a resumed
@@ -281,6 +290,7 @@ def fit_recipe(
         recipe = Recipe(tuple(recipe))
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
+    check_cache_features(cache_features)
     class_names = check_head_classes(model, class_names, train_data)
     num_classes = model.output_shape[-1]
     if class_names is not None and len(class_names) != num_classes:
@@ -309,6 +319,7 @@ def fit_recipe(
             batch_size=batch_size, callbacks=callbacks,
             class_names=class_names, verbose=verbose,
             profile_batch=profile_batch, preflight=preflight,
+            cache_features=cache_features,
         )
 
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from transfer import _backend
+from transfer import feature_cache
 from transfer import labels
 from transfer import resume
 from transfer import summaries
@@ -140,7 +141,7 @@ def _best(monitor, states):
 
 def fit_stages(model, recipe, run, train_data, validation_data, *,
                 batch_size, callbacks, class_names, verbose, profile_batch,
-                preflight):
+                preflight, cache_features="auto"):
     """Trains every unfinished stage of `recipe` into `run` (a
     `resume.RunState`), holding the run directory's lock; returns the
     histories."""
@@ -219,7 +220,23 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
             )
             + list(callbacks or [])
         )
-        if first < end:
+        use_cache, cache_reason = feature_cache.plan_cache(
+            model, stage, train_data, cache_features
+        )
+        logger.info("Stage '%s': feature cache %s.", stage.name, cache_reason)
+        cache_record = {"used": use_cache, "reason": cache_reason}
+        if first < end and use_cache:
+            try:
+                cached = feature_cache.CachedHeadFit(
+                    model, train_data, validation_data, batch_size
+                )
+                cache_record.update(cached.to_dict())
+                cached.fit(initial_epoch=first, epochs=end,
+                           callbacks=stage_callbacks, verbose=verbose)
+            except Exception as e:
+                labels.raise_for_label_error(e)
+                raise
+        elif first < end:
             try:
                 model.fit(
                     validation_data=validation_data,
@@ -244,6 +261,7 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
             "metrics": final,
             "plan": plan.to_dict(),
             "resumed_after_epoch": resumed_epoch,
+            "feature_cache": cache_record,
         }
         state.mark_done(record)
         stage_records.append(record)
