@@ -188,8 +188,15 @@ def markdown(report):
         f"Peak matmul: {peak.get('peak_gflops_fp32')} GFLOP/s fp32, "
         f"{peak.get('peak_gflops_bf16')} GFLOP/s bf16 "
         f"({peak.get('threads')} threads). Load average "
-        f"{report['loadavg_start']} at start, {report['loadavg_end']} at end.")
+        f"{report['loadavg_start']} at start, {report.get('loadavg_end')} "
+        "at end.")
     return "\n".join(lines) + "\n"
+
+
+def _write(path, report):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
 
 
 def main(argv=None):
@@ -239,11 +246,10 @@ def main(argv=None):
             config, env=env)
         result["summary"] = summarize(backend, result, report["peak"], peer)
         report["backends"][backend] = result
+        _write(args.output, report)  # partial results survive a crash
     report["loadavg_end"] = _loadavg()
     table = markdown(report)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    _write(args.output, report)
     with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
         f.write(table)
     print(table)
