@@ -3,7 +3,9 @@
 Per stage: freeze (`set_trainable_blocks`), recompile with a fresh Adam,
 restore the stage's backup when resuming (`transfer.resume`), `fit` with
 `StageBackup` and `TerminateOnNaN` first among the callbacks, then stop with
-`NonFiniteLossError` if the loss or the weights went NaN or Inf. Finished
+`NonFiniteLossError` if the loss or the weights went NaN or Inf. A
+head-only stage fits the head on backbone features computed once, where
+`transfer.feature_cache` allows it (same callbacks, same files). Finished
 stages of an earlier attempt are skipped. At the end: `model.keras`, the
 report, `recipe.json` and, last, `manifest.json`.
 """
