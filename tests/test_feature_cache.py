@@ -44,20 +44,23 @@ class _CrashAfter(keras.callbacks.Callback):
 
 def test_cached_equals_naive_and_resumes(tiny_data, tmp_path):
     naive_model, cached_model = _pair()
-    # One batch per epoch: the shuffle order cannot change the result.
-    common = dict(validation_data=tiny_data, batch_size=16, verbose=0)
+    x, y = tiny_data
+    # Two batches in a fixed order (no shuffle in the pipeline): the cached
+    # head must see the same batches as the naive loop, also after resume.
+    train = transfer.make_dataset(x, y, image_size=32, batch_size=8)
+    common = dict(validation_data=tiny_data, verbose=0)
     naive = transfer.fit_recipe(
-        naive_model, _stages(), tiny_data, run_dir=str(tmp_path / "naive"),
+        naive_model, _stages(), train, run_dir=str(tmp_path / "naive"),
         cache_features=False, **common,
     )
     run_dir = str(tmp_path / "cached")
     with pytest.raises(RuntimeError, match="simulated crash"):
         transfer.fit_recipe(
-            cached_model, _stages(), tiny_data, run_dir=run_dir,
+            cached_model, _stages(), train, run_dir=run_dir,
             callbacks=[_CrashAfter(1)], **common,
         )
     cached = transfer.fit_recipe(
-        cached_model, _stages(), tiny_data, run_dir=run_dir, **common
+        cached_model, _stages(), train, run_dir=run_dir, **common
     )
 
     for n, c in zip(naive, cached, strict=True):
@@ -66,7 +69,6 @@ def test_cached_equals_naive_and_resumes(tiny_data, tmp_path):
             np.testing.assert_allclose(
                 n.history[key], c.history[key], rtol=1e-4, atol=1e-5
             )
-    x = tiny_data[0]
     np.testing.assert_allclose(
         naive_model.predict(x, verbose=0), cached_model.predict(x, verbose=0),
         atol=1e-4,
@@ -75,6 +77,7 @@ def test_cached_equals_naive_and_resumes(tiny_data, tmp_path):
     assert head["feature_cache"]["used"] is True
     assert head["resumed_after_epoch"] == 1
     assert head["feature_cache"]["train_samples"] == len(x)
+    assert head["feature_cache"]["shuffle"] is False
     assert top["feature_cache"]["used"] is False
     assert "trainable_blocks=1" in top["feature_cache"]["reason"]
     naive_head = _manifest(str(tmp_path / "naive"))["stages"][0]
@@ -101,6 +104,7 @@ def test_augmented_data_falls_back(tiny_data, tiny_model):
     use, reason = feature_cache.plan_cache(tiny_model, head, augmented, True)
     assert use and "augmented copy" in reason
     assert feature_cache.plan_cache(tiny_model, head, plain, "auto")[0]
+    assert feature_cache._shuffles(plain) and feature_cache._shuffles((x, y))
     assert feature_cache.plan_cache(tiny_model, head, (x, y), "auto")[0]
 
 

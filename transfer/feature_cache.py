@@ -78,19 +78,8 @@ def _random_layers(model):
     return found
 
 
-def dataset_is_random(data):
-    """Whether `data` applies random ops, `None` when it cannot be told.
-
-    A `(x, y)` tuple of arrays is fixed. A `tf.data.Dataset` is searched
-    for random ops (Keras augmentation layers, `tf.image.random_*`);
-    shuffling does not count, cached features are reshuffled each epoch.
-    `transfer.make_dataset` marks its datasets with `transfer_augmented`.
-    """
-    if isinstance(data, tuple):
-        return False
-    marked = getattr(data, "transfer_augmented", None)
-    if marked is not None:
-        return bool(marked)
+def _dataset_ops(data):
+    """The op names of a `tf.data.Dataset`'s graph, or `None`."""
     try:
         import tensorflow as tf
     except ImportError:
@@ -102,7 +91,33 @@ def dataset_is_random(data):
     ops = {node.op for node in graph.node}
     for function in graph.library.function:
         ops.update(node.op for node in function.node_def)
+    return ops
+
+
+def dataset_is_random(data):
+    """Whether `data` applies random ops, `None` when it cannot be told.
+
+    A `(x, y)` tuple of arrays is fixed. A `tf.data.Dataset` is searched
+    for random ops (Keras augmentation layers, `tf.image.random_*`);
+    shuffling does not count, cached features are reshuffled each epoch.
+    """
+    if isinstance(data, tuple):
+        return False
+    ops = _dataset_ops(data)
+    if ops is None:
+        return None
     return any("Random" in op and "Dataset" not in op for op in ops)
+
+
+def _shuffles(data):
+    """Whether the head should see the cached features reshuffled every
+    epoch: as `fit` does with arrays, and as a `tf.data` pipeline does when
+    it holds a shuffle. A pipeline without one keeps its order, so a
+    resumed run sees the batches an uninterrupted one would."""
+    ops = _dataset_ops(data)
+    if ops is None:
+        return True
+    return any("Shuffle" in op for op in ops)
 
 
 def plan_cache(model, stage, train_data, cache_features):
@@ -223,6 +238,7 @@ class CachedHeadFit:
             else _features(feature_model, validation_data, batch_size)
         )
         self.batch_size = _batch_size(train_data, batch_size)
+        self.shuffle = _shuffles(train_data)
         self.seconds = time.perf_counter() - started
         inputs = keras.Input(self.train[0].shape[1:], name="features")
         x = inputs
@@ -251,6 +267,7 @@ class CachedHeadFit:
             ),
             "feature_shape": list(self.train[0].shape[1:]),
             "seconds": round(self.seconds, 3),
+            "shuffle": self.shuffle,
         }
 
     def fit(self, *, initial_epoch, epochs, callbacks, verbose):
@@ -278,7 +295,7 @@ class CachedHeadFit:
         self.model.stop_training = False
         x, y = self.train
         return self.head_model.fit(
-            x, y, batch_size=self.batch_size, shuffle=True,
+            x, y, batch_size=self.batch_size, shuffle=self.shuffle,
             validation_data=self.validation,
             initial_epoch=initial_epoch, epochs=epochs,
             callbacks=callback_list, verbose=verbose,
