@@ -46,7 +46,11 @@ def _throughput(config, channels_last):
     size, batch = config["image_size"], config["batch_size"]
     steps = config["steps_per_epoch"] * (config["epochs"] - 1)
     model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10)
-    x = torch.rand(batch, 3, size, size) * 255
+    # Normalized inputs, as torchvision models expect them: raw [0, 255]
+    # pixels into a random-init network blow up its activations.
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (torch.rand(batch, 3, size, size) - mean) / std
     y = torch.randint(0, 10, (batch,))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
