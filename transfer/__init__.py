@@ -14,6 +14,7 @@ _startup.quiet_imports()
 from transfer import callbacks
 from transfer import deploy
 from transfer import distribute
+from transfer import feature_cache
 from transfer import masked_lm
 from transfer import preflight
 from transfer import pretrain
@@ -79,6 +80,7 @@ __all__ = [
     "deploy",
     "distribute",
     "distribution_scope",
+    "feature_cache",
     "fetch_weights",
     "fit_recipe",
     "load_recipe",

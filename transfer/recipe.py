@@ -16,6 +16,7 @@ from transfer import engines
 from transfer import labels
 from transfer import resume
 from transfer import stages
+from transfer.feature_cache import check_cache_features
 from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
@@ -241,6 +242,7 @@ def fit_recipe(
     verbose="auto",
     profile_batch=0,
     distribute=None,
+    cache_features="auto",
 ):
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
@@ -296,6 +298,13 @@ def fit_recipe(
         distribute: `"none"`, `"data_parallel"` or `"model_parallel"`
             (JAX only). Defaults to `None`: the recipe's `distribute`, else
             whatever scope the model was built in.
+        cache_features: `"auto"` computes the frozen backbone's features
+            once for a head-only stage (`trainable_blocks=0`) and trains the
+            head on them, unless random augmentation runs before the head
+            or cannot be ruled out; `True` caches even then (one augmented
+            copy), `False` never. Each stage's choice and reason are in the
+            log and the manifest (`stages[i].feature_cache`); see
+            `transfer.feature_cache`. Defaults to `"auto"`.
 
     Returns:
         A list with one `keras.callbacks.History` per stage (for a resumed
@@ -320,6 +329,7 @@ def fit_recipe(
         recipe = Recipe(tuple(recipe))
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
+    check_cache_features(cache_features)
     class_names = check_head_classes(model, class_names, train_data)
     unlabelled = stages.is_self_supervised(model)
     num_classes = None if unlabelled else model.output_shape[-1]
@@ -371,6 +381,7 @@ def fit_recipe(
             class_names=class_names, verbose=verbose,
             profile_batch=profile_batch, preflight=preflight,
             distribution=distribution,
+            cache_features=cache_features,
         )
 
 

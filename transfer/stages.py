@@ -3,7 +3,9 @@
 Per stage: freeze (`set_trainable_blocks`), recompile with a fresh Adam,
 restore the stage's backup when resuming (`transfer.resume`), `fit` with
 `StageBackup` and `TerminateOnNaN` first among the callbacks, then stop with
-`NonFiniteLossError` if the loss or the weights went NaN or Inf. Finished
+`NonFiniteLossError` if the loss or the weights went NaN or Inf. A
+head-only stage fits the head on backbone features computed once, where
+`transfer.feature_cache` allows it (same callbacks, same files). Finished
 stages of an earlier attempt are skipped. At the end: `model.keras`, the
 report, `recipe.json` and, last, `manifest.json`.
 """
@@ -17,6 +19,7 @@ import keras
 import numpy as np
 
 from transfer import _backend
+from transfer import feature_cache
 from transfer import labels
 from transfer import resume
 from transfer import summaries
@@ -152,7 +155,7 @@ def _best(monitor, states):
 
 def fit_stages(model, recipe, run, train_data, validation_data, *,
                 batch_size, callbacks, class_names, verbose, profile_batch,
-                preflight, distribution=None):
+                preflight, distribution=None, cache_features="auto"):
     """Trains every unfinished stage of `recipe` into `run` (a
     `resume.RunState`), holding the run directory's lock; returns the
     histories. `distribution` (the engine and batch plan, or `None`) goes
@@ -232,7 +235,29 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
             )
             + list(callbacks or [])
         )
-        if first < end:
+        if distribution and distribution.get("mode") not in (None, "none"):
+            # The engine splits every batch over its devices; the cached
+            # head fit would run outside that split, so it is not used.
+            use_cache, cache_reason = False, (
+                f"off: distributed run ({distribution['mode']})")
+        else:
+            use_cache, cache_reason = feature_cache.plan_cache(
+                model, stage, train_data, cache_features
+            )
+        logger.info("Stage '%s': feature cache %s.", stage.name, cache_reason)
+        cache_record = {"used": use_cache, "reason": cache_reason}
+        if first < end and use_cache:
+            try:
+                cached = feature_cache.CachedHeadFit(
+                    model, train_data, validation_data, batch_size
+                )
+                cache_record.update(cached.to_dict())
+                cached.fit(initial_epoch=first, epochs=end,
+                           callbacks=stage_callbacks, verbose=verbose)
+            except Exception as e:
+                labels.raise_for_label_error(e)
+                raise
+        elif first < end:
             try:
                 model.fit(
                     validation_data=validation_data,
@@ -257,6 +282,7 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
             "metrics": final,
             "plan": plan.to_dict(),
             "resumed_after_epoch": resumed_epoch,
+            "feature_cache": cache_record,
         }
         state.mark_done(record)
         stage_records.append(record)

@@ -1,0 +1,278 @@
+"""One backend's share of `benchmarks/run.py`; run by it in a subprocess.
+
+    KERAS_BACKEND=jax python benchmarks/keras_worker.py config.json out.json
+
+Measures, on the backend `KERAS_BACKEND` names:
+- `time_to_first_step`: build EfficientNet-Lite0 with its real (offline)
+  ImageNet weights, compile, one training step;
+- `head_stage`: a 5-epoch head stage on Fashion-MNIST with EfficientNet-
+  Lite0's real weights, the Keras-guide loop (`model.fit`, frozen backbone
+  in the loop) against `transfer.fit_recipe` (features cached), wall time
+  and test accuracy;
+- `fine_tune`: full fine-tune throughput of MobileNetV3Small (random init:
+  it has no offline weights here; throughput does not depend on them),
+  a hand-written `model.fit` against `fit_recipe`, and the same hand-written
+  loop with each speed switch (bf16 mixed precision, a `tf.data` input
+  pipeline, XLA on TensorFlow).
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+_STARTED = time.perf_counter()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import transfer  # noqa: E402
+from transfer import _backend  # noqa: E402
+
+IMPORT_SECONDS = time.perf_counter() - _STARTED
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the time at every epoch end; the first epoch (compile,
+    warm-up) is left out of the throughput."""
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter())
+
+    def images_per_second(self, images_per_epoch):
+        if len(self.times) < 2:
+            return None
+        seconds = self.times[-1] - self.times[0]
+        return images_per_epoch * (len(self.times) - 1) / seconds
+
+
+def forward_flops(model):
+    """Multiply-add FLOPs (x2) of one image through the convolutions and
+    dense layers of `model` and its nested models."""
+    total = 0
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += 2 * h * w * c * kh * kw
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input.shape[-1] // layer.groups
+            total += 2 * h * w * c * kh * kw * c_in
+        elif isinstance(layer, keras.layers.Dense):
+            positions = int(np.prod(layer.output.shape[1:-1] or [1]))
+            total += 2 * positions * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
+def _compile(model, jit_compile="auto", learning_rate=1e-4):
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+
+
+def _rgb(images, size):
+    """uint8 (n, h, w) grayscale -> float32 (n, size, size, 3) in [0, 255]."""
+    import tensorflow as tf
+
+    out = []
+    for start in range(0, len(images), 256):
+        batch = tf.convert_to_tensor(images[start:start + 256, ..., None])
+        batch = tf.image.resize(tf.cast(batch, "float32"), (size, size))
+        out.append(tf.image.grayscale_to_rgb(batch).numpy())
+    return np.concatenate(out)
+
+
+def time_to_first_step(config):
+    started = time.perf_counter()
+    model = transfer.build_classifier(
+        "efficientnet_lite0", 10, image_size=config["head_image_size"]
+    )
+    built = time.perf_counter()
+    transfer.set_trainable_blocks(model, "all")
+    _compile(model)
+    x = np.random.default_rng(0).uniform(
+        0, 255, (config["batch_size"], *model.input_shape[1:])
+    ).astype("float32")
+    y = np.zeros(len(x), "int32")
+    model.train_on_batch(x, y)
+    done = time.perf_counter()
+    keras.backend.clear_session()
+    return {
+        "time_to_first_step_s": round(done - started, 2),
+        "build_and_load_weights_s": round(built - started, 2),
+        "compile_and_first_step_s": round(done - built, 2),
+        "import_s": round(IMPORT_SECONDS, 2),
+        "model": "efficientnet_lite0 (real ImageNet weights, offline)",
+    }
+
+
+def head_stage(config, work_dir):
+    size, epochs = config["head_image_size"], config["head_epochs"]
+    data = transfer.load_dataset(
+        "fashion_mnist", labels_per_class=config["labels_per_class"]
+    )
+    x, y = _rgb(data.x_train, size), data.y_train
+    n_test = config["test_images"]
+    x_test, y_test = _rgb(data.x_test[:n_test], size), data.y_test[:n_test]
+
+    naive = transfer.build_classifier("efficientnet_lite0", 10, image_size=size)
+    cached = transfer.build_classifier("efficientnet_lite0", 10, image_size=size)
+    cached.set_weights(naive.get_weights())
+    _compile(naive, learning_rate=1e-3)  # as the stage below
+    started = time.perf_counter()
+    naive.fit(x, y, batch_size=config["batch_size"], epochs=epochs,
+              shuffle=True, verbose=0)
+    naive_s = time.perf_counter() - started
+    started = time.perf_counter()
+    transfer.fit_recipe(
+        cached, [transfer.Stage("head", epochs, 1e-3, 0)], (x, y),
+        run_dir=os.path.join(work_dir, "head"),
+        batch_size=config["batch_size"], verbose=0,
+    )
+    cached_s = time.perf_counter() - started
+    with open(os.path.join(work_dir, "head", "manifest.json")) as f:
+        cache = json.load(f)["stages"][0]["feature_cache"]
+    accuracy = {}
+    for name, model in (("naive", naive), ("cached", cached)):
+        logits = model.predict(x_test, batch_size=64, verbose=0)
+        accuracy[name] = float(np.mean(logits.argmax(-1) == y_test))
+    keras.backend.clear_session()
+    return {
+        "model": "efficientnet_lite0 (real ImageNet weights, offline)",
+        "data": f"fashion_mnist, {len(x)} train / {len(x_test)} test images, "
+                f"{size} px",
+        "epochs": epochs,
+        "naive_s": round(naive_s, 2),
+        "cached_s": round(cached_s, 2),
+        "feature_cache": cache,
+        "naive_accuracy": accuracy["naive"],
+        "cached_accuracy": accuracy["cached"],
+        "head_stage_speedup": round(naive_s / cached_s, 2),
+        "head_stage_accuracy_delta": round(
+            100 * (accuracy["cached"] - accuracy["naive"]), 2
+        ),
+    }
+
+
+def _fine_tune_model(config):
+    model = transfer.build_classifier(
+        "mobilenet_v3_small", 10, weights=None,
+        image_size=config["image_size"],
+    )
+    transfer.set_trainable_blocks(model, "all")
+    return model
+
+
+def _hand_written(config, x, y, variant):
+    """Throughput of a hand-written `model.fit` with one speed switch."""
+    if variant == "mixed_bfloat16":
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _fine_tune_model(config)
+        _compile(model, jit_compile=variant == "xla")
+        timer = EpochTimer()
+        if variant == "tf_data":
+            import tensorflow as tf
+
+            ds = (tf.data.Dataset.from_tensor_slices((x, y))
+                  .cache().shuffle(len(x)).batch(config["batch_size"])
+                  .prefetch(tf.data.AUTOTUNE))
+            model.fit(ds, epochs=config["epochs"], callbacks=[timer],
+                      verbose=0)
+        else:
+            model.fit(x, y, batch_size=config["batch_size"],
+                      epochs=config["epochs"], shuffle=True,
+                      callbacks=[timer], verbose=0)
+        return timer.images_per_second(len(x)), model
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def fine_tune(config, work_dir):
+    steps, batch = config["steps_per_epoch"], config["batch_size"]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (steps * batch, config["image_size"],
+                             config["image_size"], 3)).astype("float32")
+    y = rng.integers(0, 10, len(x)).astype("int32")
+    results = {"hand_written_ips": [], "transfer_ips": []}
+    flops = None
+    for repeat in range(config["repeats"]):
+        ips, model = _hand_written(config, x, y, "default")
+        flops = forward_flops(model)
+        results["hand_written_ips"].append(ips)
+        keras.backend.clear_session()
+        model = _fine_tune_model(config)
+        timer = EpochTimer()
+        transfer.fit_recipe(
+            model, [transfer.Stage("fine_tune", config["epochs"], 1e-4, "all")],
+            (x, y), run_dir=os.path.join(work_dir, f"fine_tune_{repeat}"),
+            batch_size=batch, callbacks=[timer], verbose=0,
+        )
+        results["transfer_ips"].append(timer.images_per_second(len(x)))
+        keras.backend.clear_session()
+    hand = float(np.median(results["hand_written_ips"]))
+    ours = float(np.median(results["transfer_ips"]))
+    switches = {"default": hand}
+    for variant in config["switches"].get(keras.config.backend(), []):
+        switches[variant] = _hand_written(config, x, y, variant)[0]
+        keras.backend.clear_session()
+    return {
+        "model": "mobilenet_v3_small (random init: no offline weights; "
+                 "throughput does not depend on them)",
+        "image_size": config["image_size"],
+        "batch_size": batch,
+        "images_per_epoch": len(x),
+        "epochs": config["epochs"],
+        "forward_gflops_per_image": round(flops / 1e9, 4),
+        **{k: [round(v, 1) for v in vals] for k, vals in results.items()},
+        "hand_written_images_per_s": round(hand, 1),
+        "transfer_images_per_s": round(ours, 1),
+        "fit_overhead_ratio": round(ours / hand, 3),
+        # Seconds `fit_recipe` adds per epoch (backups, checkpoint, logs):
+        # a fixed cost, so the ratio nears 1 as epochs get longer.
+        "fit_overhead_s_per_epoch": round(len(x) / ours - len(x) / hand, 2),
+        # Training ~ 3 forward passes (forward, gradients of activations
+        # and of weights).
+        "achieved_gflops": round(3 * flops * ours / 1e9, 2),
+        "switches_images_per_s": {k: round(v, 1) for k, v in switches.items()},
+    }
+
+
+def main(config_path, output_path):
+    with open(config_path) as f:
+        config = json.load(f)
+    keras.utils.set_random_seed(0)
+    result = {"backend": keras.config.backend(),
+              "versions": _backend.framework_versions()}
+    with tempfile.TemporaryDirectory() as work_dir:
+        for name, step in (("first_step", time_to_first_step),
+                           ("head_stage", head_stage),
+                           ("fine_tune", fine_tune)):
+            if name not in config["parts"]:
+                continue
+            started = time.perf_counter()
+            result[name] = (step(config) if name == "first_step"
+                            else step(config, work_dir))
+            result[name]["part_seconds"] = round(
+                time.perf_counter() - started, 1)
+            with open(output_path, "w") as f:  # partial results survive
+                json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,261 @@
+"""`transfer` side by side with hand-written Keras and native PyTorch.
+
+    python benchmarks/run.py --quick --output bench.json
+
+One invocation runs, each backend in its own subprocess
+(`benchmarks/keras_worker.py`):
+1. a 5-epoch head stage, `fit_recipe` (features cached) against the
+   Keras-guide loop with the frozen backbone in the loop: wall time, test
+   accuracy (EfficientNet-Lite0, real offline ImageNet weights);
+2. full fine-tune throughput, `fit_recipe` against a hand-written
+   `model.fit` on the same model (MobileNetV3Small, random init);
+3. the same fine-tune against native PyTorch + torchvision (same
+   architecture, image size, batch, threads), in a virtual environment
+   this script creates (`torch==2.14.1 torchvision==0.29.1`, from the pip
+   index or a local mirror; `--peer-venv` to place it);
+4. all of it on TensorFlow, JAX and torch;
+5. achieved GFLOP/s against the machine's measured fp32/bf16 peak matmul;
+6. time to the first training step (build, load weights, compile, step);
+plus the speed switches (bf16, `tf.data`, XLA) on the hand-written loop.
+
+Absolute times drift on shared machines: compare the ratios, which come
+from one run, and mind the load average recorded in the JSON.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BACKENDS = ("tensorflow", "jax", "torch")
+# The Linux torch 2.14.1 wheel is a CUDA build: it does not import without
+# its CUDA libraries (libcudnn.so.9 ...), even on a CPU, so they come too
+# (a few GB, once).
+PEER_PACKAGES = ("torch==2.14.1", "torchvision==0.29.1")
+DEFAULT_PEER_VENV = os.path.join(
+    os.path.expanduser("~"), ".cache", "keras-transfer", "bench",
+    "torch-2.14.1")
+
+QUICK = {
+    "head_image_size": 96, "head_epochs": 5, "labels_per_class": 30,
+    "test_images": 500, "image_size": 160, "batch_size": 32,
+    "steps_per_epoch": 5, "epochs": 3, "repeats": 1,
+    "matmul_size": 1024, "matmul_repeats": 3,
+}
+FULL = {
+    **QUICK, "head_image_size": 128, "labels_per_class": 100,
+    "test_images": 2000, "steps_per_epoch": 8, "epochs": 4, "repeats": 2,
+    "matmul_size": 2048, "matmul_repeats": 5,
+}
+SWITCHES = {
+    "tensorflow": ["mixed_bfloat16", "tf_data", "xla"],
+    "jax": ["mixed_bfloat16", "tf_data"],
+    "torch": ["mixed_bfloat16", "tf_data"],
+}
+
+
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[:3]
+    except OSError:
+        return None
+
+
+def _run(command, env=None, timeout=3600):
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=ROOT, timeout=timeout,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+    return done.returncode, time.perf_counter() - started
+
+
+def _json_step(command, config, env=None):
+    """Runs a worker that reads a config file and writes a JSON file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = os.path.join(tmp, "config.json")
+        output_path = os.path.join(tmp, "out.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        code, seconds = _run(command + [config_path, output_path], env=env)
+        result = {}
+        if os.path.exists(output_path):
+            with open(output_path) as f:
+                result = json.load(f)
+        if code != 0:
+            result["error"] = f"exit status {code}"
+        result["seconds"] = round(seconds, 1)
+        return result
+
+
+def ensure_peer_venv(path):
+    """The PyTorch peer's interpreter, creating its venv on first use."""
+    python = os.path.join(path, "bin", "python")
+    stamp = os.path.join(path, "installed.txt")
+    if os.path.exists(stamp):
+        return python
+    print(f"Creating the PyTorch peer's venv in {path} ...", flush=True)
+    pip = [python, "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]
+    for command in ([sys.executable, "-m", "venv", path],
+                    pip + list(PEER_PACKAGES),
+                    [python, "-c", "import torch, torchvision"]):
+        code, _ = _run(command, timeout=1800)
+        if code != 0:
+            raise RuntimeError(
+                f"Could not set up the PyTorch peer ({' '.join(command)}). "
+                "Make torch==2.14.1 and torchvision==0.29.1 installable (pip "
+                "index or --find-links), or pass --skip-peer.")
+    with open(stamp, "w") as f:
+        f.write(" ".join(PEER_PACKAGES) + "\n")
+    return python
+
+
+def summarize(backend, result, peak, peer):
+    """The per-backend keys the issue asks for."""
+    head = result.get("head_stage", {})
+    tune = result.get("fine_tune", {})
+    ours = tune.get("transfer_images_per_s")
+    achieved = tune.get("achieved_gflops")
+    fp32, bf16 = peak.get("peak_gflops_fp32"), peak.get("peak_gflops_bf16")
+
+    def ratio(a, b):
+        return round(a / b, 3) if a and b else None
+
+    return {
+        "head_stage_speedup": head.get("head_stage_speedup"),
+        "head_stage_accuracy_delta": head.get("head_stage_accuracy_delta"),
+        "fit_overhead_ratio": tune.get("fit_overhead_ratio"),
+        "fit_overhead_s_per_epoch": tune.get("fit_overhead_s_per_epoch"),
+        "vs_pytorch_ratio": ratio(ours, peer.get("images_per_s")),
+        "fraction_of_peak": ratio(achieved, fp32),
+        "fraction_of_peak_bf16": ratio(achieved, bf16),
+        "time_to_first_step_s": result.get("first_step", {}).get(
+            "time_to_first_step_s"),
+        "peak_gflops_fp32": fp32,
+        "peak_gflops_bf16": bf16,
+        "transfer_images_per_s": ours,
+        "hand_written_images_per_s": tune.get("hand_written_images_per_s"),
+        "pytorch_images_per_s": peer.get("images_per_s"),
+        "achieved_gflops": achieved,
+        "switches_images_per_s": tune.get("switches_images_per_s"),
+    }
+
+
+def markdown(report):
+    rows = [
+        ("head stage: naive / cached wall time (x)", "head_stage_speedup"),
+        ("head stage: accuracy cached - naive (points)",
+         "head_stage_accuracy_delta"),
+        ("fine-tune: transfer / hand-written img/s", "fit_overhead_ratio"),
+        ("fine-tune: seconds fit_recipe adds per epoch",
+         "fit_overhead_s_per_epoch"),
+        ("fine-tune: transfer / PyTorch img/s", "vs_pytorch_ratio"),
+        ("fine-tune: transfer img/s", "transfer_images_per_s"),
+        ("fine-tune: hand-written img/s", "hand_written_images_per_s"),
+        ("fine-tune: PyTorch img/s", "pytorch_images_per_s"),
+        ("achieved GFLOP/s (fine-tune)", "achieved_gflops"),
+        ("fraction of fp32 peak", "fraction_of_peak"),
+        ("fraction of bf16 peak", "fraction_of_peak_bf16"),
+        ("time to first step (s)", "time_to_first_step_s"),
+    ]
+    backends = list(report["backends"])
+    lines = ["| | " + " | ".join(backends) + " |",
+             "|---|" + "---|" * len(backends)]
+    for label, key in rows:
+        values = [report["backends"][b]["summary"].get(key) for b in backends]
+        lines.append(f"| {label} | " + " | ".join(
+            "-" if v is None else str(v) for v in values) + " |")
+    switches = sorted({k for b in backends for k in
+                       (report["backends"][b]["summary"]
+                        .get("switches_images_per_s") or {})})
+    for name in switches:
+        values = [(report["backends"][b]["summary"]
+                   .get("switches_images_per_s") or {}).get(name)
+                  for b in backends]
+        lines.append(f"| hand-written img/s, {name} | " + " | ".join(
+            "-" if v is None else str(v) for v in values) + " |")
+    peak = report["peak"]
+    lines.append("")
+    lines.append(
+        f"Peak matmul: {peak.get('peak_gflops_fp32')} GFLOP/s fp32, "
+        f"{peak.get('peak_gflops_bf16')} GFLOP/s bf16 "
+        f"({peak.get('threads')} threads). Load average "
+        f"{report['loadavg_start']} at start, {report.get('loadavg_end')} "
+        "at end.")
+    return "\n".join(lines) + "\n"
+
+
+def _write(path, report):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: a few minutes in all")
+    parser.add_argument("--output",
+                        default=os.path.join("benchmarks", "results",
+                                             "benchmark.json"),
+                        help="JSON file; the table goes beside it as .md")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--peer-venv", default=DEFAULT_PEER_VENV)
+    parser.add_argument("--skip-peer", action="store_true")
+    args = parser.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"unknown backend(s) {unknown}; choose from {BACKENDS}")
+    config = dict(QUICK if args.quick else FULL)
+    config["switches"] = SWITCHES
+    config["parts"] = ["first_step", "head_stage", "fine_tune"]
+    report = {
+        "mode": "quick" if args.quick else "full",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "processor": platform.processor(), "gpu": None},
+        "loadavg_start": _loadavg(),
+        "config": config,
+    }
+    peer_script = os.path.join(HERE, "torch_peer.py")
+    print("Measuring peak matmul ...", flush=True)
+    report["peak"] = _json_step([sys.executable, peer_script, "peak"], config)
+    peer = {}
+    if not args.skip_peer:
+        python = ensure_peer_venv(args.peer_venv)
+        print("PyTorch peer ...", flush=True)
+        peer = _json_step([python, peer_script, "peer"], config)
+    report["pytorch"] = peer
+    report["backends"] = {}
+    for backend in backends:
+        print(f"Keras on {backend} ...", flush=True)
+        env = dict(os.environ, KERAS_BACKEND=backend,
+                   PYTHONPATH=os.pathsep.join(
+                       [ROOT, os.environ.get("PYTHONPATH", "")]))
+        result = _json_step(
+            [sys.executable, os.path.join(HERE, "keras_worker.py")],
+            config, env=env)
+        result["summary"] = summarize(backend, result, report["peak"], peer)
+        report["backends"][backend] = result
+        _write(args.output, report)  # partial results survive a crash
+    report["loadavg_end"] = _loadavg()
+    table = markdown(report)
+    _write(args.output, report)
+    with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+        f.write(table)
+    print(table)
+    return 0 if all("error" not in r for r in report["backends"].values()) \
+        else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

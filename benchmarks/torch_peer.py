@@ -1,0 +1,102 @@
+"""The native PyTorch peer of `benchmarks/run.py`, and the peak matmul.
+
+    python benchmarks/torch_peer.py peak config.json out.json
+    <peer venv>/bin/python benchmarks/torch_peer.py peer config.json out.json
+
+`peak`: fp32 and bf16 matrix multiply GFLOP/s with PyTorch's CPU kernels
+(oneDNN; bf16 runs on AVX512-BF16 or AMX where the CPU has them), the best
+of several repeats. `peer`: full fine-tune throughput of torchvision's
+MobileNetV3Small (random init), a hand-written training loop with Adam, in
+`train()` mode, on in-memory tensors, in the default memory format and in
+channels-last; same image size, batch and thread count as the Keras side.
+Needs only torch (and torchvision for `peer`), no Keras.
+"""
+
+import json
+import sys
+import time
+
+import torch
+
+
+def peak(config):
+    n = config["matmul_size"]
+    result = {"threads": torch.get_num_threads(), "matmul_size": n,
+              "torch": torch.__version__}
+    for dtype in ("float32", "bfloat16"):
+        a = torch.randn(n, n).to(getattr(torch, dtype))
+        b = torch.randn(n, n).to(getattr(torch, dtype))
+        torch.mm(a, b)  # warm-up
+        best = None
+        for _ in range(config["matmul_repeats"]):
+            started = time.perf_counter()
+            for _ in range(4):
+                torch.mm(a, b)
+            seconds = (time.perf_counter() - started) / 4
+            best = seconds if best is None else min(best, seconds)
+        result[f"peak_gflops_{'fp32' if dtype == 'float32' else 'bf16'}"] = (
+            round(2 * n**3 / best / 1e9, 1))
+    return result
+
+
+def _throughput(config, channels_last):
+    import torchvision
+
+    torch.manual_seed(0)
+    size, batch = config["image_size"], config["batch_size"]
+    steps = config["steps_per_epoch"] * (config["epochs"] - 1)
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10)
+    # Normalized inputs, as torchvision models expect them: raw [0, 255]
+    # pixels into a random-init network blow up its activations.
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (torch.rand(batch, 3, size, size) - mean) / std
+    y = torch.randint(0, 10, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(config["steps_per_epoch"]):  # warm-up epoch
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - started)
+
+
+def peer(config):
+    import torchvision
+
+    result = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+              "threads": torch.get_num_threads(),
+              "model": "torchvision mobilenet_v3_small (random init)",
+              "image_size": config["image_size"],
+              "batch_size": config["batch_size"]}
+    runs = {"contiguous": [], "channels_last": []}
+    for _ in range(config["repeats"]):
+        for name in runs:
+            runs[name].append(_throughput(config, name == "channels_last"))
+    for name, values in runs.items():
+        result[f"{name}_images_per_s"] = [round(v, 1) for v in values]
+    best = max(runs, key=lambda k: sorted(runs[k])[len(runs[k]) // 2])
+    result["best_format"] = best
+    result["images_per_s"] = round(sorted(runs[best])[len(runs[best]) // 2], 1)
+    return result
+
+
+if __name__ == "__main__":
+    mode, config_path, output_path = sys.argv[1:4]
+    with open(config_path) as f:
+        config = json.load(f)
+    result = {"peak": peak, "peer": peer}[mode](config)
+    with open(output_path, "w") as f:
+        json.dump(result, f, indent=2)

@@ -1,0 +1,302 @@
+"""Feature caching: train a head-only stage on precomputed features.
+
+When a stage trains only the head (`trainable_blocks=0`, so no backbone
+weight changes) and nothing random runs before the head, every epoch of
+the naive loop computes the very same backbone features again. Here they
+are computed once, with the model's compiled `predict` on the feature
+sub-model (inputs to `pooler`), and the head (`head_dropout`,
+`predictions`) trains on them as its own functional `keras.Model`. The head
+model *shares* its layers with the classifier, so the classifier holds the
+trained head weights at every moment, and the head model is compiled with
+the classifier's own optimizer: `StageBackup`, the checkpoint, TensorBoard
+and every other callback see the classifier and its optimizer, as in the
+naive loop, and resume works unchanged.
+
+Random augmentation must see new draws every epoch, so a stage falls back
+to the naive loop when the training data or the model applies it:
+`tf.data` pipelines are checked for random ops, a `keras.utils.PyDataset`
+or generator cannot be checked and falls back under `"auto"`. The choice
+and its reason go to the log and to each stage's record in
+`manifest.json` (`feature_cache`).
+"""
+
+import logging
+import time
+
+import keras
+import numpy as np
+
+from transfer import report
+from transfer.callbacks import ConfusionMatrixLogger
+from transfer.freeze import find_backbone
+
+logger = logging.getLogger(__name__)
+
+CACHE_FEATURES = (True, False, "auto")
+_HEAD_LAYERS = ("head_dropout", "predictions")
+
+
+def check_cache_features(cache_features):
+    """Raises `ValueError` unless `cache_features` is True, False or "auto"."""
+    if not (isinstance(cache_features, bool) or cache_features == "auto"):
+        raise ValueError(
+            "`cache_features` must be True, False or 'auto'. "
+            f"Received: cache_features={cache_features!r}"
+        )
+
+
+def _head_layers(model):
+    """The classifier's `pooler` and head layers, or `None`."""
+    names = [layer.name for layer in model.layers]
+    if "pooler" not in names or names[-1] != "predictions":
+        return None
+    after = names[names.index("pooler") + 1:]
+    if any(name not in _HEAD_LAYERS for name in after):
+        return None
+    return model.get_layer("pooler"), [model.get_layer(n) for n in after]
+
+
+def _random_layers(model):
+    """Names of layers before the head that draw random numbers in
+    training (augmentation, dropout); the backbone runs with
+    `training=False` and is not searched."""
+    try:
+        backbone = find_backbone(model)
+    except ValueError:
+        backbone = None
+    found = []
+    for layer in model.layers:
+        if layer is backbone or layer.name in ("pooler",) + _HEAD_LAYERS:
+            continue
+        stack = [layer]
+        while stack:
+            current = stack.pop()
+            if any(isinstance(v, keras.random.SeedGenerator)
+                   for v in vars(current).values()):
+                found.append(current.name)
+            stack.extend(getattr(current, "layers", []))
+    return found
+
+
+def _dataset_ops(data):
+    """The op names of a `tf.data.Dataset`'s graph, or `None`."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    if not isinstance(data, tf.data.Dataset):
+        return None
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(data._as_serialized_graph().numpy())
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops.update(node.op for node in function.node_def)
+    return ops
+
+
+def dataset_is_random(data):
+    """Whether `data` applies random ops, `None` when it cannot be told.
+
+    A `(x, y)` tuple of arrays is fixed. A `tf.data.Dataset` is searched
+    for random ops (Keras augmentation layers, `tf.image.random_*`);
+    shuffling does not count, cached features are reshuffled each epoch.
+    """
+    if isinstance(data, tuple):
+        return False
+    ops = _dataset_ops(data)
+    if ops is None:
+        return None
+    return any("Random" in op and "Dataset" not in op for op in ops)
+
+
+def _shuffles(data):
+    """Whether the head should see the cached features reshuffled every
+    epoch: as `fit` does with arrays, and as a `tf.data` pipeline does when
+    it holds a shuffle. A pipeline without one keeps its order, so a
+    resumed run sees the batches an uninterrupted one would."""
+    ops = _dataset_ops(data)
+    if ops is None:
+        return True
+    return any("Shuffle" in op for op in ops)
+
+
+def plan_cache(model, stage, train_data, cache_features):
+    """Decides whether `stage` trains on cached features.
+
+    Returns:
+        `(use, reason)`: a bool and a sentence for the log and manifest.
+    """
+    if cache_features is False:
+        return False, "off (cache_features=False)"
+    if stage.trainable_blocks != 0:
+        return False, (
+            f"off: the stage trains backbone blocks (trainable_blocks="
+            f"{stage.trainable_blocks!r})"
+        )
+    found = _head_layers(model)
+    if found is None:
+        return False, (
+            "off: the model has no 'pooler' -> 'predictions' head (a "
+            "transfer.build_classifier model)"
+        )
+    pooler, head = found
+    head_weights = {id(w) for layer in head for w in layer.trainable_weights}
+    others = [w.path for w in model.trainable_weights
+              if id(w) not in head_weights]
+    if others:
+        return False, f"off: weights outside the head train ({others[0]}, ...)"
+    random_layers = _random_layers(model)
+    if random_layers:
+        return False, (
+            "off: random layers run before the head in training "
+            f"({', '.join(random_layers)}); features change every epoch"
+        )
+    if isinstance(train_data, tuple) and len(train_data) != 2:
+        return False, "off: training data is not an (x, y) pair"
+    random = dataset_is_random(train_data)
+    if random and cache_features == "auto":
+        return False, (
+            "off: the training data applies random augmentation, which "
+            "must draw anew every epoch (pass cache_features=True to cache "
+            "one augmented copy)"
+        )
+    if random is None and cache_features == "auto":
+        return False, (
+            f"off: cannot tell whether {type(train_data).__name__} data is "
+            "augmented (pass cache_features=True to cache it anyway)"
+        )
+    if random:
+        return True, "on (cache_features=True): one augmented copy cached"
+    return True, "on: backbone frozen, no random augmentation"
+
+
+def _features(feature_model, data, batch_size):
+    """Backbone features and labels of every example of `data`."""
+    if isinstance(data, tuple):
+        x, y = data
+        features = feature_model.predict(
+            np.asarray(x), batch_size=batch_size, verbose=0
+        )
+        return np.asarray(features), np.asarray(y)
+    features, labels = [], []
+    for images, batch_labels in report.iterate_batches(data, batch_size):
+        features.append(np.asarray(feature_model.predict_on_batch(images)))
+        labels.append(batch_labels)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def _batch_size(data, batch_size):
+    """The batch size to train the head with: the data's own for batched
+    datasets, `batch_size` for arrays."""
+    if isinstance(data, tuple):
+        return batch_size
+    for images, _ in report.iterate_batches(data, batch_size):
+        return len(images)
+    return batch_size
+
+
+class _StopBridge(keras.callbacks.Callback):
+    """Passes `stop_training` set on the classifier (by `TerminateOnNaN`,
+    `StageBackup`, `EarlyStopping`) to the head model that trains."""
+
+    def __init__(self, classifier, head_model):
+        super().__init__()
+        self.classifier = classifier
+        self.head_model = head_model
+
+    def set_model(self, model):
+        super().set_model(self.classifier)
+
+    def _bridge(self, *args, **kwargs):
+        if self.classifier.stop_training:
+            self.head_model.stop_training = True
+
+    on_train_batch_end = _bridge
+    on_epoch_end = _bridge
+
+
+class CachedHeadFit:
+    """Computes a classifier's features once and fits its head on them.
+
+    Args:
+        model: the classifier, compiled (its optimizer is shared).
+        train_data: the stage's training data.
+        validation_data: validation data, or `None`.
+        batch_size: batch size for array data.
+    """
+
+    def __init__(self, model, train_data, validation_data, batch_size):
+        pooler, head = _head_layers(model)
+        self.model = model
+        started = time.perf_counter()
+        feature_model = keras.Model(
+            model.inputs, pooler.output, name="feature_extractor"
+        )
+        self.train = _features(feature_model, train_data, batch_size)
+        self.validation = (
+            None if validation_data is None
+            else _features(feature_model, validation_data, batch_size)
+        )
+        self.batch_size = _batch_size(train_data, batch_size)
+        self.shuffle = _shuffles(train_data)
+        self.seconds = time.perf_counter() - started
+        inputs = keras.Input(self.train[0].shape[1:], name="features")
+        x = inputs
+        for layer in head:
+            x = layer(x)
+        self.head_model = keras.Model(inputs, x, name="cached_head")
+        self.head_model.compile(
+            optimizer=model.optimizer,
+            loss=model.loss,
+            metrics=["accuracy"],
+        )
+        logger.info(
+            "Cached %d training%s feature vectors of size %d in %.1f s.",
+            len(self.train[0]),
+            "" if self.validation is None
+            else f" and {len(self.validation[0])} validation",
+            self.train[0].shape[-1], self.seconds,
+        )
+
+    def to_dict(self):
+        return {
+            "train_samples": int(len(self.train[0])),
+            "validation_samples": (
+                None if self.validation is None
+                else int(len(self.validation[0]))
+            ),
+            "feature_shape": list(self.train[0].shape[1:]),
+            "seconds": round(self.seconds, 3),
+            "shuffle": self.shuffle,
+        }
+
+    def fit(self, *, initial_epoch, epochs, callbacks, verbose):
+        """`fit` of the head model; `callbacks` see the classifier, except
+        `ConfusionMatrixLogger`, which reads the cached validation
+        features through the head model."""
+        verbose = 1 if verbose == "auto" else verbose
+        steps = int(np.ceil(len(self.train[0]) / self.batch_size))
+        for callback in callbacks:
+            if (isinstance(callback, ConfusionMatrixLogger)
+                    and self.validation is not None):
+                callback.validation_data = self.validation
+        # Keras's `fit` returns `self.history` of the model it trains.
+        history = keras.callbacks.History()
+        self.head_model.history = history
+        callback_list = keras.callbacks.CallbackList(
+            list(callbacks)
+            + [_StopBridge(self.model, self.head_model), history],
+            add_history=True, add_progbar=verbose != 0,
+            model=self.model, verbose=verbose, epochs=epochs, steps=steps,
+        )
+        for callback in callbacks:
+            if isinstance(callback, ConfusionMatrixLogger):
+                callback.set_model(self.head_model)
+        self.model.stop_training = False
+        x, y = self.train
+        return self.head_model.fit(
+            x, y, batch_size=self.batch_size, shuffle=self.shuffle,
+            validation_data=self.validation,
+            initial_epoch=initial_epoch, epochs=epochs,
+            callbacks=callback_list, verbose=verbose,
+        )
