@@ -93,6 +93,7 @@ def run(out_dir, config):
         "metrics": [s["metrics"] for s in manifest["stages"]],
         "resumed": [s["resumed_after_epoch"] for s in manifest["stages"]],
         "distribution": manifest.get("distribution"),
+        "feature_cache": [s.get("feature_cache") for s in manifest["stages"]],
         "split_variables": int(split),
         "weights": [w.ravel().tolist() for w in weights],
     }

@@ -158,6 +158,9 @@ def test_four_devices_match_one(tmp_path):
     assert four["distribution"]["global_batch"] == 8
     assert four["distribution"]["per_device_batch"] == 2
     assert "learning_rate_scaling" in four["distribution"]
+    # The head stage trains in the engine, not on cached features.
+    assert four["feature_cache"][0]["used"] is False
+    assert "distributed" in four["feature_cache"][0]["reason"]
     _assert_same_training(four, one)
 
     # One writer: the 4-device run logs the same tags at the same steps as
