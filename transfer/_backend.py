@@ -98,3 +98,19 @@ def supported_profile_batch(profile_batch):
         profile_batch,
     )
     return 0
+
+
+def separate_optimizer_buffers(model):
+    """Gives every optimizer variable its own buffer (JAX only).
+
+    At the end of `fit`, `Adam(use_ema=True)` assigns the moving averages to
+    the model's weights; on JAX the two variables then share one array, and
+    the next jitted `predict` donates it, deleting the optimizer's copy
+    ("Array has been deleted"). Copying the optimizer variables avoids it.
+    """
+    if backend() != "jax" or getattr(model, "optimizer", None) is None:
+        return
+    import jax.numpy as jnp
+
+    for variable in model.optimizer.variables:
+        variable.assign(jnp.array(variable.value, copy=True))

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import logging
 import os
+from typing import Optional
 from typing import Tuple
 from typing import Union
 
@@ -12,6 +13,7 @@ import keras
 from transfer import _backend
 from transfer import labels
 from transfer import resume
+from transfer import stage_options
 from transfer import stages
 from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
@@ -39,6 +41,22 @@ class Stage:
         schedule: `"constant"`, or `"cosine"` to decay the learning rate to
             zero over the stage (`keras.optimizers.schedules.CosineDecay`).
             Defaults to `"constant"`.
+        warmup_epochs: with `schedule="cosine"`, epochs of linear warmup from
+            zero to `learning_rate` before the decay. Defaults to `0`.
+        layer_decay: discriminative learning rates: the head trains at
+            `learning_rate`, the top backbone block at `learning_rate *
+            layer_decay`, the next at `layer_decay ** 2` times, and so on
+            (`keras.optimizers.MultiOptimizer`). In `(0, 1]`; `1.0` means
+            one rate for all. Defaults to `1.0`.
+        label_smoothing: label smoothing of the cross-entropy, in `[0, 1)`.
+            Defaults to `0.0`.
+        class_weight: `None`, or `"auto"` to weight classes inversely to
+            their frequency in the training labels. Defaults to `None`.
+        augment: batch augmentations from `keras.layers` on the training
+            data, any of `"mixup"`, `"cutmix"`, `"randaugment"`.
+            Defaults to `()`.
+        ema: keep an exponential moving average of the weights (Adam's
+            `use_ema`) and end the stage with it. Defaults to `False`.
     """
 
     name: str
@@ -47,6 +65,12 @@ class Stage:
     trainable_blocks: Union[int, str] = 0
     train_batchnorm: bool = False
     schedule: str = "constant"
+    warmup_epochs: int = 0
+    layer_decay: float = 1.0
+    label_smoothing: float = 0.0
+    class_weight: Optional[str] = None
+    augment: Tuple[str, ...] = ()
+    ema: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -75,22 +99,34 @@ class Stage:
                 f"Stage '{self.name}': `schedule` must be one of {SCHEDULES}. "
                 f"Received: schedule={self.schedule!r}"
             )
+        if isinstance(self.augment, (list, tuple)):
+            object.__setattr__(self, "augment", tuple(self.augment))
+        stage_options.check_stage_options(self)
 
     def get_config(self):
-        return dataclasses.asdict(self)
+        config = dataclasses.asdict(self)
+        config["augment"] = list(self.augment)
+        return config
 
-    def learning_rate_for(self, steps_per_epoch):
+    def learning_rate_for(self, steps_per_epoch, scale=1.0):
         """The learning rate or schedule to give Adam for this stage."""
+        peak = self.learning_rate * scale
         if self.schedule == "constant":
-            return self.learning_rate
+            return peak
         if not steps_per_epoch:
             raise ValueError(
                 f"Stage '{self.name}' uses schedule='cosine', which needs the "
                 "number of steps per epoch; the training data has no known "
                 "length. Use a finite dataset or schedule='constant'."
             )
+        warmup = self.warmup_epochs * steps_per_epoch
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, decay_steps=self.epochs * steps_per_epoch - warmup,
+                warmup_target=peak, warmup_steps=warmup,
+            )
         return keras.optimizers.schedules.CosineDecay(
-            self.learning_rate, decay_steps=self.epochs * steps_per_epoch
+            peak, decay_steps=self.epochs * steps_per_epoch
         )
 
     @classmethod
@@ -289,6 +325,7 @@ def fit_recipe(
             f"names were given. Received: class_names={list(class_names)}"
         )
     preflight = getattr(train_data, "transfer_preflight", None)
+    stage_options.check_block_counts(model, recipe)
     resume.check_run_dir(run_dir)
     if not stages.is_masked_lm(model):
         train_data = labels.check_labels(train_data, num_classes, "Training")

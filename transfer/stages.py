@@ -19,6 +19,7 @@ import numpy as np
 from transfer import _backend
 from transfer import labels
 from transfer import resume
+from transfer import stage_options
 from transfer import summaries
 from transfer.callbacks import default_callbacks
 from transfer.callbacks import recipe_callbacks
@@ -37,8 +38,9 @@ def _is_logits(model):
     return activation is None or getattr(activation, "__name__", "") == "linear"
 
 
-def _compile(model, optimizer):
-    """Compiles for classification, or masked-LM with masked-token metrics."""
+def _compile(model, optimizer, stage=None):
+    """Compiles for the model's task and the stage's options, or masked-LM
+    with masked-token metrics."""
     if is_masked_lm(model):
         # Unmasked positions carry zero sample weight: accuracy must be a
         # weighted metric to count masked tokens only.
@@ -52,10 +54,7 @@ def _compile(model, optimizer):
         return
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=_is_logits(model)
-        ),
-        metrics=["accuracy"],
+        **stage_options.loss_and_metrics(model, stage, _is_logits(model)),
     )
 
 
@@ -187,7 +186,12 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         )
         _compile(
             model,
-            keras.optimizers.Adam(stage.learning_rate_for(steps_per_epoch)),
+            stage_options.build_optimizer(model, stage, steps_per_epoch),
+            stage,
+        )
+        stage_fit_args, stage_validation = stage_options.stage_data(
+            stage, fit_args, validation_data, model.output_shape[-1],
+            is_image=is_image_model,
         )
         resumed_epoch = state.restore(model)
         if resumed_epoch is None and not in_memory:
@@ -204,7 +208,8 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         )
         fresh = first == 0 and number == 1
         stage_callbacks = (
-            [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
+            stage_options.stage_callbacks(stage)
+            + [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
             + default_callbacks(
                 log_dir, checkpoint=checkpoint, monitor=monitor,
                 best_so_far=_best(monitor, states), profile_batch=profile_batch,
@@ -222,12 +227,12 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         if first < end:
             try:
                 model.fit(
-                    validation_data=validation_data,
+                    validation_data=stage_validation,
                     initial_epoch=first,
                     epochs=end,
                     callbacks=stage_callbacks,
                     verbose=verbose,
-                    **fit_args,
+                    **stage_fit_args,
                 )
             except Exception as e:
                 labels.raise_for_label_error(e)
