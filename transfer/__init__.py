@@ -30,6 +30,8 @@ from transfer.freeze import FreezePlan
 from transfer.freeze import set_trainable_blocks
 from transfer.image_csv import load_image_csv
 from transfer.lock import RunDirInUseError
+from transfer.lr_finder import LearningRateSweep
+from transfer.lr_finder import find_learning_rate
 from transfer.models import build_backbone
 from transfer.models import build_classifier
 from transfer.models import fetch_weights
@@ -49,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec",
     "FreezePlan",
+    "LearningRateSweep",
     "NonFiniteLossError",
     "Recipe",
     "RunDirInUseError",
@@ -60,6 +63,7 @@ __all__ = [
     "callbacks",
     "default_callbacks",
     "fetch_weights",
+    "find_learning_rate",
     "fit_recipe",
     "load_recipe",
     "save_recipe",
