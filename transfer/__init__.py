@@ -43,6 +43,10 @@ from transfer.recipe import load_recipe
 from transfer.recipe import save_recipe
 from transfer.recipe import two_stage_recipe
 from transfer.report import write_report
+from transfer.tasks import build_multilabel_classifier
+from transfer.tasks import build_regressor
+from transfer.tasks import choose_thresholds
+from transfer.tasks import predict_labels
 from transfer.text import build_text_classifier
 from transfer.weights.download import WeightsUnavailableError
 
@@ -59,6 +63,9 @@ __all__ = [
     "WeightsUnavailableError",
     "build_backbone",
     "build_classifier",
+    "build_multilabel_classifier",
+    "build_regressor",
+    "choose_thresholds",
     "build_text_classifier",
     "callbacks",
     "default_callbacks",
@@ -74,6 +81,7 @@ __all__ = [
     "load_image_csv",
     "load_image_folder",
     "load_model",
+    "predict_labels",
     "preflight",
     "make_dataset",
     "register_backbone",

@@ -15,6 +15,7 @@ from transfer import labels
 from transfer import resume
 from transfer import stage_options
 from transfer import stages
+from transfer import tasks
 from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
@@ -327,7 +328,12 @@ def fit_recipe(
     preflight = getattr(train_data, "transfer_preflight", None)
     stage_options.check_block_counts(model, recipe)
     resume.check_run_dir(run_dir)
-    if not stages.is_masked_lm(model):
+    task = stage_options.model_task(model)
+    if task != "classification":
+        tasks.check_targets(train_data, model, "Training")
+        if validation_data is not None:
+            tasks.check_targets(validation_data, model, "Validation")
+    elif not stages.is_masked_lm(model):
         train_data = labels.check_labels(train_data, num_classes, "Training")
         if validation_data is not None:
             validation_data = labels.check_labels(

@@ -193,6 +193,10 @@ def loss_and_metrics(model, stage, from_logits):
                 keras.metrics.AUC(
                     name="auc", multi_label=True, from_logits=from_logits
                 ),
+                keras.metrics.F1Score(
+                    average="macro", threshold=None if from_logits else 0.5,
+                    name="f1",
+                ),
             ],
         }
     if stage is not None and one_hot_labels(stage):
@@ -264,11 +268,10 @@ def _one_hot(y, num_classes):
     return tf.one_hot(y, num_classes)
 
 
-def _augmenter(stage, num_classes, seed):
+def _augmenter(stage, num_classes, seed, soft):
     """A batch function `(x, y) -> (x, y)` for `tf.data.Dataset.map`."""
     import tensorflow as tf
 
-    soft = one_hot_labels(stage)
     rand = (
         keras.layers.RandAugment(value_range=(0, 255), seed=seed)
         if "randaugment" in stage.augment else None
@@ -280,6 +283,7 @@ def _augmenter(stage, num_classes, seed):
     ]
 
     def mix(layer, x, y):
+        y = tf.cast(y, "float32")
         out = layer({"images": x, "labels": y}, training=True)
         return tf.cast(out["images"], x.dtype), tf.cast(out["labels"], y.dtype)
 
@@ -302,8 +306,17 @@ def _augmenter(stage, num_classes, seed):
     return transform
 
 
+def monitor_for(model, validation_data):
+    """`(monitor, mode)` for the best checkpoint: accuracy, or for a
+    regressor the loss."""
+    prefix = "val_" if validation_data is not None else ""
+    if model_task(model) == "regression":
+        return prefix + "loss", "min"
+    return prefix + "accuracy", "max"
+
+
 def stage_data(stage, fit_args, validation_data, num_classes, *,
-               is_image, seed=None):
+               is_image, task="classification", seed=None):
     """The stage's `fit` keyword arguments and validation data.
 
     Returns:
@@ -311,6 +324,19 @@ def stage_data(stage, fit_args, validation_data, num_classes, *,
         augments, smooths labels nor weights classes.
     """
     fit_args = dict(fit_args)
+    if task != "classification" and (
+        stage.class_weight or stage.label_smoothing and task == "regression"
+    ):
+        raise ValueError(
+            f"Stage '{stage.name}': class_weight and label_smoothing are for "
+            f"classifiers; this model's task is '{task}'. Received: "
+            f"class_weight={stage.class_weight!r}, "
+            f"label_smoothing={stage.label_smoothing!r}"
+        )
+    if task != "classification":
+        soft = False
+    else:
+        soft = one_hot_labels(stage)
     if stage.class_weight == "auto":
         labels = _labels_of(fit_args)
         if labels is None:
@@ -322,7 +348,7 @@ def stage_data(stage, fit_args, validation_data, num_classes, *,
         fit_args["class_weight"] = balanced_class_weight(labels, num_classes)
         logger.info("Stage '%s': class weights %s", stage.name,
                     fit_args["class_weight"])
-    if not stage.augment and not one_hot_labels(stage):
+    if not stage.augment and not soft:
         return fit_args, validation_data
     if stage.augment and not is_image:
         raise ValueError(
@@ -332,13 +358,13 @@ def stage_data(stage, fit_args, validation_data, num_classes, *,
     import tensorflow as tf
 
     ds = _as_tf_dataset(fit_args, stage)
-    ds = ds.map(_augmenter(stage, num_classes, seed),
+    ds = ds.map(_augmenter(stage, num_classes, seed, soft),
                 num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
     class_weight = fit_args.get("class_weight")
     fit_args = {"x": ds, "shuffle": False}
     if class_weight is not None:
         fit_args["class_weight"] = class_weight
-    if one_hot_labels(stage) and validation_data is not None:
+    if soft and validation_data is not None:
         validation_data = _one_hot_validation(validation_data, num_classes,
                                               stage)
     return fit_args, validation_data

@@ -21,6 +21,7 @@ from transfer import labels
 from transfer import resume
 from transfer import stage_options
 from transfer import summaries
+from transfer import tasks
 from transfer.callbacks import default_callbacks
 from transfer.callbacks import recipe_callbacks
 from transfer.checkpoints import NonFiniteLossError
@@ -132,9 +133,11 @@ def _steps_per_epoch(data, batch_size):
         return None
 
 
-def _best(monitor, states):
+def _best(monitor, states, mode="max"):
     seen = [v for s in states for v in s.state["history"].get(monitor, [])]
-    return max(seen) if seen else None
+    if not seen:
+        return None
+    return min(seen) if mode == "min" else max(seen)
 
 
 def fit_stages(model, recipe, run, train_data, validation_data, *,
@@ -146,7 +149,8 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
     run_dir = run.run_dir
     log_dir = os.path.join(run_dir, "logs")
     checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
-    monitor = "val_accuracy" if validation_data is not None else "accuracy"
+    monitor, mode = stage_options.monitor_for(model, validation_data)
+    task = stage_options.model_task(model)
     fit_args = _fit_args(train_data, batch_size, shuffle=True)
     if isinstance(validation_data, tuple) and _is_text(validation_data[0]):
         validation_data = _fit_args(validation_data, batch_size, False)["x"]
@@ -191,7 +195,7 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         )
         stage_fit_args, stage_validation = stage_options.stage_data(
             stage, fit_args, validation_data, model.output_shape[-1],
-            is_image=is_image_model,
+            is_image=is_image_model, task=task,
         )
         resumed_epoch = state.restore(model)
         if resumed_epoch is None and not in_memory:
@@ -212,7 +216,8 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
             + [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
             + default_callbacks(
                 log_dir, checkpoint=checkpoint, monitor=monitor,
-                best_so_far=_best(monitor, states), profile_batch=profile_batch,
+                best_so_far=_best(monitor, states, mode), mode=mode,
+                profile_batch=profile_batch,
             )
             + recipe_callbacks(
                 log_dir, stage=stage, stage_number=number, freeze_plan=plan,
@@ -220,7 +225,7 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
                 train_data=train_data if fresh else None,
                 hparams=hparams if fresh else None,
                 images=is_image_model,
-                classifier=not is_masked_lm(model),
+                classifier=task == "classification" and not is_masked_lm(model),
             )
             + list(callbacks or [])
         )
@@ -301,6 +306,9 @@ def _finish(model, recipe, run, histories, stage_records, hparams, *,
     save_model(model, os.path.join(run_dir, "model.keras"))
     metadata = dict(getattr(model, "transfer_metadata", {}) or {})
     metadata["class_names"] = list(class_names) if class_names else None
+    task = stage_options.model_task(model)
+    if task == "multilabel" and validation_data is not None:
+        metadata["thresholds"] = tasks.choose_thresholds(model, validation_data)
     manifest = {
         "backend": _backend.backend(),
         "versions": _backend.framework_versions(),
@@ -321,7 +329,8 @@ def _finish(model, recipe, run, histories, stage_records, hparams, *,
     write_report(
         os.path.join(run_dir, "report"), histories,
         stage_names=[s.name for s in recipe], model=model,
-        data=validation_data, class_names=class_names,
+        data=validation_data if task == "classification" else None,
+        class_names=class_names,
     )
     last_epoch = max([e for h in histories for e in h.epoch] or [0])
     summaries.write_manifest(log_dir, manifest, step=last_epoch)
