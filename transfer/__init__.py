@@ -48,6 +48,8 @@ from transfer.tasks import build_regressor
 from transfer.tasks import choose_thresholds
 from transfer.tasks import predict_labels
 from transfer.text import build_text_classifier
+from transfer.tta import evaluate_tta
+from transfer.tta import predict_tta
 from transfer.weights.download import WeightsUnavailableError
 
 __version__ = "0.1.0"
@@ -69,6 +71,7 @@ __all__ = [
     "build_text_classifier",
     "callbacks",
     "default_callbacks",
+    "evaluate_tta",
     "fetch_weights",
     "find_learning_rate",
     "fit_recipe",
@@ -82,6 +85,7 @@ __all__ = [
     "load_image_folder",
     "load_model",
     "predict_labels",
+    "predict_tta",
     "preflight",
     "make_dataset",
     "register_backbone",
