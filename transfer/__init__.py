@@ -29,6 +29,7 @@ from transfer.export import save_model
 from transfer.freeze import FreezePlan
 from transfer.freeze import set_trainable_blocks
 from transfer.image_csv import load_image_csv
+from transfer.image_table import load_image_table
 from transfer.lock import RunDirInUseError
 from transfer.lr_finder import LearningRateSweep
 from transfer.lr_finder import find_learning_rate
@@ -83,6 +84,7 @@ __all__ = [
     "load_dataset",
     "load_image_csv",
     "load_image_folder",
+    "load_image_table",
     "load_model",
     "predict_labels",
     "predict_tta",
