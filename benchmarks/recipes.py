@@ -52,7 +52,7 @@ def make_recipe(config, head_epochs, finetune_epochs, *, layer_decay=0.7):
         tail = [
             transfer.Stage(f"top{blocks}", epochs, 3e-4, blocks,
                            schedule="cosine", augment=augment)
-            for blocks, epochs in zip((3, 6, "all"), parts)
+            for blocks, epochs in zip((3, 6, "all"), parts, strict=True)
         ]
     else:
         raise ValueError(f"Unknown config {config!r}. Allowed: {CONFIGS}")

@@ -184,7 +184,8 @@ def find_learning_rate(
     rates = [min_learning_rate * growth**i for i in range(num_steps)]
     batches = _batches(data, batch_size, seed=0)
     compile_config = model.get_compile_config() if model.compiled else None
-    weights = model.get_weights()
+    # Copies: on JAX a NumPy view can alias a buffer that training reuses.
+    weights = [np.array(w, copy=True) for w in model.get_weights()]
     recorder = _SweepRecorder(rates)
     try:
         schedule = keras.optimizers.schedules.ExponentialDecay(
