@@ -102,6 +102,8 @@ def test_layer_decay_slows_lower_blocks(tiny_model, tiny_data, decay):
         assert block2 < 3 * stem  # same rate: no ordering by 10x
 
 
+# JAX compiles this stage for minutes on CPU; it gets the lighter test below.
+@pytest.mark.requires_backend("tensorflow", "torch")
 def test_all_options_train_save_and_resume(tiny_model, tiny_data, tmp_path):
     x, y = tiny_data
     stage = transfer.Stage(
@@ -130,6 +132,21 @@ def test_all_options_train_save_and_resume(tiny_model, tiny_data, tmp_path):
                     strict=True):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a),
                                    keras.ops.convert_to_numpy(b))
+
+
+@pytest.mark.parametrize("augment", [(), ("mixup",)])
+def test_layer_decay_and_ema_fit_and_reload(tiny_model, tiny_data, tmp_path,
+                                            augment):
+    # On JAX, EMA weights once shared a buffer that predict() deleted.
+    x, y = tiny_data
+    stage = transfer.Stage("all", 1, 1e-3, "all", layer_decay=0.7, ema=True,
+                           augment=augment)
+    run_dir = str(tmp_path / "run")
+    transfer.fit_recipe(tiny_model, [stage], (x, y), (x, y), run_dir=run_dir,
+                        batch_size=8, verbose=0)
+    reloaded = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0),
+                               tiny_model.predict(x, verbose=0), atol=1e-5)
 
 
 def test_balanced_class_weight():
