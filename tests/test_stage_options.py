@@ -168,3 +168,15 @@ def test_augment_needs_mappable_data(tiny_model, tiny_data, tmp_path):
     with pytest.raises(ValueError, match="tf.data.Dataset or an \\(x, y\\)"):
         transfer.fit_recipe(tiny_model, [stage], Batches(),
                             run_dir=str(tmp_path / "r"), verbose=0)
+
+
+def test_warmup_then_cosine_and_layer_scale():
+    stage = transfer.Stage("s", 3, 1e-3, schedule="cosine", warmup_epochs=1)
+    schedule = stage.learning_rate_for(10)
+    rate = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 5, 10, 30)]
+    assert rate[0] == 0 and rate[1] == pytest.approx(5e-4)
+    assert rate[2] == pytest.approx(1e-3) and rate[3] == pytest.approx(0, abs=1e-9)
+    scaled = stage.learning_rate_for(10, scale=0.5)
+    assert float(keras.ops.convert_to_numpy(scaled(10))) == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="smaller than epochs"):
+        transfer.Stage("s", 1, 1e-3, schedule="cosine", warmup_epochs=1)
