@@ -219,10 +219,13 @@ def _labels_of(fit_args):
         return np.asarray(fit_args["y"])
     data = fit_args["x"]
     labels = []
-    try:
-        batches = iter(data)
-    except TypeError:
-        return None
+    if isinstance(data, keras.utils.PyDataset):
+        batches = (data[i] for i in range(len(data)))
+    else:
+        try:
+            batches = iter(data)
+        except TypeError:
+            return None
     for batch in batches:
         if isinstance(batch, (tuple, list)) and len(batch) >= 2:
             labels.append(keras.ops.convert_to_numpy(batch[1]))
