@@ -116,6 +116,9 @@ def test_all_options_train_save_and_resume(tiny_model, tiny_data, tmp_path):
                                     run_dir=run_dir, batch_size=8, verbose=0)
     assert histories[0].epoch == [0, 1]
     assert np.isfinite(histories[0].history["val_accuracy"]).all()
+    # Trained on one-hot labels, left compiled for integer labels.
+    loss, accuracy = tiny_model.evaluate(x, y, verbose=0)
+    assert np.isfinite(loss) and 0 <= accuracy <= 1
     reloaded = keras.models.load_model(os.path.join(run_dir, "model.keras"))
     assert isinstance(reloaded.optimizer, keras.optimizers.MultiOptimizer)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0),

@@ -261,6 +261,9 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         logger.info("Stage '%s' done: %s", stage.name, final)
     if not in_memory:  # every stage had finished in earlier attempts
         previous.restore(model, optimizer=False)
+    elif task == "classification" and stage_options.one_hot_labels(stage):
+        # Leave the model compiled for integer labels, as users evaluate it.
+        _compile(model, model.optimizer)
     _finish(model, recipe, run, histories, stage_records, hparams,
             validation_data=validation_data, class_names=class_names,
             batch_size=batch_size, preflight=preflight,
