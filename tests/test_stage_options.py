@@ -150,6 +150,7 @@ def test_layer_decay_and_ema_fit_and_reload(tiny_model, tiny_data, tmp_path,
     reloaded = keras.models.load_model(os.path.join(run_dir, "model.keras"))
     np.testing.assert_allclose(reloaded.predict(x, verbose=0),
                                tiny_model.predict(x, verbose=0), atol=1e-5)
+    assert np.isfinite(tiny_model.evaluate(x, y, verbose=0)).all()
 
 
 def test_balanced_class_weight():
