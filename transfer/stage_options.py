@@ -71,9 +71,11 @@ def check_stage_options(stage):
 
 
 def model_task(model):
-    """`"classification"`, `"multilabel"` or `"regression"`."""
+    """`"multilabel"`, `"regression"`, else `"classification"` (also for
+    masked-LM models, which `fit_stages` handles apart)."""
     metadata = getattr(model, "transfer_metadata", None) or {}
-    return metadata.get("task", "classification")
+    task = metadata.get("task")
+    return task if task in ("multilabel", "regression") else "classification"
 
 
 def block_depths(model, trainable_blocks):
@@ -328,7 +330,7 @@ def stage_data(stage, fit_args, validation_data, num_classes, *,
     """
     fit_args = dict(fit_args)
     if task != "classification" and (
-        stage.class_weight or stage.label_smoothing and task == "regression"
+        stage.class_weight or stage.label_smoothing and task != "multilabel"
     ):
         raise ValueError(
             f"Stage '{stage.name}': class_weight and label_smoothing are for "

@@ -150,7 +150,7 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
     log_dir = os.path.join(run_dir, "logs")
     checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
     monitor, mode = stage_options.monitor_for(model, validation_data)
-    task = stage_options.model_task(model)
+    task = "masked_lm" if is_masked_lm(model) else stage_options.model_task(model)
     fit_args = _fit_args(train_data, batch_size, shuffle=True)
     if isinstance(validation_data, tuple) and _is_text(validation_data[0]):
         validation_data = _fit_args(validation_data, batch_size, False)["x"]
