@@ -258,8 +258,10 @@ def fit_recipe(
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
     For each stage: set the `trainable` flags (`set_trainable_blocks`),
-    recompile with a fresh `keras.optimizers.Adam(stage.learning_rate)`, and
-    call `model.fit` with `initial_epoch` continuing the epoch count, so the
+    recompile with a fresh `keras.optimizers.Adam(stage.learning_rate)` (a
+    `MultiOptimizer` of one Adam per block with `layer_decay`; the stage's
+    schedule, label smoothing, augmentation, class weights and EMA: see
+    `Stage` and `transfer.stage_options`), and call `model.fit` with `initial_epoch` continuing the epoch count, so the
     TensorBoard curves of stage 2 carry on from stage 1. Writes TensorBoard
     logs to `run_dir/logs` (see `transfer.callbacks` for the tags: scalars,
     stages, freeze plans, HParams, input images and, with validation data,
