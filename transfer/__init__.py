@@ -45,7 +45,10 @@ from transfer.export import save_model
 from transfer.freeze import FreezePlan
 from transfer.freeze import set_trainable_blocks
 from transfer.image_csv import load_image_csv
+from transfer.image_table import load_image_table
 from transfer.lock import RunDirInUseError
+from transfer.lr_finder import LearningRateSweep
+from transfer.lr_finder import find_learning_rate
 from transfer.models import build_backbone
 from transfer.models import build_classifier
 from transfer.models import fetch_weights
@@ -58,7 +61,13 @@ from transfer.recipe import load_recipe
 from transfer.recipe import save_recipe
 from transfer.recipe import two_stage_recipe
 from transfer.report import write_report
+from transfer.tasks import build_multilabel_classifier
+from transfer.tasks import build_regressor
+from transfer.tasks import choose_thresholds
+from transfer.tasks import predict_labels
 from transfer.text import build_text_classifier
+from transfer.tta import evaluate_tta
+from transfer.tta import predict_tta
 from transfer.weights.download import WeightsUnavailableError
 
 __version__ = "0.1.0"
@@ -67,6 +76,7 @@ __all__ = [
     "BackboneSpec",
     "DistributionPlan",
     "FreezePlan",
+    "LearningRateSweep",
     "NonFiniteLossError",
     "Recipe",
     "RunDirInUseError",
@@ -74,14 +84,19 @@ __all__ = [
     "WeightsUnavailableError",
     "build_backbone",
     "build_classifier",
+    "build_multilabel_classifier",
+    "build_regressor",
+    "choose_thresholds",
     "build_text_classifier",
     "callbacks",
     "default_callbacks",
     "deploy",
     "distribute",
     "distribution_scope",
+    "evaluate_tta",
     "feature_cache",
     "fetch_weights",
+    "find_learning_rate",
     "fit_recipe",
     "load_recipe",
     "save_recipe",
@@ -91,7 +106,10 @@ __all__ = [
     "load_dataset",
     "load_image_csv",
     "load_image_folder",
+    "load_image_table",
     "load_model",
+    "predict_labels",
+    "predict_tta",
     "preflight",
     "make_dataset",
     "register_backbone",

@@ -147,3 +147,19 @@ def predict_on_batch(model, batch):
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             return model.predict(batch, batch_size=len(batch), verbose=0)
     return model.predict_on_batch(batch)
+
+
+def separate_optimizer_buffers(model):
+    """Gives every optimizer variable its own buffer (JAX only).
+
+    At the end of `fit`, `Adam(use_ema=True)` assigns the moving averages to
+    the model's weights; on JAX the two variables then share one array, and
+    the next jitted `predict` donates it, deleting the optimizer's copy
+    ("Array has been deleted"). Copying the optimizer variables avoids it.
+    """
+    if backend() != "jax" or getattr(model, "optimizer", None) is None:
+        return
+    import jax.numpy as jnp
+
+    for variable in model.optimizer.variables:
+        variable.assign(jnp.array(variable.value, copy=True))

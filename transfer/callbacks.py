@@ -43,6 +43,7 @@ def default_callbacks(
     monitor="val_accuracy",
     best_so_far=None,
     profile_batch=0,
+    mode="max",
 ):
     """TensorBoard logging, plus a best-weights checkpoint when asked.
 
@@ -60,6 +61,8 @@ def default_callbacks(
             `None`. Defaults to `None`.
         monitor: the metric that decides "best". Defaults to
             `"val_accuracy"`.
+        mode: `"max"` when a higher `monitor` is better, `"min"` for a
+            loss. Defaults to `"max"`.
         best_so_far: the best `monitor` value of earlier stages, so that a
             later stage only overwrites the checkpoint when it beats it.
             Defaults to `None`.
@@ -90,7 +93,7 @@ def default_callbacks(
             AtomicModelCheckpoint(
                 checkpoint,
                 monitor=monitor,
-                mode="max",
+                mode=mode,
                 save_best_only=True,
                 save_weights_only=True,
                 initial_value_threshold=best_so_far,

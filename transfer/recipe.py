@@ -15,7 +15,9 @@ from transfer import distribute as distribute_lib
 from transfer import engines
 from transfer import labels
 from transfer import resume
+from transfer import stage_options
 from transfer import stages
+from transfer import tasks
 from transfer.feature_cache import check_cache_features
 from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
@@ -44,6 +46,22 @@ class Stage:
         schedule: `"constant"`, or `"cosine"` to decay the learning rate to
             zero over the stage (`keras.optimizers.schedules.CosineDecay`).
             Defaults to `"constant"`.
+        warmup_epochs: with `schedule="cosine"`, epochs of linear warmup from
+            zero to `learning_rate` before the decay. Defaults to `0`.
+        layer_decay: discriminative learning rates: the head trains at
+            `learning_rate`, the top backbone block at `learning_rate *
+            layer_decay`, the next at `layer_decay ** 2` times, and so on
+            (`keras.optimizers.MultiOptimizer`). In `(0, 1]`; `1.0` means
+            one rate for all. Defaults to `1.0`.
+        label_smoothing: label smoothing of the cross-entropy, in `[0, 1)`.
+            Defaults to `0.0`.
+        class_weight: `None`, or `"auto"` to weight classes inversely to
+            their frequency in the training labels. Defaults to `None`.
+        augment: batch augmentations from `keras.layers` on the training
+            data, any of `"mixup"`, `"cutmix"`, `"randaugment"`.
+            Defaults to `()`.
+        ema: keep an exponential moving average of the weights (Adam's
+            `use_ema`) and end the stage with it. Defaults to `False`.
     """
 
     name: str
@@ -52,6 +70,12 @@ class Stage:
     trainable_blocks: Union[int, str] = 0
     train_batchnorm: bool = False
     schedule: str = "constant"
+    warmup_epochs: int = 0
+    layer_decay: float = 1.0
+    label_smoothing: float = 0.0
+    class_weight: Optional[str] = None
+    augment: Tuple[str, ...] = ()
+    ema: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -80,22 +104,34 @@ class Stage:
                 f"Stage '{self.name}': `schedule` must be one of {SCHEDULES}. "
                 f"Received: schedule={self.schedule!r}"
             )
+        if isinstance(self.augment, (list, tuple)):
+            object.__setattr__(self, "augment", tuple(self.augment))
+        stage_options.check_stage_options(self)
 
     def get_config(self):
-        return dataclasses.asdict(self)
+        config = dataclasses.asdict(self)
+        config["augment"] = list(self.augment)
+        return config
 
-    def learning_rate_for(self, steps_per_epoch):
+    def learning_rate_for(self, steps_per_epoch, scale=1.0):
         """The learning rate or schedule to give Adam for this stage."""
+        peak = self.learning_rate * scale
         if self.schedule == "constant":
-            return self.learning_rate
+            return peak
         if not steps_per_epoch:
             raise ValueError(
                 f"Stage '{self.name}' uses schedule='cosine', which needs the "
                 "number of steps per epoch; the training data has no known "
                 "length. Use a finite dataset or schedule='constant'."
             )
+        warmup = self.warmup_epochs * steps_per_epoch
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, decay_steps=self.epochs * steps_per_epoch - warmup,
+                warmup_target=peak, warmup_steps=warmup,
+            )
         return keras.optimizers.schedules.CosineDecay(
-            self.learning_rate, decay_steps=self.epochs * steps_per_epoch
+            peak, decay_steps=self.epochs * steps_per_epoch
         )
 
     @classmethod
@@ -247,8 +283,10 @@ def fit_recipe(
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
     For each stage: set the `trainable` flags (`set_trainable_blocks`),
-    recompile with a fresh `keras.optimizers.Adam(stage.learning_rate)`, and
-    call `model.fit` with `initial_epoch` continuing the epoch count, so the
+    recompile with a fresh `keras.optimizers.Adam(stage.learning_rate)` (a
+    `MultiOptimizer` of one Adam per block with `layer_decay`; the stage's
+    schedule, label smoothing, augmentation, class weights and EMA: see
+    `Stage` and `transfer.stage_options`), and call `model.fit` with `initial_epoch` continuing the epoch count, so the
     TensorBoard curves of stage 2 carry on from stage 1. Writes TensorBoard
     logs to `run_dir/logs` (see `transfer.callbacks` for the tags: scalars,
     stages, freeze plans, HParams, input images and, with validation data,
@@ -339,6 +377,7 @@ def fit_recipe(
             f"names were given. Received: class_names={list(class_names)}"
         )
     preflight = getattr(train_data, "transfer_preflight", None)
+    stage_options.check_block_counts(model, recipe)
     plan = engines.plan_for_model(
         model, recipe.distribute if distribute is None else distribute
     )
@@ -352,7 +391,12 @@ def fit_recipe(
     engines.barrier(plan, "transfer.fit_recipe")
     if plan.is_chief:
         resume.check_run_dir(run_dir)
-    if not unlabelled:
+    task = stage_options.model_task(model)
+    if task != "classification":
+        tasks.check_targets(train_data, model, "Training")
+        if validation_data is not None:
+            tasks.check_targets(validation_data, model, "Validation")
+    elif not unlabelled:
         train_data = labels.check_labels(train_data, num_classes, "Training")
         if validation_data is not None:
             validation_data = labels.check_labels(

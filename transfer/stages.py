@@ -22,7 +22,9 @@ from transfer import _backend
 from transfer import feature_cache
 from transfer import labels
 from transfer import resume
+from transfer import stage_options
 from transfer import summaries
+from transfer import tasks
 from transfer.callbacks import default_callbacks
 from transfer.callbacks import recipe_callbacks
 from transfer.checkpoints import NonFiniteLossError
@@ -40,8 +42,9 @@ def _is_logits(model):
     return activation is None or getattr(activation, "__name__", "") == "linear"
 
 
-def _compile(model, optimizer):
-    """Compiles for classification, or masked-LM with masked-token metrics.
+def _compile(model, optimizer, stage=None):
+    """Compiles for the model's task and the stage's options, or masked-LM
+    with masked-token metrics.
 
     Self-supervised image models (`transfer.ssl.ContrastivePretrainer`)
     compute their own loss and metrics: they get the optimizer only.
@@ -62,10 +65,7 @@ def _compile(model, optimizer):
         return
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=_is_logits(model)
-        ),
-        metrics=["accuracy"],
+        **stage_options.loss_and_metrics(model, stage, _is_logits(model)),
     )
 
 
@@ -148,9 +148,11 @@ def _steps_per_epoch(data, batch_size):
         return None
 
 
-def _best(monitor, states):
+def _best(monitor, states, mode="max"):
     seen = [v for s in states for v in s.state["history"].get(monitor, [])]
-    return max(seen) if seen else None
+    if not seen:
+        return None
+    return min(seen) if mode == "min" else max(seen)
 
 
 def fit_stages(model, recipe, run, train_data, validation_data, *,
@@ -163,7 +165,8 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
     run_dir = run.run_dir
     log_dir = os.path.join(run_dir, "logs")
     checkpoint = os.path.join(run_dir, "checkpoints", "best.weights.h5")
-    monitor = "val_accuracy" if validation_data is not None else "accuracy"
+    monitor, mode = stage_options.monitor_for(model, validation_data)
+    task = "masked_lm" if is_masked_lm(model) else stage_options.model_task(model)
     fit_args = _fit_args(train_data, batch_size, shuffle=True)
     if isinstance(validation_data, tuple) and _is_text(validation_data[0]):
         validation_data = _fit_args(validation_data, batch_size, False)["x"]
@@ -203,7 +206,12 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         )
         _compile(
             model,
-            keras.optimizers.Adam(stage.learning_rate_for(steps_per_epoch)),
+            stage_options.build_optimizer(model, stage, steps_per_epoch),
+            stage,
+        )
+        stage_fit_args, stage_validation = stage_options.stage_data(
+            stage, fit_args, validation_data, model.output_shape[-1],
+            is_image=is_image_model, task=task,
         )
         resumed_epoch = state.restore(model)
         if resumed_epoch is None and not in_memory:
@@ -220,10 +228,12 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         )
         fresh = first == 0 and number == 1
         stage_callbacks = (
-            [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
+            stage_options.stage_callbacks(stage)
+            + [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
             + default_callbacks(
                 log_dir, checkpoint=checkpoint, monitor=monitor,
-                best_so_far=_best(monitor, states), profile_batch=profile_batch,
+                best_so_far=_best(monitor, states, mode), mode=mode,
+                profile_batch=profile_batch,
             )
             + recipe_callbacks(
                 log_dir, stage=stage, stage_number=number, freeze_plan=plan,
@@ -231,15 +241,30 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
                 train_data=train_data if fresh else None,
                 hparams=hparams if fresh else None,
                 images=is_image_model,
-                classifier=not is_self_supervised(model),
+                classifier=task == "classification"
+                and not is_self_supervised(model),
             )
             + list(callbacks or [])
         )
+        stage_changes = [
+            name for name, on in (
+                ("augment", stage.augment),
+                ("label_smoothing", stage.label_smoothing),
+                ("class_weight", stage.class_weight),
+            ) if on
+        ]
         if distribution and distribution.get("mode") not in (None, "none"):
             # The engine splits every batch over its devices; the cached
             # head fit would run outside that split, so it is not used.
             use_cache, cache_reason = False, (
                 f"off: distributed run ({distribution['mode']})")
+        elif task != "classification" or is_self_supervised(model):
+            use_cache, cache_reason = False, f"off: a {task} model"
+        elif stage_changes and cache_features is not False:
+            # These options act on the stage's batches and loss, which the
+            # cached head fit does not see.
+            use_cache, cache_reason = False, (
+                f"off: the stage sets {', '.join(stage_changes)}")
         else:
             use_cache, cache_reason = feature_cache.plan_cache(
                 model, stage, train_data, cache_features
@@ -260,12 +285,12 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         elif first < end:
             try:
                 model.fit(
-                    validation_data=validation_data,
+                    validation_data=stage_validation,
                     initial_epoch=first,
                     epochs=end,
                     callbacks=stage_callbacks,
                     verbose=verbose,
-                    **fit_args,
+                    **stage_fit_args,
                 )
             except Exception as e:
                 labels.raise_for_label_error(e)
@@ -290,6 +315,9 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         logger.info("Stage '%s' done: %s", stage.name, final)
     if not in_memory:  # every stage had finished in earlier attempts
         previous.restore(model, optimizer=False)
+    elif task == "classification" and stage_options.one_hot_labels(stage):
+        # Leave the model compiled for integer labels, as users evaluate it.
+        _compile(model, model.optimizer)
     _finish(model, recipe, run, histories, stage_records, hparams,
             validation_data=validation_data, class_names=class_names,
             batch_size=batch_size, preflight=preflight,
@@ -337,6 +365,9 @@ def _finish(model, recipe, run, histories, stage_records, hparams, *,
     save_model(model, os.path.join(run_dir, "model.keras"))
     metadata = dict(getattr(model, "transfer_metadata", {}) or {})
     metadata["class_names"] = list(class_names) if class_names else None
+    task = stage_options.model_task(model)
+    if task == "multilabel" and validation_data is not None:
+        metadata["thresholds"] = tasks.choose_thresholds(model, validation_data)
     manifest = {
         "backend": _backend.backend(),
         "versions": _backend.framework_versions(),
@@ -359,7 +390,8 @@ def _finish(model, recipe, run, histories, stage_records, hparams, *,
     write_report(
         os.path.join(run_dir, "report"), histories,
         stage_names=[s.name for s in recipe], model=model,
-        data=validation_data, class_names=class_names,
+        data=validation_data if task == "classification" else None,
+        class_names=class_names,
     )
     last_epoch = max([e for h in histories for e in h.epoch] or [0])
     summaries.write_manifest(log_dir, manifest, step=last_epoch)
