@@ -210,7 +210,8 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
             stage,
         )
         stage_fit_args, stage_validation = stage_options.stage_data(
-            stage, fit_args, validation_data, model.output_shape[-1],
+            stage, fit_args, validation_data,
+            None if is_self_supervised(model) else model.output_shape[-1],
             is_image=is_image_model, task=task,
         )
         resumed_epoch = state.restore(model)
