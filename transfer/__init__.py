@@ -57,9 +57,9 @@ from transfer.pretrain import pretrain_images
 from transfer.recipe import Recipe
 from transfer.recipe import Stage
 from transfer.recipe import fit_recipe
-from transfer.recipe import load_recipe
-from transfer.recipe import save_recipe
 from transfer.recipe import two_stage_recipe
+from transfer.recipe_files import load_recipe
+from transfer.recipe_files import save_recipe
 from transfer.report import write_report
 from transfer.tasks import build_multilabel_classifier
 from transfer.tasks import build_regressor

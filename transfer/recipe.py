@@ -1,9 +1,7 @@
 """`Stage`, `Recipe`, `two_stage_recipe()` and `fit_recipe()`."""
 
 import dataclasses
-import json
 import logging
-import os
 from typing import Optional
 from typing import Tuple
 from typing import Union
@@ -23,7 +21,6 @@ from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
 from transfer.summaries import _data_batch_size
-from transfer.weights.cache import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -427,89 +424,3 @@ def fit_recipe(
             distribution=distribution,
             cache_features=cache_features,
         )
-
-
-RECIPE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-def _recipe_file_format(path):
-    suffix = os.path.splitext(str(path))[1].lower()
-    if suffix not in RECIPE_FILE_SUFFIXES:
-        raise ValueError(
-            f"Recipe files end in one of {RECIPE_FILE_SUFFIXES}. "
-            f"Received: {path}"
-        )
-    return "json" if suffix == ".json" else "yaml"
-
-
-def load_recipe(path):
-    """Reads a `Recipe` from a JSON or YAML file.
-
-    The file holds `Recipe.get_config()`: a mapping with a `stages` list,
-    each stage a mapping of `Stage` fields. Unknown keys are refused with
-    the allowed ones named.
-
-    Example file (`recipe.yaml`):
-
-    ```yaml
-    stages:
-      - {name: head, epochs: 3, learning_rate: 1.0e-3}
-      - {name: finetune, epochs: 15, learning_rate: 3.0e-4,
-         trainable_blocks: all, schedule: cosine}
-    ```
-
-    Args:
-        path: a `.json`, `.yaml` or `.yml` file.
-
-    Returns:
-        A `Recipe`.
-
-    Raises:
-        ValueError: the file is missing, unreadable, or not a valid recipe;
-            the message names the file.
-    """
-    fmt = _recipe_file_format(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Recipe file not found: {path}")
-    with open(path) as f:
-        text = f.read()
-    try:
-        if fmt == "json":
-            config = json.loads(text)
-        else:
-            import yaml
-
-            config = yaml.safe_load(text)
-    except Exception as e:
-        raise ValueError(f"Cannot parse recipe file {path}: {e}") from None
-    if not isinstance(config, dict) or "stages" not in config:
-        raise ValueError(
-            f"Recipe file {path} must hold a mapping with a `stages` list. "
-            f"Received: {config!r}"
-        )
-    if not isinstance(config["stages"], list) or not all(
-        isinstance(s, dict) for s in config["stages"]
-    ):
-        raise ValueError(
-            f"Recipe file {path}: `stages` must be a list of mappings. "
-            f"Received: {config['stages']!r}"
-        )
-    try:
-        return Recipe.from_config(config)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"Recipe file {path}: {e}") from None
-
-
-def save_recipe(recipe, path):
-    """Writes `recipe` to a JSON or YAML file that `load_recipe` reads."""
-    if not isinstance(recipe, Recipe):
-        recipe = Recipe(tuple(recipe))
-    fmt = _recipe_file_format(path)
-    config = recipe.get_config()
-    if fmt == "json":
-        text = json.dumps(config, indent=2) + "\n"
-    else:
-        import yaml
-
-        text = yaml.safe_dump(config, sort_keys=False)
-    atomic_write(path, lambda f: f.write(text), mode="w")

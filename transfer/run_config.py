@@ -14,6 +14,7 @@ import os
 
 from transfer.recipe import Recipe
 from transfer.recipe import two_stage_recipe
+from transfer.recipe_files import read_mapping
 
 CONFIG_FILE = "config.json"
 MODALITIES = ("auto", "image", "text")
@@ -50,32 +51,14 @@ def read_config_file(path):
         ValueError: the file is missing, has another suffix, cannot be
             parsed or does not hold a mapping; the message names the file.
     """
-    suffix = os.path.splitext(str(path))[1].lower()
-    if suffix not in (".json", ".yaml", ".yml"):
-        raise ValueError(
-            f"Config files end in .yaml, .yml or .json. Received: {path}"
-        )
-    if not os.path.isfile(path):
-        raise ValueError(f"Config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
     try:
-        if suffix == ".json":
-            config = json.loads(text)
-        else:
-            import yaml
-
-            config = yaml.safe_load(text)
-    except Exception as e:
-        raise ValueError(f"Cannot parse config file {path}: {e}") from None
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
+        return read_mapping(path, "Config")
+    except ValueError as e:
+        if "must hold a mapping" not in str(e):
+            raise
         raise ValueError(
-            f"Config file {path} must hold a mapping of options "
-            f"({', '.join(allowed_keys())}). Received: {type(config).__name__}"
-        )
-    return config
+            f"{e} of options ({', '.join(allowed_keys())})"
+        ) from None
 
 
 def _check_number(config, key, kind, low, high=None):
