@@ -89,6 +89,9 @@ def test_lora_trains_adapters_only_and_reloads(tiny_preset, tmp_path):
 
 
 def test_masked_lm_pretraining_then_finetune(tiny_preset, tmp_path):
+    # Seeded here: the global RNG state otherwise depends on the tests run
+    # before (in the full JAX suite the held-out loss once did not move).
+    keras.utils.set_random_seed(0)
     texts, labels = tiny_texts(32, seed=2)
     result = masked_lm.pretrain_masked_lm(
         texts, run_dir=str(tmp_path / "mlm"), backbone=tiny_preset, epochs=3,

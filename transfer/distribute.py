@@ -229,7 +229,9 @@ def fit_as_worker(plan, scratch, model, recipe, train_data, validation_data,
             )
             return stages.fit_stages(
                 model, recipe, run, train_data, validation_data,
-                profile_batch=0, preflight=None, distribution=None, **kwargs,
+                profile_batch=0, preflight=None,
+                # The chief's mode: the same choices (no feature cache).
+                distribution=plan.to_dict(), **kwargs,
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

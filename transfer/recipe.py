@@ -403,11 +403,16 @@ def fit_recipe(
     require_matplotlib()
     profile_batch = _backend.supported_profile_batch(profile_batch)
     if not plan.is_chief:
-        return distribute_lib.fit_as_worker(
+        histories = distribute_lib.fit_as_worker(
             plan, scratch, model, recipe, train_data, validation_data,
             batch_size=batch_size, callbacks=callbacks,
             class_names=class_names, verbose=verbose,
         )
+        # Wait while the chief writes model, report and manifest, so that
+        # no process reaches JAX's shutdown barrier long before the other
+        # (it times out under load and aborts both).
+        engines.barrier(plan, "transfer.fit_recipe.done")
+        return histories
     distribution = {**plan.to_dict(), **batch_plan}
     if plan.handle is not None:
         logger.info("Distribution: %s", distribution)
@@ -416,7 +421,7 @@ def fit_recipe(
             run_dir, model, recipe, batch_size=batch_size,
             class_names=class_names,
         )
-        return stages.fit_stages(
+        histories = stages.fit_stages(
             model, recipe, run, train_data, validation_data,
             batch_size=batch_size, callbacks=callbacks,
             class_names=class_names, verbose=verbose,
@@ -424,3 +429,5 @@ def fit_recipe(
             distribution=distribution,
             cache_features=cache_features,
         )
+    engines.barrier(plan, "transfer.fit_recipe.done")
+    return histories
