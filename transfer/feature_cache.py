@@ -120,7 +120,8 @@ def _shuffles(data):
     return any("Shuffle" in op for op in ops)
 
 
-def plan_cache(model, stage, train_data, cache_features):
+def plan_cache(model, stage, train_data, cache_features, *,
+               task="classification", distributed="none"):
     """Decides whether `stage` trains on cached features.
 
     Returns:
@@ -128,6 +129,20 @@ def plan_cache(model, stage, train_data, cache_features):
     """
     if cache_features is False:
         return False, "off (cache_features=False)"
+    if distributed not in (None, "none"):
+        # The engine splits every batch over its devices; the cached head
+        # fit would run outside that split.
+        return False, f"off: distributed run ({distributed})"
+    if task != "classification" or getattr(model, "self_supervised", False):
+        return False, f"off: a {task} model"
+    # These options act on the stage's batches and loss, which the cached
+    # head fit does not see.
+    stage_changes = [
+        name for name in ("augment", "label_smoothing", "class_weight")
+        if getattr(stage, name, None)
+    ]
+    if stage_changes:
+        return False, f"off: the stage sets {', '.join(stage_changes)}"
     if stage.trainable_blocks != 0:
         return False, (
             f"off: the stage trains backbone blocks (trainable_blocks="

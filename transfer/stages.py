@@ -247,29 +247,10 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
             )
             + list(callbacks or [])
         )
-        stage_changes = [
-            name for name, on in (
-                ("augment", stage.augment),
-                ("label_smoothing", stage.label_smoothing),
-                ("class_weight", stage.class_weight),
-            ) if on
-        ]
-        if distribution and distribution.get("mode") not in (None, "none"):
-            # The engine splits every batch over its devices; the cached
-            # head fit would run outside that split, so it is not used.
-            use_cache, cache_reason = False, (
-                f"off: distributed run ({distribution['mode']})")
-        elif task != "classification" or is_self_supervised(model):
-            use_cache, cache_reason = False, f"off: a {task} model"
-        elif stage_changes and cache_features is not False:
-            # These options act on the stage's batches and loss, which the
-            # cached head fit does not see.
-            use_cache, cache_reason = False, (
-                f"off: the stage sets {', '.join(stage_changes)}")
-        else:
-            use_cache, cache_reason = feature_cache.plan_cache(
-                model, stage, train_data, cache_features
-            )
+        use_cache, cache_reason = feature_cache.plan_cache(
+            model, stage, train_data, cache_features, task=task,
+            distributed=(distribution or {}).get("mode", "none"),
+        )
         logger.info("Stage '%s': feature cache %s.", stage.name, cache_reason)
         cache_record = {"used": use_cache, "reason": cache_reason}
         if first < end and use_cache:
