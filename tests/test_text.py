@@ -94,14 +94,16 @@ def test_masked_lm_pretraining_then_finetune(tiny_preset, tmp_path):
     keras.utils.set_random_seed(0)
     texts, labels = tiny_texts(32, seed=2)
     result = masked_lm.pretrain_masked_lm(
-        texts, run_dir=str(tmp_path / "mlm"), backbone=tiny_preset, epochs=3,
-        learning_rate=5e-3, sequence_length=16, batch_size=8,
-        validation_texts=texts[:8],
+        texts, run_dir=str(tmp_path / "mlm"), backbone=tiny_preset, epochs=6,
+        learning_rate=2e-3, sequence_length=16, batch_size=8,
+        validation_texts=texts[:8], head_epochs=2,
     )
-    # The tiny model learns the MLM head fast; the encoder stage's own gain is
-    # too small to assert reliably at this size, the whole run's is not.
-    assert result["after"]["loss"] < result["initial"]["loss"]
-    assert result["before"]["loss"] < result["initial"]["loss"]
+    # At this size the head stage alone (lr 1e-3, 8 steps) may not move the
+    # held-out loss; adapting the encoder does. Measured on torch over ten
+    # seeds: 0.07 to 0.19 below the loss before it. (3 epochs at lr 5e-3
+    # failed on 3 of 10 seeds, and once in CI.)
+    assert result["after"]["loss"] < result["before"]["loss"] - 0.03
+    assert result["after"]["loss"] < result["initial"]["loss"] - 0.03
     assert 0.0 <= result["after"]["accuracy"] <= 1.0
     assert os.listdir(tmp_path / "mlm" / "logs")
     manifest = json.load(open(tmp_path / "mlm" / "manifest.json"))
