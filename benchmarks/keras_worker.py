@@ -35,8 +35,11 @@ IMPORT_SECONDS = time.perf_counter() - _STARTED
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Records the time at every epoch end; the first epoch (compile,
-    warm-up) is left out of the throughput."""
+    """Times every epoch, from one epoch end to the next, so each duration
+    holds everything `fit` does per epoch (steps and callbacks). The first
+    epoch (compile, warm-up) is left out; the median of the others gives
+    the throughput, so one epoch slowed by a neighbour on a shared machine
+    does not decide it."""
 
     def on_train_begin(self, logs=None):
         self.times = []
@@ -47,8 +50,8 @@ class EpochTimer(keras.callbacks.Callback):
     def images_per_second(self, images_per_epoch):
         if len(self.times) < 2:
             return None
-        seconds = self.times[-1] - self.times[0]
-        return images_per_epoch * (len(self.times) - 1) / seconds
+        seconds = sorted(np.diff(self.times))
+        return images_per_epoch / float(np.median(seconds))
 
 
 def forward_flops(model):
@@ -204,7 +207,12 @@ def _hand_written(config, x, y, variant):
 
 
 def fine_tune(config, work_dir):
-    steps, batch = config["steps_per_epoch"], config["batch_size"]
+    # Epochs long enough that a fixed per-epoch cost (checkpoint, backup,
+    # logs) weighs as it does in real training; JAX on CPU is ~10x slower,
+    # so it gets fewer steps.
+    steps = config.get("steps_per_epoch_by_backend", {}).get(
+        keras.config.backend(), config["steps_per_epoch"])
+    batch = config["batch_size"]
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (steps * batch, config["image_size"],
                              config["image_size"], 3)).astype("float32")
@@ -228,8 +236,14 @@ def fine_tune(config, work_dir):
     hand = float(np.median(results["hand_written_ips"]))
     ours = float(np.median(results["transfer_ips"]))
     switches = {"default": hand}
+    # The switches run on fewer steps: some are 10x slower (XLA on CPU).
+    few = min(len(x), config["switch_steps"] * batch)
     for variant in config["switches"].get(keras.config.backend(), []):
-        switches[variant] = _hand_written(config, x, y, variant)[0]
+        switches[variant] = _hand_written(config, x[:few], y[:few], variant)[0]
+        keras.backend.clear_session()
+    if few < len(x):
+        switches["default"] = _hand_written(config, x[:few], y[:few],
+                                            "default")[0]
         keras.backend.clear_session()
     return {
         "model": "mobilenet_v3_small (random init: no offline weights; "

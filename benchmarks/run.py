@@ -45,12 +45,15 @@ DEFAULT_PEER_VENV = os.path.join(
 QUICK = {
     "head_image_size": 96, "head_epochs": 5, "labels_per_class": 30,
     "test_images": 500, "image_size": 160, "batch_size": 32,
-    "steps_per_epoch": 5, "epochs": 3, "repeats": 1,
+    "steps_per_epoch": 12, "steps_per_epoch_by_backend": {"jax": 3},
+    "switch_steps": 4, "epochs": 3, "repeats": 2,
     "matmul_size": 1024, "matmul_repeats": 3,
 }
 FULL = {
     **QUICK, "head_image_size": 128, "labels_per_class": 100,
-    "test_images": 2000, "steps_per_epoch": 8, "epochs": 4, "repeats": 2,
+    "test_images": 2000, "steps_per_epoch": 40,
+    "steps_per_epoch_by_backend": {"jax": 8}, "switch_steps": 8, "epochs": 4,
+    "repeats": 2,
     "matmul_size": 2048, "matmul_repeats": 5,
 }
 SWITCHES = {
