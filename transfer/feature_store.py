@@ -57,7 +57,7 @@ def check_feature_cache_dir(feature_cache_dir):
             "`feature_cache_dir` must be a directory path or None. "
             f"Received: feature_cache_dir={feature_cache_dir!r}"
         )
-    path = os.fspath(feature_cache_dir)
+    path = os.path.expanduser(os.fspath(feature_cache_dir))
     if not path or (os.path.exists(path) and not os.path.isdir(path)):
         raise ValueError(
             "`feature_cache_dir` must name a directory (created if missing),"
@@ -210,7 +210,7 @@ class FeatureStore:
     """
 
     def __init__(self, directory, feature_model, summary=None):
-        self.directory = os.fspath(directory)
+        self.directory = os.path.expanduser(os.fspath(directory))
         self.feature_model = feature_model
         self.summary = dict(summary or {})
         self.feature_shape = tuple(feature_model.output.shape[1:])
@@ -239,9 +239,12 @@ class FeatureStore:
             if self._model_hex is None:
                 self._model_hex = model_digest(self.feature_model)
             data_hex, count = data_digest(data, ordered=ordered)
-        except UnhashableDataError as e:
+        except Exception as e:  # never fail a run for want of a key
             self.hash_seconds += time.perf_counter() - started
-            self.entries[role] = {"status": f"off: {e}", "key": None}
+            reason = str(e) if isinstance(e, UnhashableDataError) else (
+                f"cannot hash it ({type(e).__name__}: {e})")
+            logger.info("No disk entry for the %s features: %s.", role, reason)
+            self.entries[role] = {"status": f"off: {reason}", "key": None}
             return compute()
         key = entry_key(self._model_hex, data_hex)
         self.hash_seconds += time.perf_counter() - started
@@ -291,6 +294,10 @@ class FeatureStore:
 
     def _store(self, key, features, labels, role, ordered):
         features, labels = np.asarray(features), np.asarray(labels)
+        if features.dtype.kind != "f":
+            # bfloat16 (mixed precision) has no portable .npy form; the
+            # head's input is float32 either way.
+            features = features.astype("float32")
         sidecar = {
             **self.summary,
             "key": key,
@@ -320,17 +327,18 @@ class FeatureStore:
             self.entries[role]["status"] = f"miss (not stored: {e})"
 
     def to_dict(self):
-        """The record for `manifest.json`: `disk` ("hit" when every entry
-        was found, "miss" when any was computed, else why it was off),
+        """The record for `manifest.json`: `disk` ("hit" when every keyed
+        entry was found, "miss" when one was computed, else why the
+        training data had no key),
         the training entry's `key`, per-entry details and seconds."""
-        statuses = [entry["status"] for entry in self.entries.values()]
         train = self.entries.get("train", {})
         if train.get("key") is None:
             disk = train.get("status", "off")
-        elif all(status == "hit" for status in statuses):
-            disk = "hit"
-        else:
+        elif any(entry["status"] != "hit" for entry in self.entries.values()
+                 if entry["key"] is not None):
             disk = "miss"
+        else:
+            disk = "hit"
         return {
             "disk": disk,
             "key": train.get("key"),

@@ -111,7 +111,7 @@ def train_run(config, run_dir, *, verbose=1):
                     data=os.path.abspath(config["data"]))
     if config.get("feature_cache_dir"):
         resolved["feature_cache_dir"] = os.path.abspath(
-            config["feature_cache_dir"])
+            os.path.expanduser(config["feature_cache_dir"]))
     if modality == "image":
         from transfer.data import load_image_folder
         from transfer.models import build_classifier
