@@ -94,7 +94,8 @@ def cli_run(tmp_path_factory):
     result = run_cli(
         "train", "--data", "data", "--backbone", "tiny_cnn.keras",
         "--config", "recipe.yaml", "--output", "run", "--epochs", "1,1",
-        "--distribute", DISTRIBUTE, cwd=root,
+        "--distribute", DISTRIBUTE, "--feature-cache-dir", "features",
+        cwd=root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result
@@ -116,6 +117,7 @@ def test_train_writes_run_and_resolved_config(cli_run):
     assert config["stages"][1]["trainable_blocks"] == 1
     assert (root / "run" / "model.keras").exists()
     assert config["distribute"] == DISTRIBUTE
+    assert config["feature_cache_dir"] == str(root / "features")
     manifest = json.loads((root / "run" / "manifest.json").read_text())
     if DISTRIBUTE != "none":
         assert manifest["distribution"]["mode"] == DISTRIBUTE
@@ -344,3 +346,10 @@ def test_config_file_flags_override(tmp_path):
         run_config.resolve_config(str(config), {"data": "d", "batch_size": 0})
     with pytest.raises(ValueError, match="Received: distribute='ddp'"):
         run_config.resolve_config(str(config), {"data": "d", "distribute": "ddp"})
+    assert resolved["feature_cache_dir"] is None
+    assert run_config.resolve_config(
+        str(config), {"data": "d", "feature_cache_dir": "f"}
+    )["feature_cache_dir"] == "f"
+    with pytest.raises(ValueError, match="Received: feature_cache_dir=3"):
+        run_config.resolve_config(
+            str(config), {"data": "d", "feature_cache_dir": 3})

@@ -9,6 +9,7 @@ import pytest
 
 import transfer
 from transfer import feature_cache
+from transfer import feature_store
 
 RECIPE = (("head", 3, 1e-2, 0), ("top", 1, 5e-3, 1))
 
@@ -130,3 +131,158 @@ def test_bad_cache_features_is_refused(tiny_data, tiny_model, tmp_path):
             cache_features="yes",
         )
     assert not (run_dir / "checkpoints").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match="Received: feature_cache_dir="):
+        transfer.fit_recipe(
+            tiny_model, _stages(), tiny_data, run_dir=str(run_dir),
+            feature_cache_dir=str(a_file),
+        )
+    assert not (run_dir / "checkpoints").exists()
+
+
+# The persistent cache (`feature_cache_dir`, `transfer.feature_store`).
+
+HEAD = (("head", 1, 1e-2, 0),)
+
+
+def _head_run(model, data, run_dir, cache_dir, **kwargs):
+    """One head-only epoch with the disk cache; the stage's record."""
+    keras.utils.set_random_seed(7)  # the same shuffles in every run
+    transfer.fit_recipe(
+        model, [transfer.Stage(*s) for s in HEAD], data, run_dir=str(run_dir),
+        batch_size=8, verbose=0, feature_cache_dir=str(cache_dir), **kwargs,
+    )
+    return _manifest(str(run_dir))["stages"][0]["feature_cache"]
+
+
+def _key(model, data, ordered=True):
+    """The entry key `fit_recipe` looks up for `model` on `data`."""
+    extractor = keras.Model(
+        model.inputs, model.get_layer("pooler").output,
+        name="feature_extractor",
+    )
+    return feature_store.entry_key(
+        feature_store.model_digest(extractor),
+        feature_store.data_digest(data, ordered=ordered)[0],
+    )
+
+
+def _head_weights(model):
+    return [keras.ops.convert_to_numpy(w)
+            for w in model.get_layer("predictions").weights]
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return self.x[index * 8:index * 8 + 8], self.y[index * 8:index * 8 + 8]
+
+
+def _no_features(*args, **kwargs):
+    raise AssertionError("the backbone ran although the cache had its features")
+
+
+def test_disk_cache_rerun_is_a_hit(tiny_data, tmp_path, monkeypatch):
+    first, second = _pair()  # `second` has other auto-generated layer names
+    cache = tmp_path / "features"
+    record = _head_run(first, tiny_data, tmp_path / "a", cache,
+                       validation_data=tiny_data)
+    key = record["key"]
+    assert record["disk"] == "miss" and len(key) == 64
+    # Validation holds the same examples, so it finds the entry just stored.
+    assert record["disk_entries"]["validation"] == {"status": "hit", "key": key}
+    assert record["compute_seconds"] > 0
+    with open(cache / f"{key}.json") as f:
+        sidecar = json.load(f)
+    assert sidecar["backbone"] == "tiny_cnn"
+    assert sidecar["examples"] == len(tiny_data[1])
+    assert sidecar["backend"] == keras.config.backend()
+
+    monkeypatch.setattr(feature_cache, "_features", _no_features)
+    again = _head_run(second, tiny_data, tmp_path / "b", cache,
+                      validation_data=tiny_data)
+    assert again["disk"] == "hit" and again["key"] == key
+    assert again["compute_seconds"] == 0
+    assert sorted(os.listdir(cache)) == [f"{key}.json", f"{key}.npz"]
+    for a, b in zip(_head_weights(first), _head_weights(second), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_disk_cache_key_covers_pixels_labels_and_weights(tiny_data, tmp_path):
+    model = transfer.build_classifier("tiny_cnn", 2, weights=None, dropout=0.0)
+    x, y = tiny_data
+    cache = tmp_path / "features"
+    key = _head_run(model, tiny_data, tmp_path / "a", cache)["key"]
+    assert key == _key(model, tiny_data)
+    pixel = x.copy()
+    pixel[3, 5, 7, 1] += 1
+    label = y.copy()
+    label[0] = 1 - label[0]
+    keys = {key, _key(model, (pixel, y)), _key(model, (x, label))}
+    assert len(keys) == 3
+    # One BatchNorm statistic of the frozen backbone: a miss in fit_recipe.
+    mean = model.get_layer("tiny_cnn").get_layer("block2_bn").moving_mean
+    changed = keras.ops.convert_to_numpy(mean).copy()
+    changed[0] += 1e-3
+    mean.assign(changed)
+    record = _head_run(model, tiny_data, tmp_path / "b", cache)
+    assert record["disk"] == "miss" and record["key"] not in keys
+    assert len([n for n in os.listdir(cache) if n.endswith(".npz")]) == 2
+
+
+def _wrong_shape(path, key):
+    np.savez(path, features=np.zeros((16, 3), "float32"),
+             labels=np.zeros(16, "int32"), key=np.array(key))
+
+
+def _truncated(path, key):
+    path.write_bytes(b"PK\x03\x04 truncated")
+
+
+@pytest.mark.parametrize("spoil", [_truncated, _wrong_shape])
+def test_corrupt_disk_entry_is_recomputed(spoil, tiny_data, tiny_model,
+                                          tmp_path, caplog):
+    cache = tmp_path / "features"
+    cache.mkdir()
+    key = _key(tiny_model, tiny_data)
+    spoil(cache / f"{key}.npz", key)
+    with caplog.at_level("WARNING", logger="transfer.feature_store"):
+        record = _head_run(tiny_model, tiny_data, tmp_path / "a", cache)
+    assert record["disk"] == "miss" and record["key"] == key
+    assert "replaced" in record["disk_entries"]["train"]
+    assert "unusable" in caplog.text and key in caplog.text
+    with np.load(cache / f"{key}.npz", allow_pickle=False) as entry:
+        assert entry["features"].shape == (len(tiny_data[1]), 16)
+
+
+def test_disk_cache_with_tf_data(tiny_data, tmp_path, monkeypatch):
+    x, y = tiny_data
+    shuffled = transfer.make_dataset(x, y, image_size=32, batch_size=8,
+                                     shuffle=True)
+    # A shuffling pipeline's digest ignores the order it yields ...
+    assert (feature_store.data_digest(shuffled, ordered=False)
+            == feature_store.data_digest(shuffled, ordered=False))
+    # ... one that keeps its order hashes that order.
+    ordered = transfer.make_dataset(x, y, image_size=32, batch_size=8)
+    reversed_ = transfer.make_dataset(x[::-1], y[::-1], image_size=32,
+                                      batch_size=8)
+    assert (feature_store.data_digest(ordered, ordered=True)[0]
+            != feature_store.data_digest(reversed_, ordered=True)[0])
+    with pytest.raises(feature_store.UnhashableDataError,
+                       match="_Batches data cannot be read"):
+        feature_store.data_digest(_Batches(x, y), ordered=True)
+
+    first, second = _pair()
+    cache = tmp_path / "features"
+    record = _head_run(first, shuffled, tmp_path / "a", cache)
+    assert record["disk"] == "miss" and record["shuffle"] is True
+    monkeypatch.setattr(feature_cache, "_features", _no_features)
+    again = _head_run(second, shuffled, tmp_path / "b", cache)
+    assert again["disk"] == "hit" and again["key"] == record["key"]

@@ -15,6 +15,7 @@ from transfer import callbacks
 from transfer import deploy
 from transfer import distribute
 from transfer import feature_cache
+from transfer import feature_store
 from transfer import masked_lm
 from transfer import preflight
 from transfer import pretrain
@@ -95,6 +96,7 @@ __all__ = [
     "distribution_scope",
     "evaluate_tta",
     "feature_cache",
+    "feature_store",
     "fetch_weights",
     "find_learning_rate",
     "fit_recipe",

@@ -17,7 +17,8 @@ to the naive loop when the training data or the model applies it:
 `tf.data` pipelines are checked for random ops, a `keras.utils.PyDataset`
 or generator cannot be checked and falls back under `"auto"`. The choice
 and its reason go to the log and to each stage's record in
-`manifest.json` (`feature_cache`).
+`manifest.json` (`feature_cache`). With a `cache_dir`, the features are
+also kept on disk across runs (`transfer.feature_store`).
 """
 
 import logging
@@ -26,6 +27,7 @@ import time
 import keras
 import numpy as np
 
+from transfer import feature_store
 from transfer import report
 from transfer.callbacks import ConfusionMatrixLogger
 from transfer.freeze import find_backbone
@@ -186,13 +188,12 @@ def plan_cache(model, stage, train_data, cache_features, *,
 
 
 def _features(feature_model, data, batch_size):
-    """Backbone features and labels of every example of `data`."""
-    if isinstance(data, tuple):
-        x, y = data
-        features = feature_model.predict(
-            np.asarray(x), batch_size=batch_size, verbose=0
-        )
-        return np.asarray(features), np.asarray(y)
+    """Backbone features and labels of every example of `data`.
+
+    Batch by batch with the compiled `predict_on_batch`: `predict` on
+    arrays would draw from the global RNG on torch (its `DataLoader`), and
+    the head's shuffles would then differ between a run that computes the
+    features and one that loads them from disk."""
     features, labels = [], []
     for images, batch_labels in report.iterate_batches(data, batch_size):
         features.append(np.asarray(feature_model.predict_on_batch(images)))
@@ -208,6 +209,17 @@ def _batch_size(data, batch_size):
     for images, _ in report.iterate_batches(data, batch_size):
         return len(images)
     return batch_size
+
+
+def _store(cache_dir, model, feature_model):
+    """A `FeatureStore` for `model`'s features in `cache_dir`."""
+    try:
+        backbone = find_backbone(model).name
+    except ValueError:
+        backbone = None
+    return feature_store.FeatureStore(
+        cache_dir, feature_model, summary={"backbone": backbone}
+    )
 
 
 class _StopBridge(keras.callbacks.Callback):
@@ -238,22 +250,34 @@ class CachedHeadFit:
         train_data: the stage's training data.
         validation_data: validation data, or `None`.
         batch_size: batch size for array data.
+        cache_dir: a directory of features kept across runs
+            (`transfer.feature_store`), or `None`. Defaults to `None`.
     """
 
-    def __init__(self, model, train_data, validation_data, batch_size):
+    def __init__(self, model, train_data, validation_data, batch_size,
+                 cache_dir=None):
         pooler, head = _head_layers(model)
         self.model = model
         started = time.perf_counter()
+        self.compute_seconds = 0.0
         feature_model = keras.Model(
             model.inputs, pooler.output, name="feature_extractor"
         )
-        self.train = _features(feature_model, train_data, batch_size)
+        self.store = None if cache_dir is None else _store(
+            cache_dir, model, feature_model
+        )
+        self.shuffle = _shuffles(train_data)
+        self.train = self._features(
+            feature_model, train_data, batch_size, "train", self.shuffle
+        )
         self.validation = (
             None if validation_data is None
-            else _features(feature_model, validation_data, batch_size)
+            else self._features(
+                feature_model, validation_data, batch_size, "validation",
+                _shuffles(validation_data),
+            )
         )
         self.batch_size = _batch_size(train_data, batch_size)
-        self.shuffle = _shuffles(train_data)
         self.seconds = time.perf_counter() - started
         inputs = keras.Input(self.train[0].shape[1:], name="features")
         x = inputs
@@ -272,9 +296,39 @@ class CachedHeadFit:
             else f" and {len(self.validation[0])} validation",
             self.train[0].shape[-1], self.seconds,
         )
+        if self.store is not None:
+            record = self.store.to_dict()
+            logger.info(
+                "Feature cache on disk (%s): %s, key %s; %.2f s hashing, "
+                "%.2f s loading, %.2f s computing, %.2f s storing.",
+                record["directory"], record["disk"], record["key"],
+                record["hash_seconds"], record["load_seconds"],
+                self.compute_seconds, record["store_seconds"],
+            )
+
+    def _features(self, feature_model, data, batch_size, role, shuffles):
+        """Features of `data`, from the disk cache when it has them."""
+
+        def compute():
+            started = time.perf_counter()
+            result = _features(feature_model, data, batch_size)
+            self.compute_seconds += time.perf_counter() - started
+            return result
+
+        if self.store is None:
+            return compute()
+        if dataset_is_random(data):
+            # The hashing pass and the computing pass would draw different
+            # augmentations: no key describes the features.
+            self.store.entries[role] = {
+                "status": "off: the data applies random augmentation",
+                "key": None,
+            }
+            return compute()
+        return self.store.features(data, role, compute, ordered=not shuffles)
 
     def to_dict(self):
-        return {
+        record = {
             "train_samples": int(len(self.train[0])),
             "validation_samples": (
                 None if self.validation is None
@@ -282,8 +336,14 @@ class CachedHeadFit:
             ),
             "feature_shape": list(self.train[0].shape[1:]),
             "seconds": round(self.seconds, 3),
+            "compute_seconds": round(self.compute_seconds, 3),
             "shuffle": self.shuffle,
         }
+        if self.store is None:
+            record["disk"] = "off"
+        else:
+            record.update(self.store.to_dict())
+        return record
 
     def fit(self, *, initial_epoch, epochs, callbacks, verbose):
         """`fit` of the head model; `callbacks` see the classifier, except

@@ -17,6 +17,7 @@ from transfer import stage_options
 from transfer import stages
 from transfer import tasks
 from transfer.feature_cache import check_cache_features
+from transfer.feature_store import check_feature_cache_dir
 from transfer.lock import RunDirLock
 from transfer.models import check_head_classes
 from transfer.plots import require_matplotlib
@@ -276,6 +277,7 @@ def fit_recipe(
     profile_batch=0,
     distribute=None,
     cache_features="auto",
+    feature_cache_dir=None,
 ):
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
@@ -340,6 +342,14 @@ def fit_recipe(
             copy), `False` never. Each stage's choice and reason are in the
             log and the manifest (`stages[i].feature_cache`); see
             `transfer.feature_cache`. Defaults to `"auto"`.
+        feature_cache_dir: a directory that keeps those features across
+            runs: a rerun of the same head stage (same Keras version and
+            backend, backbone config and weights, examples and labels)
+            loads them instead of running the backbone. The manifest's
+            `feature_cache` says `disk`: `"hit"`, `"miss"`, `"off"` or why
+            not, with the entry `key`; see `transfer.feature_store`.
+            Deleting the directory is safe. Defaults to `None` (no disk
+            cache).
 
     Returns:
         A list with one `keras.callbacks.History` per stage (for a resumed
@@ -365,6 +375,7 @@ def fit_recipe(
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
     check_cache_features(cache_features)
+    check_feature_cache_dir(feature_cache_dir)
     class_names = check_head_classes(model, class_names, train_data)
     unlabelled = stages.is_self_supervised(model)
     num_classes = None if unlabelled else model.output_shape[-1]
@@ -428,6 +439,7 @@ def fit_recipe(
             profile_batch=profile_batch, preflight=preflight,
             distribution=distribution,
             cache_features=cache_features,
+            feature_cache_dir=feature_cache_dir,
         )
     engines.barrier(plan, "transfer.fit_recipe.done")
     return histories

@@ -2,7 +2,8 @@
 
 A config file (YAML or JSON) is a mapping with a `stages` list (the
 `Recipe`, as `transfer.load_recipe` reads it) and top-level training
-options: the backbone, image size, batch size, split, seed, augmentation.
+options: the backbone, image size, batch size, split, seed, augmentation,
+the directory that keeps head-stage features across runs.
 `resolve_config` merges defaults, the file and explicit overrides (the
 command line's flags), in that order, and checks every key and value before
 any data is read. The resolved config is saved as `config.json` in the run
@@ -35,6 +36,7 @@ DEFAULTS = {
     "dropout": 0.2,
     "skip_bad_files": False,
     "distribute": "none",
+    "feature_cache_dir": None,
     "stages": None,
 }
 
@@ -141,6 +143,14 @@ def resolve_config(path=None, overrides=None):
                 f"Option `{key}` must be true or false. "
                 f"Received: {key}={config[key]!r}"
             )
+    cache_dir = config["feature_cache_dir"]
+    if cache_dir is not None and (not isinstance(cache_dir, str)
+                                  or not cache_dir):
+        raise ValueError(
+            "Option `feature_cache_dir` must be a directory path (features of "
+            "head-only stages are kept there across runs) or null. "
+            f"Received: feature_cache_dir={cache_dir!r}"
+        )
     from transfer.distribute import check_distribute
 
     config["distribute"] = check_distribute(config["distribute"])

@@ -157,7 +157,8 @@ def _best(monitor, states, mode="max"):
 
 def fit_stages(model, recipe, run, train_data, validation_data, *,
                 batch_size, callbacks, class_names, verbose, profile_batch,
-                preflight, distribution=None, cache_features="auto"):
+                preflight, distribution=None, cache_features="auto",
+                feature_cache_dir=None):
     """Trains every unfinished stage of `recipe` into `run` (a
     `resume.RunState`), holding the run directory's lock; returns the
     histories. `distribution` (the engine and batch plan, or `None`) goes
@@ -256,7 +257,8 @@ def fit_stages(model, recipe, run, train_data, validation_data, *,
         if first < end and use_cache:
             try:
                 cached = feature_cache.CachedHeadFit(
-                    model, train_data, validation_data, batch_size
+                    model, train_data, validation_data, batch_size,
+                    cache_dir=feature_cache_dir,
                 )
                 cache_record.update(cached.to_dict())
                 cached.fit(initial_epoch=first, epochs=end,

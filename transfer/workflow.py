@@ -109,6 +109,9 @@ def train_run(config, run_dir, *, verbose=1):
     recipe = Recipe.from_config({"stages": config["stages"]})
     resolved = dict(config, modality=modality,
                     data=os.path.abspath(config["data"]))
+    if config.get("feature_cache_dir"):
+        resolved["feature_cache_dir"] = os.path.abspath(
+            os.path.expanduser(config["feature_cache_dir"]))
     if modality == "image":
         from transfer.data import load_image_folder
         from transfer.models import build_classifier
@@ -153,6 +156,7 @@ def train_run(config, run_dir, *, verbose=1):
         model, recipe, train, val, run_dir=run_dir,
         batch_size=config["batch_size"], class_names=class_names,
         verbose=verbose, distribute=config["distribute"],
+        feature_cache_dir=resolved.get("feature_cache_dir"),
     )
     return model
 

@@ -158,6 +158,10 @@ def build_parser():
                    help="train on every local device (data_parallel) or "
                    "shard kernels too (model_parallel, JAX); see README "
                    "'Scaling out'")
+    p.add_argument("--feature-cache-dir", metavar="DIR",
+                   help="keep the frozen backbone's features of head-only "
+                   "stages in DIR and reuse them when the run is repeated "
+                   "(see README 'Performance'); deleting DIR is safe")
     p.set_defaults(handler=commands.train)
 
     p = _subparser(sub, "evaluate", "metrics and a report on labelled data",

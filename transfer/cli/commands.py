@@ -52,6 +52,7 @@ def train(args):
         "augment": args.augment,
         "skip_bad_files": args.skip_bad_files,
         "distribute": args.distribute,
+        "feature_cache_dir": args.feature_cache_dir,
     }
     config = run_config.resolve_config(args.config, overrides)
     config["stages"] = run_config.override_stages(
