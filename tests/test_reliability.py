@@ -361,8 +361,9 @@ def test_failed_backup_keeps_the_previous_one(tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def savez(file, **arrays):
-        calls["n"] += 1
-        if calls["n"] == 5:  # initial, epochs 0, 1 and 2, then 3 fails
+        if any(key.startswith("o") for key in arrays):
+            calls["n"] += 1  # per-epoch backups (with the optimizer) only
+        if calls["n"] == 4:  # epochs 0, 1 and 2, then 3 fails
             file.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_savez(file, **arrays)

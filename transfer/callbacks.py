@@ -33,7 +33,7 @@ from transfer import _backend
 from transfer import plots
 from transfer import report
 from transfer import summaries
-from transfer.checkpoints import AtomicModelCheckpoint
+from transfer.checkpoints import BestWeightsCheckpoint
 
 
 def default_callbacks(
@@ -47,9 +47,9 @@ def default_callbacks(
 ):
     """TensorBoard logging, plus a best-weights checkpoint when asked.
 
-    The checkpoint is an `AtomicModelCheckpoint` (a
-    `keras.callbacks.ModelCheckpoint` that writes through a temporary file
-    and skips epochs with NaN or Inf loss or weights).
+    The checkpoint is a `BestWeightsCheckpoint`: an atomic `.npz` at every
+    improving epoch (epochs with NaN or Inf loss or weights are skipped),
+    and the `.weights.h5` file when `fit` ends.
 
     `keras.callbacks.TensorBoard` writes per-epoch scalars, the learning
     rate included. Its graph is off (it exists on TensorFlow only, and
@@ -90,12 +90,10 @@ def default_callbacks(
     ]
     if checkpoint is not None:
         callbacks.append(
-            AtomicModelCheckpoint(
+            BestWeightsCheckpoint(
                 checkpoint,
                 monitor=monitor,
                 mode=mode,
-                save_best_only=True,
-                save_weights_only=True,
                 initial_value_threshold=best_so_far,
             )
         )

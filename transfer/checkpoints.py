@@ -10,6 +10,12 @@ orders by structure (not by `trainable` flags), as `model.save_weights` does.
 
 `AtomicModelCheckpoint` is `keras.callbacks.ModelCheckpoint` that writes
 through a temporary file and never saves NaN or Inf weights.
+`BestWeightsCheckpoint` keeps the best weights the same way, but writes them
+to a `write_checkpoint` file at every improvement and to the Keras
+`.weights.h5` file once, when `fit` ends: Keras's `save_weights` walks every
+layer in Python (0.28 s per save for EfficientNet-Lite0 on a 2-core CPU,
+against 0.055 s for the `.npz`), a fixed cost per improving epoch that
+dominated short epochs.
 """
 
 import logging
@@ -172,3 +178,106 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             with open(written, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(written, final)
+
+
+class BestWeightsCheckpoint(keras.callbacks.Callback):
+    """Keeps the best weights by `monitor` in `filepath` (`.weights.h5`).
+
+    At every epoch that improves on the best value so far (and whose loss
+    and weights are finite), the weights go to `<filepath without
+    .weights.h5>.npz` through `write_checkpoint` (atomic, 0.05 s for a
+    1000-layer model). When `fit` ends, and whenever that file is newer
+    than `filepath` (a run killed mid-stage, then resumed), the best weights
+    are also written to `filepath` with `model.save_weights`, atomically, so
+    `model.load_weights(filepath)` works as with
+    `keras.callbacks.ModelCheckpoint(save_best_only=True,
+    save_weights_only=True)`. The model's own weights are put back after.
+
+    Args:
+        filepath: the `.weights.h5` file.
+        monitor: the metric in the epoch logs. Defaults to `"val_loss"`.
+        mode: `"min"` or `"max"`. Defaults to `"min"`.
+        initial_value_threshold: a value to beat before the first save (the
+            best of earlier stages). Defaults to `None`.
+
+    Example:
+
+    >>> checkpoint = transfer.checkpoints.BestWeightsCheckpoint(
+    ...     "best.weights.h5", monitor="val_accuracy", mode="max")
+    """
+
+    def __init__(self, filepath, *, monitor="val_loss", mode="min",
+                 initial_value_threshold=None):
+        super().__init__()
+        filepath = os.fspath(filepath)
+        if not filepath.endswith(".weights.h5"):
+            raise ValueError(
+                "The best-weights file must end in `.weights.h5`. "
+                f"Received: filepath={filepath!r}"
+            )
+        if mode not in ("min", "max"):
+            raise ValueError(
+                f"`mode` must be 'min' or 'max'. Received: mode={mode!r}"
+            )
+        self.filepath = filepath
+        self.array_path = filepath[: -len(".weights.h5")] + ".npz"
+        self.monitor = monitor
+        self.mode = mode
+        self.best = initial_value_threshold
+        self._warned = False
+
+    def _improves(self, value):
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            if not self._warned:
+                logger.warning(
+                    "Best-weights checkpoint: '%s' is not in the epoch logs "
+                    "(%s); nothing saved.", self.monitor,
+                    ", ".join(sorted(logs or {})),
+                )
+                self._warned = True
+            return
+        value = float(value)
+        if not math.isfinite(value) or not self._improves(value):
+            return
+        if not finite_logs(logs) or write_checkpoint(
+            self.array_path, self.model, optimizer=False
+        ) is None:
+            logger.warning(
+                "Epoch %d: loss or weights are NaN or Inf (loss %s); not "
+                "saving '%s'.", epoch, (logs or {}).get("loss"),
+                self.array_path,
+            )
+            return
+        self.best = value
+
+    def on_train_end(self, logs=None):
+        self.export()
+
+    def export(self):
+        """Writes `filepath` from the `.npz` file when that is newer."""
+        if not os.path.exists(self.array_path):
+            return
+        if (os.path.exists(self.filepath) and os.path.getmtime(self.filepath)
+                >= os.path.getmtime(self.array_path)):
+            return
+        current = [keras.ops.convert_to_numpy(v) for v in self.model.weights]
+        read_checkpoint(self.array_path, self.model, optimizer=False)
+        directory, name = os.path.split(self.filepath)
+        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+        try:
+            self.model.save_weights(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.filepath)
+        finally:
+            for variable, array in zip(self.model.weights, current,
+                                       strict=True):
+                variable.assign(array)
+            if os.path.exists(tmp):
+                os.remove(tmp)

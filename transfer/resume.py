@@ -12,7 +12,9 @@ initial.npz             the model's weights when the run first started
                         (with sha256), and "done"
 <stage>/epoch-0004.npz  model weights and optimizer variables after an epoch
                         (the last two; a finished run keeps the last)
-best.weights.h5         the best weights so far (AtomicModelCheckpoint)
+best.npz                the best weights so far (BestWeightsCheckpoint)
+best.weights.h5         the same, for `model.load_weights`, written when a
+                        stage ends
 ```
 
 Every file is written atomically (temporary file, fsync, `os.replace`) at
