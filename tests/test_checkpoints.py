@@ -118,3 +118,27 @@ def test_bad_arguments_are_refused(tmp_path):
         BestWeightsCheckpoint(str(tmp_path / "best.h5"))
     with pytest.raises(ValueError, match="Received: mode='up'"):
         BestWeightsCheckpoint(str(tmp_path / "b.weights.h5"), mode="up")
+
+
+def test_an_unreadable_best_file_keeps_the_previous_h5(tmp_path, caplog):
+    import logging
+
+    path = str(tmp_path / "best.weights.h5")
+    checkpoint = BestWeightsCheckpoint(path, monitor="score", mode="max")
+    model = _model()
+    x, y = _data()
+    scores = _Scores([0.5], checkpoint)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[scores, checkpoint])
+    before = open(path, "rb").read()
+    # A newer best file that is damaged: no crash, the .h5 stays.
+    with open(checkpoint.array_path, "wb") as f:
+        f.write(b"not an npz")
+    with caplog.at_level(logging.WARNING, logger="transfer"):
+        model.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[_Scores([0.1], checkpoint), checkpoint])
+    assert "unreadable" in caplog.text and "best.weights.h5" in caplog.text
+    assert open(path, "rb").read() == before
+    reloaded = _model()
+    reloaded.load_weights(path)
+    for got, want in zip(reloaded.get_weights(), scores.weights[0], strict=True):
+        np.testing.assert_array_equal(got, want)

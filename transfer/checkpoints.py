@@ -267,7 +267,14 @@ class BestWeightsCheckpoint(keras.callbacks.Callback):
                 >= os.path.getmtime(self.array_path)):
             return
         current = [keras.ops.convert_to_numpy(v) for v in self.model.weights]
-        read_checkpoint(self.array_path, self.model, optimizer=False)
+        try:
+            read_checkpoint(self.array_path, self.model, optimizer=False)
+        except ValueError as e:  # left untouched: the model keeps its weights
+            logger.warning(
+                "Not writing '%s': %s The previous file, if any, stays.",
+                self.filepath, e,
+            )
+            return
         directory, name = os.path.split(self.filepath)
         tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
         try:
