@@ -8,14 +8,14 @@ before it assigns any, so a checkpoint that does not fit leaves the model
 untouched. Weights are matched by position in `model.weights`, which Keras
 orders by structure (not by `trainable` flags), as `model.save_weights` does.
 
-`AtomicModelCheckpoint` is `keras.callbacks.ModelCheckpoint` that writes
-through a temporary file and never saves NaN or Inf weights.
-`BestWeightsCheckpoint` keeps the best weights the same way, but writes them
-to a `write_checkpoint` file at every improvement and to the Keras
-`.weights.h5` file once, when `fit` ends: Keras's `save_weights` walks every
-layer in Python (0.28 s per save for EfficientNet-Lite0 on a 2-core CPU,
-against 0.055 s for the `.npz`), a fixed cost per improving epoch that
-dominated short epochs.
+`BestWeightsCheckpoint` keeps the best weights by a metric, as
+`keras.callbacks.ModelCheckpoint(save_best_only=True,
+save_weights_only=True)` does, but writes them to a `write_checkpoint` file
+at every improvement and to the Keras `.weights.h5` file once, when `fit`
+ends: Keras's `save_weights` walks every layer in Python (0.28 s per save
+for EfficientNet-Lite0 on a 2-core CPU, against 0.055 s for the `.npz`), a
+fixed cost per improving epoch that dominated short epochs. It never saves
+NaN or Inf weights.
 """
 
 import logging
@@ -25,7 +25,6 @@ import os
 import keras
 import numpy as np
 
-from transfer.export import non_finite_weights
 from transfer.weights.cache import atomic_write
 from transfer.weights.cache import sha256_file
 
@@ -123,61 +122,6 @@ def read_checkpoint(path, model, *, optimizer=True):
     if restore_optimizer:
         for variable, array in zip(model.optimizer.variables, slots, strict=True):
             variable.assign(array)
-
-
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`keras.callbacks.ModelCheckpoint` that cannot leave a broken file.
-
-    Each save goes to a temporary file beside `filepath`, which then
-    replaces it (`os.replace`): a kill mid-save keeps the previous best
-    weights. An epoch whose loss or weights are NaN or Inf is never saved.
-    Saves once per epoch (`save_freq="epoch"`).
-
-    Args:
-        filepath: the checkpoint path, as `ModelCheckpoint` takes it.
-        **kwargs: passed to `keras.callbacks.ModelCheckpoint`.
-
-    Example:
-
-    >>> checkpoint = transfer.checkpoints.AtomicModelCheckpoint(
-    ...     "best.weights.h5", monitor="val_accuracy", mode="max",
-    ...     save_best_only=True, save_weights_only=True)
-    """
-
-    def __init__(self, filepath, **kwargs):
-        if kwargs.get("save_freq", "epoch") != "epoch":
-            raise ValueError(
-                "AtomicModelCheckpoint saves once per epoch. Received: "
-                f"save_freq={kwargs['save_freq']!r}"
-            )
-        super().__init__(filepath, **kwargs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not finite_logs(logs) or non_finite_weights(self.model):
-            logger.warning(
-                "Epoch %d: loss or weights are NaN or Inf (loss %s); not "
-                "saving '%s'.", epoch, (logs or {}).get("loss"), self.filepath,
-            )
-            return
-        target = self.filepath
-        directory, name = os.path.split(target)
-        # The temporary name keeps the suffix Keras requires.
-        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-        self.filepath = tmp
-        try:
-            super().on_epoch_end(epoch, logs)
-        finally:
-            self.filepath = target
-        formatted = [
-            f for f in os.listdir(directory or ".")
-            if f.startswith(f".tmp-{os.getpid()}-")
-        ]
-        for name in formatted:
-            written = os.path.join(directory, name)
-            final = os.path.join(directory, name[len(f".tmp-{os.getpid()}-"):])
-            with open(written, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(written, final)
 
 
 class BestWeightsCheckpoint(keras.callbacks.Callback):
