@@ -26,6 +26,17 @@ _TORCH_MESSAGE = (
 )
 
 
+def _refuse_tf_model_parallel(mode, distribute):
+    if mode == "model_parallel":
+        raise ValueError(
+            "Keras 3 on TensorFlow trains through tf.distribute, which "
+            "replicates the model (data parallelism); Keras's model "
+            "parallelism (keras.distribution.ModelParallel) runs on JAX. "
+            "Use KERAS_BACKEND=jax, or distribute='data_parallel'. "
+            f"Received: distribute={distribute!r}"
+        )
+
+
 def make_plan(distribute, *, devices=None, model_shards=None):
     """A `DistributionPlan` with a new engine (see `distribution_scope`)."""
     mode = check_distribute(distribute)
@@ -35,14 +46,7 @@ def make_plan(distribute, *, devices=None, model_shards=None):
     if backend == "jax":
         return _jax_plan(mode, devices, model_shards)
     if backend == "tensorflow":
-        if mode == "model_parallel":
-            raise ValueError(
-                "Keras 3 on TensorFlow trains through tf.distribute, which "
-                "replicates the model (data parallelism); Keras's model "
-                "parallelism (keras.distribution.ModelParallel) runs on JAX. "
-                "Use KERAS_BACKEND=jax, or distribute='data_parallel'. "
-                f"Received: distribute={distribute!r}"
-            )
+        _refuse_tf_model_parallel(mode, distribute)
         return _tf_plan(devices)
     raise ValueError(_TORCH_MESSAGE.format(
         version=keras.__version__, distribute=distribute))
@@ -229,7 +233,7 @@ def plan_for_model(model, distribute):
                     "distribute='none'"
                 )
             return NO_DISTRIBUTION
-        make_plan(mode)  # refuses model_parallel with the reason
+        _refuse_tf_model_parallel(mode, distribute)
         if not made_here:
             raise _built_outside(distribute, "tf.distribute.MirroredStrategy")
         return _tf_plan(strategy=strategy)
