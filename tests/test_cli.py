@@ -353,3 +353,51 @@ def test_config_file_flags_override(tmp_path):
     with pytest.raises(ValueError, match="Received: feature_cache_dir=3"):
         run_config.resolve_config(
             str(config), {"data": "d", "feature_cache_dir": 3})
+
+
+def test_weights_none_and_stage_overrides_survive_resolution(tmp_path, monkeypatch):
+    # `transfer train --weights none --epochs 1 --learning-rate 0.5` once
+    # kept the pretrained default: the config was resolved twice and the
+    # second pass read weights=None as "not given".
+    from transfer import workflow
+
+    seen = {}
+
+    def train_run(config, run_dir, verbose):
+        seen.update(config)
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(workflow, "train_run", train_run)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"stages": [{"name": "s", "epochs": 2,
+                                              "learning_rate": 0.1}]}))
+    code = main(["train", "--config", str(config), "--backbone", "tiny_cnn",
+                 "--data", str(tmp_path), "--weights", "none",
+                 "--epochs", "1", "--learning-rate", "0.5",
+                 "--output", str(tmp_path / "run")])
+    assert code == 1  # the stand-in's error
+    assert seen["weights"] is None
+    assert [(s["epochs"], s["learning_rate"]) for s in seen["stages"]] == [(1, 0.5)]
+
+
+def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
+    # `transfer report` rebuilds the run's validation split; a run trained
+    # with seed 0 was rebuilt with the default seed (`seed or 1337`).
+    from transfer import data as data_module
+    from transfer import workflow
+
+    seeds = []
+
+    def load_image_folder(*args, seed, **kwargs):
+        seeds.append(seed)
+        raise RuntimeError("stop after the split's arguments")
+
+    monkeypatch.setattr(data_module, "load_image_folder", load_image_folder)
+    monkeypatch.setattr(workflow, "run_class_names", lambda model: ["a", "b"])
+    monkeypatch.setattr(workflow, "run_modality", lambda model: "image")
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()])
+    for config, expected in (({"validation_split": 0.2, "seed": 0}, 0),
+                             ({"validation_split": 0.2}, 1337)):
+        with pytest.raises(RuntimeError, match="stop after"):
+            workflow.load_labelled_data("d", model, config, validation_only=True)
+        assert seeds[-1] == expected

@@ -586,3 +586,22 @@ def test_stage_state_round_trip(tmp_path, tiny_model):
     again = resume.StageState(str(tmp_path), "run", 0, "s")
     assert again.last_epoch == 0 and again.history().history == {"loss": [1.0]}
     assert resume.StageState(str(tmp_path), "other-run", 0, "s").last_epoch is None
+
+
+def test_best_weights_h5_written_when_fit_never_ended(tmp_path, monkeypatch):
+    # As if killed after the last epoch's backup, before `fit` ended: the
+    # .h5 still comes out of the run, holding the best .npz's weights.
+    from transfer.checkpoints import BestWeightsCheckpoint
+
+    monkeypatch.setattr(BestWeightsCheckpoint, "on_train_end",
+                        lambda self, logs=None: None)
+    run_dir = tmp_path / "run"
+    _fit(run_dir)
+    best = run_dir / "checkpoints" / "best.weights.h5"
+    assert best.exists()
+    reloaded = _model()
+    reloaded.load_weights(best)
+    with np.load(run_dir / "checkpoints" / "best.npz") as arrays:
+        saved = [arrays[k] for k in sorted(arrays.files) if k.startswith("m")]
+    for got, want in zip(reloaded.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -89,7 +89,13 @@ def _dataset_ops(data):
     if not isinstance(data, tf.data.Dataset):
         return None
     graph = tf.compat.v1.GraphDef()
-    graph.ParseFromString(data._as_serialized_graph().numpy())
+    try:
+        # The graph holds `from_tensor_slices` arrays: over 2 GB it cannot
+        # be serialized, and the data then counts as uninspectable.
+        graph.ParseFromString(data._as_serialized_graph().numpy())
+    except Exception as e:  # noqa: BLE001 (any failure: cannot tell)
+        logger.debug("Cannot inspect the tf.data graph: %s", e)
+        return None
     ops = {node.op for node in graph.node}
     for function in graph.library.function:
         ops.update(node.op for node in function.node_def)

@@ -78,13 +78,18 @@ def _check_number(config, key, kind, low, high=None):
         )
 
 
-def resolve_config(path=None, overrides=None):
+def resolve_config(path=None, overrides=None, *, epochs=None,
+                   learning_rates=None):
     """Defaults, then the config file, then `overrides`, checked.
 
     Args:
         path: a YAML or JSON config file, or `None`. Defaults to `None`.
         overrides: a dict of options that win over the file (the flags of
             `transfer train`); `None` values are ignored. Defaults to `None`.
+        epochs: per-stage epochs replacing the stages' (see
+            `override_stages`). Defaults to `None`.
+        learning_rates: per-stage learning rates, likewise. Defaults to
+            `None`.
 
     Returns:
         The resolved config: a dict with every key of `DEFAULTS`, `stages`
@@ -165,6 +170,7 @@ def resolve_config(path=None, overrides=None):
             "[{name: head, epochs: 3, learning_rate: 1.0e-3}]. "
             f"Received: stages={stages!r}"
         )
+    stages = override_stages(stages, epochs, learning_rates)
     try:
         recipe = Recipe.from_config({"stages": stages})
     except (TypeError, ValueError) as e:

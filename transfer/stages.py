@@ -27,6 +27,7 @@ from transfer import summaries
 from transfer import tasks
 from transfer.callbacks import default_callbacks
 from transfer.callbacks import recipe_callbacks
+from transfer.checkpoints import BestWeightsCheckpoint
 from transfer.checkpoints import NonFiniteLossError
 from transfer.export import save_model
 from transfer.export import write_json
@@ -347,6 +348,13 @@ def _finish(model, recipe, run, histories, stage_records, hparams, *,
     run_dir = run.run_dir
     log_dir = os.path.join(run_dir, "logs")
     save_model(model, os.path.join(run_dir, "model.keras"))
+    # A run killed after its last epoch's backup but before `fit` ended
+    # resumes with nothing to train: write the best weights' .h5 here.
+    best = BestWeightsCheckpoint(
+        os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    )
+    best.set_model(model)
+    best.export()
     metadata = dict(getattr(model, "transfer_metadata", {}) or {})
     metadata["class_names"] = list(class_names) if class_names else None
     task = stage_options.model_task(model)

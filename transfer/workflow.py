@@ -337,14 +337,16 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
         ValueError: the folder's classes differ from the model's.
     """
     class_names = run_class_names(model)
-    split = seed = None
+    split, seed = None, run_config.DEFAULTS["seed"]
     if validation_only and config:
-        split, seed = config.get("validation_split"), config.get("seed")
+        split = config.get("validation_split")
+        # seed 0 is a valid seed: keep it (`seed or default` did not).
+        seed = config.get("seed", seed)
     if run_modality(model) == "text":
         from transfer.text_data import load_text_folder
 
         train, val, names = load_text_folder(
-            data_dir, validation_split=split or 0, seed=seed or 1337
+            data_dir, validation_split=split or 0, seed=seed
         )
         pair = val if split else train
         x, y = np.asarray(pair[0], dtype=object), np.asarray(pair[1])
@@ -353,7 +355,7 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
 
         train, val, names = load_image_folder(
             data_dir, image_size=int(model.input_shape[1]),
-            validation_split=split or 0, seed=seed or 1337, verbose=0,
+            validation_split=split or 0, seed=seed, verbose=0,
             skip_bad_files=bool(config and config.get("skip_bad_files")),
         )
         dataset = val if split else train

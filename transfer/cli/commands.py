@@ -54,11 +54,10 @@ def train(args):
         "distribute": args.distribute,
         "feature_cache_dir": args.feature_cache_dir,
     }
-    config = run_config.resolve_config(args.config, overrides)
-    config["stages"] = run_config.override_stages(
-        config["stages"], args.epochs, args.learning_rate
+    config = run_config.resolve_config(
+        args.config, overrides, epochs=args.epochs,
+        learning_rates=args.learning_rate,
     )
-    config = run_config.resolve_config(None, config)
     run_dir = args.output or _default_run_dir(config)
     logger.info("Training into %s", run_dir)
     workflow.train_run(config, run_dir, verbose=_keras_verbose(args))
