@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make demo   virtual environment, install, offline weights and data, run the example
-#   make test   install what the tests need, run the suite on TensorFlow, JAX and torch
+#   make test   install what the tests need, check the layers (import-linter),
+#               run the suite on TensorFlow, JAX and torch, and the docstring
+#               examples as doctests (TensorFlow)
 #               (the TensorBoard browser test runs where chromium is installed:
 #               `make browser` installs Debian's; without it that test is skipped)
 
@@ -12,7 +14,7 @@ BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-browser install weights data browser lint clean
+.PHONY: demo test test-browser install weights data browser lint lint-imports doctest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,11 +67,21 @@ weights: install
 demo: install data weights
 	$(PY) examples/image_finetune.py
 
-test: install data browser
+test: install data browser lint-imports
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
 	  KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \
-	done; exit $$status
+	done; \
+	echo "=== doctests (KERAS_BACKEND=tensorflow)"; \
+	KERAS_BACKEND=tensorflow PYTHONPATH=tests $(PY) -m pytest -q -p no:cacheprovider -p transfer_doctests --doctest-modules transfer || status=1; \
+	exit $$status
+
+# The layer contract in pyproject.toml ([tool.importlinter]).
+lint-imports: install
+	$(VENV)/bin/lint-imports
+
+doctest: install
+	KERAS_BACKEND=tensorflow PYTHONPATH=tests $(PY) -m pytest -q -p no:cacheprovider -p transfer_doctests --doctest-modules transfer
 
 lint: install
 	$(VENV)/bin/ruff check transfer tests examples benchmarks

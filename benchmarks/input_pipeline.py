@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 import transfer  # noqa: E402
-from transfer import data as data_lib  # noqa: E402
+from transfer.data import images as data_lib  # noqa: E402
 
 
 def main(argv=None):

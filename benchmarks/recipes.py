@@ -110,7 +110,7 @@ def main(argv=None):
             print(json.dumps({k: results[-1][k] for k in
                               ("config", "seed", "test_accuracy", "seconds")}),
                   flush=True)
-            transfer._backend.clear_memory()
+            keras.utils.clear_session()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ training images, same augmentations, same epochs and batch size; then the
 leave-one-out 10-NN accuracy and a logistic-regression linear probe of the
 pooled features (100 labels per class to fit, test images to score).
 Random init is the floor. SimSiam (Chen & He, 2021) is implemented here, on
-top of `transfer.ssl.ContrastivePretrainer`: a predictor MLP and a
+top of `transfer.pretraining.contrastive.ContrastivePretrainer`: a predictor MLP and a
 stop-gradient, negative cosine loss, no negatives.
 
     python benchmarks/ssl_objectives.py --images 10000 --epochs 3
@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import transfer  # noqa: E402
-from transfer import pretrain
-from transfer import probes  # noqa: E402
-from transfer.ssl import ContrastivePretrainer  # noqa: E402
+from transfer.pretraining import images as pretrain
+from transfer.pretraining import probes  # noqa: E402
+from transfer.pretraining.contrastive import ContrastivePretrainer  # noqa: E402
 
 
 class SimSiamPretrainer(ContrastivePretrainer):

@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import transfer  # noqa: E402
-from transfer import data as data_lib  # noqa: E402
+from transfer.data import images as data_lib  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--distribute", choices=list(transfer.distribute.MODES), default="none",
+        "--distribute", choices=list(transfer.training.distribute.MODES), default="none",
         help="train on every device: data_parallel (JAX or TensorFlow) or "
              "model_parallel (JAX); --batch-size is the global batch")
     args = parser.parse_args(argv)
@@ -213,7 +213,7 @@ def main(argv=None):
     }
     if not args.no_baseline:
         del model
-        transfer._backend.clear_memory()
+        keras.utils.clear_session()
         keras.utils.set_random_seed(args.seed)
         # Random init has nothing worth freezing: all blocks train for the
         # same total number of epochs.

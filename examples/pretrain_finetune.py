@@ -34,9 +34,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import transfer  # noqa: E402
-from transfer import data as data_lib  # noqa: E402
-from transfer import pretrain
-from transfer import probes  # noqa: E402
+from transfer.data import images as data_lib  # noqa: E402
+from transfer.pretraining import images as pretrain
+from transfer.pretraining import probes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -134,7 +134,7 @@ def evaluate(backbone, weights, size, data, args, run_dir):
             float((predictions.argmax(-1) == test[1]).mean()), 4)
         print(f"  {labels} labels/class: probe {probe[str(labels)]:.4f}, "
               f"fine-tune {finetune[str(labels)]:.4f}", flush=True)
-        transfer._backend.clear_memory()
+        keras.utils.clear_session()
     return probe, finetune
 
 

@@ -28,9 +28,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import transfer  # noqa: E402
-from transfer import masked_lm  # noqa: E402
-from transfer import text  # noqa: E402
-from transfer import text_data  # noqa: E402
+from transfer.data import text as text_data  # noqa: E402
+from transfer.models import text  # noqa: E402
+from transfer.pretraining import masked_lm  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -71,14 +71,14 @@ def load(args):
     if args.csv:
         texts, labels, names = text_data.load_text_csv(
             args.csv, text_column=args.text_column, label_column=args.label_column)
-        (x, y), (xt, yt) = text_data._split(texts, labels, 0.3, args.seed)
+        (x, y), (xt, yt) = text_data.split_texts(texts, labels, 0.3, args.seed)
         return os.path.abspath(args.csv), x, y, xt, yt, names, list(x)
     ds = text_data.load_text_dataset(args.dataset, seed=args.seed)
     pool = list(ds.x_train)
     if ds.name == "fortunes":
         test = set(ds.x_test)
         for category in ds.class_names:  # the rest of those files, unlabelled
-            pool += [t for t in text_data._read_fortunes(category) if t not in test]
+            pool += [t for t in text_data.read_fortunes(category) if t not in test]
         pool = sorted(set(pool))
     return ds.name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.class_names, pool
 

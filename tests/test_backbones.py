@@ -1,3 +1,8 @@
+"""The backbone registry and the spec contract: every registered family's block regexes.
+
+Covers: transfer.backbones (registry, resolve, spec, blocks, families).
+"""
+
 import re
 
 import keras

@@ -1,4 +1,7 @@
-"""The best-weights checkpoint: cheap `.npz` saves, `.weights.h5` at the end."""
+"""The best-weights checkpoint: cheap `.npz` saves, `.weights.h5` at the end.
+
+Covers: transfer.training.checkpoints.
+"""
 
 import os
 
@@ -6,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from transfer.checkpoints import BestWeightsCheckpoint
+from transfer.training.checkpoints import BestWeightsCheckpoint
 
 
 class _Scores(keras.callbacks.Callback):

@@ -4,6 +4,8 @@ One module-scoped run trains a tiny CNN (saved as a `.keras` backbone file,
 so the subprocess needs no test registry) on 16 synthetic PNGs; predict and
 export run on it in subprocesses, on every backend. Cheaper checks (usage
 errors, reports, tables) call `transfer.cli.main` in this process.
+
+Covers: transfer.cli, transfer.workflow, transfer.run_config, transfer.run_report, transfer.export.
 """
 
 import csv
@@ -20,9 +22,9 @@ from PIL import Image
 
 import transfer
 from transfer import _backend
-from transfer import deploy
+from transfer import export as deploy
 from transfer import run_config
-from transfer.backbones import table
+from transfer.cli import backbone_table as table
 from transfer.cli import main
 
 BACKEND = keras.config.backend()
@@ -383,8 +385,8 @@ def test_weights_none_and_stage_overrides_survive_resolution(tmp_path, monkeypat
 def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
     # `transfer report` rebuilds the run's validation split; a run trained
     # with seed 0 was rebuilt with the default seed (`seed or 1337`).
-    from transfer import data as data_module
     from transfer import workflow
+    from transfer.data import images as data_module
 
     seeds = []
 

@@ -1,3 +1,8 @@
+"""Image data: folders, built-in sets, tf.data pipelines.
+
+Covers: transfer.data.images, transfer.data.tables.
+"""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,7 +64,7 @@ def test_make_dataset_gray_to_rgb_and_resize():
     x = np.random.default_rng(0).integers(0, 255, (10, 8, 8), dtype=np.uint8)
     y = np.arange(10) % 2
     ds = transfer.make_dataset(x, y, image_size=16, batch_size=4,
-                               augment=transfer.data.default_augmentation(seed=0))
+                               augment=transfer.data.images.default_augmentation(seed=0))
     images, labels = next(iter(ds))
     assert tuple(images.shape) == (4, 16, 16, 3)
     assert float(np.max(images)) <= 255.0

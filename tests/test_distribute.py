@@ -5,6 +5,8 @@ tests/two_process_run.py): the number of devices is fixed when the backend
 starts. Tolerance of "equal": losses within 1e-5 relative (float32 sums
 reduce in another order across devices), accuracies exactly, weights within
 1e-5 absolute.
+
+Covers: transfer.training.distribute, transfer.training.engines.
 """
 
 import glob
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 
 import transfer
-from transfer import distribute as distribute_lib
+from transfer.training import distribute as distribute_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKEND = keras.config.backend()

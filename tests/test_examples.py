@@ -1,4 +1,7 @@
-"""The examples run end to end, as a user runs them (tiny settings)."""
+"""The examples run end to end, as a user runs them (tiny settings).
+
+Covers: examples/.
+"""
 
 import json
 import os

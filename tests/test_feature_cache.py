@@ -1,4 +1,7 @@
-"""Feature caching in `fit_recipe`: same results as the naive loop."""
+"""Feature caching in `fit_recipe`: same results as the naive loop.
+
+Covers: transfer.training.feature_cache, transfer.training.feature_store.
+"""
 
 import json
 import os
@@ -8,8 +11,8 @@ import numpy as np
 import pytest
 
 import transfer
-from transfer import feature_cache
-from transfer import feature_store
+from transfer.training import feature_cache
+from transfer.training import feature_store
 
 RECIPE = (("head", 3, 1e-2, 0), ("top", 1, 5e-3, 1))
 
@@ -96,7 +99,7 @@ def test_augmented_data_falls_back(tiny_data, tiny_model):
     head = transfer.Stage("head", 1, 1e-3, 0)
     augmented = transfer.make_dataset(
         x, y, image_size=32, batch_size=8,
-        augment=transfer.data.default_augmentation(seed=1),
+        augment=transfer.data.images.default_augmentation(seed=1),
     )
     plain = transfer.make_dataset(x, y, image_size=32, batch_size=8, shuffle=True)
 
@@ -141,7 +144,7 @@ def test_bad_cache_features_is_refused(tiny_data, tiny_model, tmp_path):
     assert not (run_dir / "checkpoints").exists()
 
 
-# The persistent cache (`feature_cache_dir`, `transfer.feature_store`).
+# The persistent cache (`feature_cache_dir`, `transfer.training.feature_store`).
 
 HEAD = (("head", 1, 1e-2, 0),)
 
@@ -253,7 +256,7 @@ def test_corrupt_disk_entry_is_recomputed(spoil, tiny_data, tiny_model,
     cache.mkdir()
     key = _key(tiny_model, tiny_data)
     spoil(cache / f"{key}.npz", key)
-    with caplog.at_level("WARNING", logger="transfer.feature_store"):
+    with caplog.at_level("WARNING", logger="transfer.training.feature_store"):
         record = _head_run(tiny_model, tiny_data, tmp_path / "a", cache)
     assert record["disk"] == "miss" and record["key"] == key
     assert "replaced" in record["disk_entries"]["train"]

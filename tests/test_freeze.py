@@ -1,3 +1,8 @@
+"""Freezing blocks: `set_trainable_blocks` and `FreezePlan`.
+
+Covers: transfer.models.freeze.
+"""
+
 import numpy as np
 import pytest
 

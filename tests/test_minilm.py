@@ -1,12 +1,15 @@
-"""The real offline MiniLM: pinned, loaded offline, and really pretrained."""
+"""The real offline MiniLM: pinned, loaded offline, and really pretrained.
+
+Covers: transfer.backbones.text (minilm_l6), transfer.models.text.
+"""
 
 import keras
 import numpy as np
 import pytest
 
-from transfer import text
+from transfer import _io
 from transfer.backbones import text as text_backbones
-from transfer.weights import cache
+from transfer.models import text
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -40,7 +43,7 @@ def _embed(weights):
 
 def test_minilm_sha256_is_pinned(minilm_path):
     weights = f"{minilm_path}/model.safetensors"
-    assert cache.sha256_file(weights) == text_backbones.MINILM_SHA256
+    assert _io.sha256_file(weights) == text_backbones.MINILM_SHA256
 
 
 def test_minilm_embeddings_are_not_random(minilm_path):

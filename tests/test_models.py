@@ -1,3 +1,8 @@
+"""Classifier heads on backbones: `build_classifier`, `replace_head`, weights.
+
+Covers: transfer.models.classifier, transfer.saving.
+"""
+
 import os
 
 import keras

@@ -4,6 +4,8 @@ A session fixture saves one tiny classifier per backend, each in its own
 subprocess (`KERAS_BACKEND=x python -c ...`); the tests load all three on the
 backend under test, so the three backend runs of the suite cover all 9
 pairs.
+
+Covers: transfer.saving across backends.
 """
 
 import json

@@ -1,4 +1,7 @@
-"""Bad input caught before training: image preflight and CSV image lists."""
+"""Bad input caught before training: image preflight and CSV image lists.
+
+Covers: transfer.data.preflight, transfer.data.tables.
+"""
 
 import json
 import os
@@ -12,7 +15,7 @@ import pytest
 from PIL import Image
 
 import transfer
-from transfer import preflight
+from transfer.data import preflight
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,7 @@
-"""Self-supervised image pretraining (`transfer.pretrain`, `transfer.ssl`)."""
+"""Self-supervised image pretraining (`transfer.pretraining.images`, `transfer.pretraining.contrastive`).
+
+Covers: transfer.pretraining (contrastive, images, probes).
+"""
 
 import json
 import os
@@ -8,10 +11,10 @@ import numpy as np
 import pytest
 
 import transfer
-from transfer import pretrain
-from transfer import probes
-from transfer.ssl import ContrastivePretrainer
-from transfer.ssl import nt_xent
+from transfer.pretraining import images as pretrain
+from transfer.pretraining import probes
+from transfer.pretraining.contrastive import ContrastivePretrainer
+from transfer.pretraining.contrastive import nt_xent
 
 
 def _images(n=32, size=32, seed=0):

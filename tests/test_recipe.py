@@ -1,3 +1,8 @@
+"""`Stage`, `Recipe`, recipe files and `fit_recipe` end to end.
+
+Covers: transfer.training.recipe, recipe_files, fit, stages.
+"""
+
 import json
 import os
 

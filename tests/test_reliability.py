@@ -3,6 +3,8 @@ locks, head mismatches and failed saves, on every backend.
 
 Crashes here are exceptions raised from a callback at a chosen epoch; the
 SIGKILL tests (real processes) are in test_sigkill.py.
+
+Covers: transfer.training (resume, checkpoints, lock, run_dir), transfer.data.labels.
 """
 
 import errno
@@ -20,9 +22,9 @@ import numpy as np
 import pytest
 
 import transfer
-from transfer import checkpoints
-from transfer import lock
-from transfer import resume
+from transfer.training import checkpoints
+from transfer.training import lock
+from transfer.training import resume
 
 RECIPE = [
     transfer.Stage("head", 2, 1e-2, 0),
@@ -296,7 +298,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_weights(tmp_path):
         data = _Poisoned()
         transfer.fit_recipe(model, RECIPE, data, run_dir=str(run_dir),
                             callbacks=[PoisonAt(data, 3)], verbose=0)
-    assert not transfer.export.non_finite_weights(model)
+    assert not transfer.saving.non_finite_weights(model)
     assert not (run_dir / "model.keras").exists()
     assert not (run_dir / "manifest.json").exists()
     state = json.loads((run_dir / "checkpoints" / "top" / "state.json").read_text())
@@ -309,7 +311,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_weights(tmp_path):
     # The best-weights checkpoint holds finite weights too.
     best = _model()
     best.load_weights(run_dir / "checkpoints" / "best.weights.h5")
-    assert not transfer.export.non_finite_weights(best)
+    assert not transfer.saving.non_finite_weights(best)
 
 
 def test_nan_loss_exits_non_zero(tmp_path):
@@ -493,7 +495,7 @@ def test_labels_out_of_range_fail_on_every_kind_of_data(tmp_path):
         fit((x, y), "validation",
             validation_data=transfer.make_dataset(x, later, image_size=32, batch_size=8))
     # One-hot labels are not class indices and pass.
-    assert transfer.labels.check_labels(
+    assert transfer.data.labels.check_labels(
         (x, np.eye(2)[y]), 2, "Training") is not None
 
 
@@ -591,7 +593,7 @@ def test_stage_state_round_trip(tmp_path, tiny_model):
 def test_best_weights_h5_written_when_fit_never_ended(tmp_path, monkeypatch):
     # As if killed after the last epoch's backup, before `fit` ended: the
     # .h5 still comes out of the run, holding the best .npz's weights.
-    from transfer.checkpoints import BestWeightsCheckpoint
+    from transfer.training.checkpoints import BestWeightsCheckpoint
 
     monkeypatch.setattr(BestWeightsCheckpoint, "on_train_end",
                         lambda self, logs=None: None)

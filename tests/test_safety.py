@@ -1,5 +1,8 @@
 """Nothing is let in: model files that would run code are refused, and a
-marker file that the would-be payload creates shows that none ran."""
+marker file that the would-be payload creates shows that none ran.
+
+Covers: transfer.saving, transfer.weights.pth.
+"""
 
 import ast
 import json

@@ -1,5 +1,8 @@
 """SIGKILL a real training process at chosen points, rerun the same command,
-and compare with an uninterrupted run (benchmarks/resume_job.py)."""
+and compare with an uninterrupted run (benchmarks/resume_job.py).
+
+Covers: transfer.training.resume (benchmarks/resume_job.py).
+"""
 
 import json
 import os

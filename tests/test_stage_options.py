@@ -1,3 +1,8 @@
+"""Stage options: schedules, layer decay, label smoothing, augmentation, class weights, EMA.
+
+Covers: transfer.training.stage_options, transfer.training.recipe.
+"""
+
 import os
 
 import keras
@@ -5,9 +10,9 @@ import numpy as np
 import pytest
 
 import transfer
-from transfer import stage_options
-from transfer.checkpoints import read_checkpoint
-from transfer.checkpoints import write_checkpoint
+from transfer.training import stage_options
+from transfer.training.checkpoints import read_checkpoint
+from transfer.training.checkpoints import write_checkpoint
 
 
 def _gradual_recipe():

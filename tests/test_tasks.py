@@ -1,4 +1,7 @@
-"""Learning-rate finder, multi-label and regression heads, TTA."""
+"""Learning-rate finder, multi-label and regression heads, TTA.
+
+Covers: transfer.training.lr_finder, transfer.models.tasks, transfer.tta.
+"""
 
 import os
 
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 
 import transfer
-from transfer.summaries import find_event_files
+from transfer.tensorboard.summaries import find_event_files
 
 
 def test_find_learning_rate_sweeps_and_restores(tiny_model, tiny_data, tmp_path):

@@ -1,6 +1,8 @@
 """What a run writes for TensorBoard, read back with its EventAccumulator.
 
 The same tags, steps and image shapes are asserted on every backend.
+
+Covers: transfer.tensorboard, transfer.reporting, transfer.training.callbacks.
 """
 
 import io
@@ -19,7 +21,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
 import transfer
-from transfer import callbacks as tcb
+from transfer.tensorboard import callbacks as tcb
 
 # Run directory under `logs` -> {tag: plugin}, as every backend writes it.
 EXPECTED_TAGS = {
@@ -228,7 +230,7 @@ def test_public_callbacks_in_a_plain_fit(tmp_path):
     x, y = transfer.synthetic_images(12, 32, 3, seed=1)
     train = transfer.make_dataset(
         x, y, image_size=32, batch_size=6, shuffle=True, seed=0,
-        augment=transfer.data.default_augmentation(seed=0),
+        augment=transfer.data.images.default_augmentation(seed=0),
     )
     val = transfer.make_dataset(x, y, image_size=32, batch_size=6)
     model, plan = _compiled_model()
@@ -285,8 +287,8 @@ def test_confusion_matrix_counts_match_predictions(tmp_path):
 
 
 def test_iterate_batches_kinds_and_errors():
-    from transfer.report import first_images
-    from transfer.report import iterate_batches
+    from transfer._inputs import iterate_batches
+    from transfer.reporting.report import first_images
 
     x, y = transfer.synthetic_images(5, 32, 2)
 
@@ -342,7 +344,7 @@ def test_unfinished_run_logs_are_never_mixed(tiny_model, tiny_data, tmp_path):
             transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=run_dir,
                                 callbacks=[Crash()], verbose=0)
         assert not os.path.exists(os.path.join(run_dir, "manifest.json"))
-        event_files = transfer.summaries.find_event_files(os.path.join(run_dir, "logs"))
+        event_files = transfer.tensorboard.summaries.find_event_files(os.path.join(run_dir, "logs"))
         assert event_files
         return event_files
 
@@ -351,10 +353,10 @@ def test_unfinished_run_logs_are_never_mixed(tiny_model, tiny_data, tmp_path):
     foreign = str(tmp_path / "foreign")
     crashed_run(foreign)
     shutil.rmtree(os.path.join(foreign, "checkpoints"))
-    leftovers = transfer.summaries.find_event_files(os.path.join(foreign, "logs"))
+    leftovers = transfer.tensorboard.summaries.find_event_files(os.path.join(foreign, "logs"))
     with pytest.raises(ValueError, match=r"holds TensorBoard logs of an earlier run.*events\.out\.tfevents.*Received: run_dir="):
         transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=foreign, verbose=0)
-    assert transfer.summaries.find_event_files(os.path.join(foreign, "logs")) == leftovers
+    assert transfer.tensorboard.summaries.find_event_files(os.path.join(foreign, "logs")) == leftovers
 
     # A resumable run whose logs were written by another run: refused too.
     run_dir = str(tmp_path / "run")
@@ -365,14 +367,14 @@ def test_unfinished_run_logs_are_never_mixed(tiny_model, tiny_data, tmp_path):
         f.write("another-run")
     with pytest.raises(ValueError, match=r"were not written by that run.*Received: run_dir="):
         transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=run_dir, verbose=0)
-    assert transfer.summaries.find_event_files(os.path.join(run_dir, "logs")) == event_files
+    assert transfer.tensorboard.summaries.find_event_files(os.path.join(run_dir, "logs")) == event_files
 
     # Its own logs: the rerun resumes and continues them.
     with open(owner, "w") as f:
         f.write(mine)
     transfer.fit_recipe(tiny_model, recipe, tiny_data, run_dir=run_dir, verbose=0)
     assert os.path.exists(os.path.join(run_dir, "manifest.json"))
-    after = transfer.summaries.find_event_files(os.path.join(run_dir, "logs"))
+    after = transfer.tensorboard.summaries.find_event_files(os.path.join(run_dir, "logs"))
     assert set(event_files) <= set(after)
 
 

@@ -7,6 +7,8 @@ HParams dashboards (kept under pytest's temporary directory). Skipped where
 no chromium is installed (`apt-get install chromium`, or `make browser`);
 TensorFlow backend only, since the event files are the same on every
 backend (tests/test_tensorboard.py checks that).
+
+Covers: transfer.tensorboard (served by TensorBoard).
 """
 
 import json

@@ -1,4 +1,7 @@
-"""Text transfer learning on a tiny BERT preset (no weights, no network)."""
+"""Text transfer learning on a tiny BERT preset (no weights, no network).
+
+Covers: transfer.models.text, transfer.data.text, transfer.pretraining.masked_lm.
+"""
 
 import json
 import os
@@ -10,9 +13,9 @@ from tiny_bert import make_tiny_bert_preset
 from tiny_bert import tiny_texts
 
 import transfer
-from transfer import masked_lm
-from transfer import text
-from transfer import text_data
+from transfer.data import text as text_data
+from transfer.models import text
+from transfer.pretraining import masked_lm
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""Offline EfficientNet-Lite0: a safe reader, pinned hashes, real weights."""
+"""Offline EfficientNet-Lite0: a safe reader, pinned hashes, real weights.
+
+Covers: transfer.weights (pth, efficientnet_lite0, cache), transfer.backbones.efficientnet_lite.
+"""
 
 import os
 import pickle
@@ -6,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from transfer.weights import cache
+from transfer import _io
 from transfer.weights import efficientnet_lite0 as lite0
 from transfer.weights.pth import UnsafeWeightsError
 from transfer.weights.pth import load_legacy_pth
@@ -82,9 +85,9 @@ def prepared():
 
 def test_prepare_pins_and_caches(prepared, tmp_path, monkeypatch):
     assert prepared["source_sha256"] == lite0.SOURCE_SHA256
-    assert cache.sha256_file(prepared["source"]) == lite0.SOURCE_SHA256
+    assert _io.sha256_file(prepared["source"]) == lite0.SOURCE_SHA256
     weights = os.path.join(prepared["preset"], "model.safetensors")
-    assert cache.sha256_file(weights) == prepared["sha256"]
+    assert _io.sha256_file(weights) == prepared["sha256"]
     # A tampered source file is refused by its pinned hash.
     tampered = tmp_path / "lite0.pth"
     data = bytearray(open(prepared["source"], "rb").read())

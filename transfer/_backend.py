@@ -1,6 +1,5 @@
 """The only module that branches on `keras.config.backend()`."""
 
-import gc
 import importlib.metadata
 import logging
 
@@ -41,17 +40,6 @@ def require_tensorboard():
             f"backend (current backend: {backend()}). Install it with "
             "`pip install tensorflow-cpu`."
         ) from e
-
-
-def clear_memory():
-    """Frees what the backend holds between large steps (e.g. two models)."""
-    keras.backend.clear_session()
-    gc.collect()
-    if backend() == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def supported_profile_batch(profile_batch):

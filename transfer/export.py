@@ -1,327 +1,204 @@
-"""Saving and loading: atomic `.keras` files, safe mode, JSON sidecars.
+"""Deployable exports with a parity check against the Keras model.
 
-Loading never runs code from the file. Before Keras sees a `.keras` archive,
-`load_model` reads its member names and its `config.json` and refuses a
-member that would land outside the archive (`../x`, `/etc/x`), a `Lambda`
-layer or serialized lambda, and any function or class from a module other
-than `keras`, `keras_hub` or `transfer` that is not registered with
-`keras.saving.register_keras_serializable`. Then Keras loads it in safe mode.
-`transfer` never calls `keras.config.enable_unsafe_deserialization()`.
+`export_model` writes a `.keras` file, a TensorFlow SavedModel, an ONNX file
+or a LiteRT (TFLite) flatbuffer through Keras's own `model.export`, then
+runs the artifact in its own runtime (Keras, TensorFlow, ONNX Runtime, the
+LiteRT interpreter) on sample inputs and reports the largest absolute
+difference from the Keras model's outputs.
 """
 
-import json
 import logging
 import os
-import re
-import shutil
-import tempfile
-import zipfile
 
-import keras
 import numpy as np
 
-from transfer.weights.cache import atomic_write
+from transfer import _backend
+from transfer.saving import load_model
+from transfer.saving import save_model
 
 logger = logging.getLogger(__name__)
 
-_ALLOWED_PACKAGES = ("keras", "keras_hub", "transfer")
-_LAMBDA_CLASSES = ("Lambda", "__lambda__")
-# Keys of a manifest that `load_model` restores as `model.transfer_metadata`.
-_METADATA_KEYS = (
-    "backbone", "backbone_source", "image_size", "num_classes", "weights",
-    "modality", "task", "sequence_length", "lora_rank", "class_names",
-    "thresholds",
-)
+FORMATS = ("keras", "saved_model", "onnx", "litert")
+QUANTIZATIONS = ("dynamic",)
+FILE_NAMES = {
+    "keras": "model.keras",
+    "saved_model": "saved_model",
+    "onnx": "model.onnx",
+    "litert": "model.tflite",
+}
 
 
-def non_finite_weights(model):
-    """Paths of the model's variables that hold NaN or Inf values."""
-    return [
-        variable.path
-        for variable in model.weights
-        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable)))
-    ]
-
-
-def save_model(model, path):
-    """Saves `model` to a `.keras` file atomically and portably.
-
-    The model is written to a temporary file beside `path`, then moved over
-    it with `os.replace`: a crash or a full disk mid-save leaves any previous
-    good file at `path` untouched. A model whose weights hold NaN or Inf is
-    refused, so a diverged run never replaces a good file. A backend-only
-    optimizer class in the compile state (Keras on torch records
-    `keras.src.backend.torch.optimizers.torch_adam`) is written as the
-    portable `keras.optimizers` class, so the file also trains elsewhere
-    when loaded with `keras.saving.load_model(..., compile=True)`.
-
-    Args:
-        model: a `keras.Model`.
-        path: the target file; must end in `.keras`.
-
-    Returns:
-        `path`.
+def check_export_request(export_format, quantize=None):
+    """Checks the format, the backend and `quantize` before any work.
 
     Raises:
-        ValueError: `path` does not end in `.keras`, or the weights are not
-            finite.
+        ValueError: an unknown format, one this backend cannot export (the
+            message names the backend that can), or `quantize` on a format
+            other than LiteRT.
     """
-    if not str(path).endswith(".keras"):
+    if export_format not in FORMATS:
         raise ValueError(
-            f"Model files end in '.keras'. Received: path={str(path)!r}"
+            f"Unknown export format {export_format!r}. Choose one of "
+            f"{list(FORMATS)}. Received: format={export_format!r}"
         )
-    bad = non_finite_weights(model)
-    if bad:
-        raise ValueError(
-            f"Refusing to save '{path}': {len(bad)} weight(s) hold NaN or Inf "
-            f"values (e.g. {bad[:3]}); any previous file there is kept. "
-            "Lower the learning rate or check the data for NaN/Inf. "
-            "Received: a model with non-finite weights"
-        )
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        _make_portable(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _portable_optimizer(config):
-    """`config` with a backend-only optimizer class made portable, or None.
-
-    Returns `None` when nothing needs changing.
-    """
-    optimizer = (config.get("compile_config") or {}).get("optimizer")
-    if not isinstance(optimizer, dict):
-        return None
-    module = str(optimizer.get("module") or "")
-    if not module.startswith("keras.src.backend."):
-        return None
-    name = optimizer.get("class_name")
-    if not hasattr(keras.optimizers, str(name)):
-        return None
-    optimizer = dict(optimizer, module="keras.optimizers", registered_name=None)
-    compile_config = dict(config["compile_config"], optimizer=optimizer)
-    return dict(config, compile_config=compile_config)
-
-
-def _rewrite_config(path, config):
-    """Rewrites `config.json` of the archive at `path`, in place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(path) as source, zipfile.ZipFile(
-            tmp, "w", compression=zipfile.ZIP_DEFLATED
-        ) as target:
-            for info in source.infolist():
-                if info.filename == "config.json":
-                    target.writestr(info, json.dumps(config))
-                else:
-                    with source.open(info) as src, target.open(info, "w") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _make_portable(path):
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
-    portable = _portable_optimizer(config)
-    if portable is not None:
-        _rewrite_config(path, portable)
-
-
-def _unsafe_member(name):
-    parts = re.split(r"[\\/]", name)
-    return (
-        name.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:", name) is not None
-        or ".." in parts
-        or "\x00" in name
-    )
-
-
-def _refusals(node, where="config"):
-    """Yields why each unsafe object of a Keras config is refused."""
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _refusals(item, f"{where}[{i}]")
-        return
-    if not isinstance(node, dict):
-        return
-    class_name = node.get("class_name")
-    module = node.get("module")
-    if class_name in _LAMBDA_CLASSES:
-        yield f"a {class_name} (Python code) at {where}"
-    elif isinstance(class_name, str) and isinstance(module, str):
-        package = module.split(".", 1)[0]
-        registered = node.get("registered_name")
-        known = registered and keras.saving.get_registered_object(registered)
-        if package not in _ALLOWED_PACKAGES and not known:
-            kind = "function" if class_name == "function" else "class"
-            name = node.get("config") if class_name == "function" else class_name
-            yield f"the {kind} '{module}.{name}' at {where}"
-    for key, value in node.items():
-        if isinstance(value, (dict, list)):
-            yield from _refusals(value, f"{where}.{key}")
-
-
-def inspect_model_file(path):
-    """Checks a `.keras` archive before Keras reads it, and returns its config.
-
-    Refuses members named outside the archive (`..`, absolute paths), a
-    `Lambda` layer or serialized lambda, and a function or class from any
-    module but `keras`, `keras_hub` and `transfer` unless it is a registered
-    custom object (`keras.saving.register_keras_serializable`).
-
-    Args:
-        path: a `.keras` file.
-
-    Returns:
-        The parsed `config.json`.
-
-    Raises:
-        ValueError: the file is not a zip archive ("corrupt model file"), has
-            no readable `config.json`, or holds any of the above.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            bad = [n for n in names if _unsafe_member(n)]
-            if bad:
-                raise ValueError(
-                    f"Refusing to load '{path}': archive member(s) {bad[:5]} "
-                    "would be written outside the archive. The file was not "
-                    "made by Keras; do not use it. Received: member names "
-                    f"{bad[:5]}"
-                )
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError,
-            json.JSONDecodeError, OSError) as e:
-        raise ValueError(
-            f"Corrupt model file '{path}': not a readable .keras archive "
-            f"({type(e).__name__}: {e}). Restore it from a checkpoint or save "
-            "the model again."
-        ) from e
-    refused = list(_refusals(config))
-    if refused:
-        raise ValueError(
-            f"Refusing to load '{path}': its config names code that would "
-            f"run on load: {'; '.join(refused[:5])}. transfer loads models in "
-            "Keras's safe mode only. Rebuild the model from built-in layers, "
-            "or register the custom object with "
-            "`keras.saving.register_keras_serializable` and load it with "
-            "keras.saving.load_model yourself if you trust the file. "
-            f"Received: {len(refused)} unsafe object(s)"
-        )
-    return config
-
-
-def _sidecar_metadata(path):
-    """`transfer_metadata` from the manifest beside `path`, or `None`."""
-    manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
-    if not os.path.exists(manifest_path):
-        return None
-    try:
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        logger.warning("Ignoring unreadable '%s': %s", manifest_path, e)
-        return None
-    if not isinstance(manifest, dict) or manifest.get("model") != (
-        os.path.basename(path)
+    if quantize is not None and (
+        export_format != "litert" or quantize not in QUANTIZATIONS
     ):
-        return None
-    return {k: manifest[k] for k in _METADATA_KEYS if manifest.get(k) is not None}
+        raise ValueError(
+            f"`quantize` supports {list(QUANTIZATIONS)} with format 'litert' "
+            f"only. Received: format={export_format!r}, quantize={quantize!r}"
+        )
+    _backend.check_export_format(export_format)
 
 
-def load_model(path, *, compile=False):
-    """Loads a `.keras` file in Keras's safe mode (no code can run).
+def sample_inputs(model, num_samples=4, seed=0):
+    """Seeded inputs for a parity check: `[0, 255]` pixels or short texts."""
+    rng = np.random.default_rng(seed)
+    if (getattr(model, "transfer_metadata", None) or {}).get("modality") == (
+        "text"
+    ):
+        words = ["model", "data", "light", "play", "food", "team", "code"]
+        return np.asarray(
+            [" ".join(rng.choice(words, 6)) for _ in range(num_samples)],
+            dtype=object,
+        )
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    return rng.uniform(0, 255, (num_samples, *shape)).astype("float32")
 
-    The archive is inspected first (`inspect_model_file`): unsafe member
-    names, `Lambda` layers and functions from arbitrary modules are refused
-    before Keras reads it. KerasHub is imported first when installed, so
-    that text classifiers (KerasHub tasks) deserialize. The model comes back
-    uncompiled by default: `fit_recipe` recompiles at every stage with a
-    fresh optimizer, and prediction needs no optimizer. Pass `compile=True`
-    to restore the saved compile state too; a backend-only optimizer class
-    (files saved on torch) is loaded as its `keras.optimizers` equivalent,
-    so the model trains on any backend.
 
-    When a `manifest.json` written by `fit_recipe` sits beside the file and
-    names it, its `class_names` (and backbone details) come back as
-    `model.transfer_metadata`; `fit_recipe` then refuses data whose classes
-    differ, unless the head is replaced (`transfer.replace_head`).
+def _run_keras(path, inputs):
+    return np.asarray(load_model(path).predict(inputs, verbose=0))
+
+
+def _run_saved_model(path, inputs):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    return np.asarray(loaded.serve(tf.constant(inputs)))
+
+
+def _run_onnx(path, inputs):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        path, providers=["CPUExecutionProvider"]
+    )
+    spec = session.get_inputs()[0]
+    if isinstance(spec.shape[0], int):
+        # A fixed batch dimension (the torch exporter fixes it to 1).
+        rows = [session.run(None, {spec.name: inputs[i : i + 1]})[0]
+                for i in range(len(inputs))]
+        return np.concatenate(rows)
+    return session.run(None, {spec.name: inputs})[0]
+
+
+def _litert_interpreter(path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=path)
+
+
+def _run_litert(path, inputs):
+    interpreter = _litert_interpreter(path)
+    spec = interpreter.get_input_details()[0]
+    output = interpreter.get_output_details()[0]
+    if spec["shape_signature"][0] == -1:
+        interpreter.resize_tensor_input(spec["index"], inputs.shape)
+        batches = [inputs]
+    else:
+        batches = [inputs[i : i + 1] for i in range(len(inputs))]
+    interpreter.allocate_tensors()
+    rows = []
+    for batch in batches:
+        interpreter.set_tensor(spec["index"], batch)
+        interpreter.invoke()
+        rows.append(np.array(interpreter.get_tensor(output["index"])))
+    return np.concatenate(rows)
+
+
+RUNNERS = {
+    "keras": _run_keras,
+    "saved_model": _run_saved_model,
+    "onnx": _run_onnx,
+    "litert": _run_litert,
+}
+
+
+def export_model(model, path, export_format, *, quantize=None, samples=None):
+    """Exports `model`, reruns the artifact and compares its outputs.
 
     Args:
-        path: a `.keras` file.
-        compile: restore the saved compile state. Defaults to `False`.
+        model: a `keras.Model` (called at least once, as every model from
+            `build_classifier` or `load_model` is).
+        path: the file (or, for `saved_model`, directory) to write.
+        export_format: `"keras"`, `"saved_model"`, `"onnx"` or `"litert"`.
+        quantize: `"dynamic"` for dynamic-range int8 weights (LiteRT only),
+            or `None` for float32. Defaults to `None`.
+        samples: inputs for the parity check. Defaults to `None`: 4 seeded
+            random images in `[0, 255]` (or short texts).
 
     Returns:
-        A `keras.Model`.
+        A dict: `format`, `path`, `backend`, `quantize`, `num_samples` and
+        `max_abs_diff` (artifact vs Keras model, over all outputs).
 
     Raises:
-        FileNotFoundError: no file at `path`.
-        ValueError: the file is not a valid `.keras` zip ("corrupt model
-            file"), or it needs unsafe deserialization.
+        ValueError: a format this backend cannot export (the message names
+            one that can), or a bad `quantize`.
 
     Example:
 
-    >>> model = transfer.load_model("runs/a/model.keras")
-    >>> model.transfer_metadata["class_names"]
-    ['cat', 'dog']
+    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> result = transfer.export.export_model(model, "m.onnx", "onnx")
+    >>> result["max_abs_diff"] < 1e-4
+    True
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No model file at '{path}'.")
-    if not zipfile.is_zipfile(path):
+    check_export_request(export_format, quantize)
+    metadata = getattr(model, "transfer_metadata", None) or {}
+    if metadata.get("modality") == "text" and export_format != "keras":
+        # Keras traces a KerasHub text classifier's serving function on its
+        # preprocessed inputs (a dict of token ids), not on strings: the
+        # artifact would not take the texts this check (and users) pass.
         raise ValueError(
-            f"Corrupt model file '{path}': not a .keras (zip) archive. "
-            "Restore it from a checkpoint or save the model again."
+            "Text classifiers export to 'keras' only: the SavedModel, ONNX "
+            "and LiteRT signatures Keras writes for them take token ids, not "
+            "strings. Use --format keras (load it with transfer.load_model). "
+            f"Received: format={export_format!r}"
         )
-    config = inspect_model_file(path)
-    try:
-        import keras_hub  # noqa: F401  (registers KerasHub classes)
-    except ImportError:
-        pass
-    portable = _portable_optimizer(config) if compile else None
-    with tempfile.TemporaryDirectory() as scratch:
-        source = path
-        if portable is not None:
-            source = os.path.join(scratch, "portable.keras")
-            shutil.copyfile(path, source)
-            _rewrite_config(source, portable)
-        try:
-            model = keras.saving.load_model(
-                source, compile=compile, safe_mode=True
-            )
-        except (OSError, zipfile.BadZipFile) as e:
-            raise ValueError(
-                f"Corrupt model file '{path}': {type(e).__name__}: {e}. "
-                "Restore it from a checkpoint or save the model again."
-            ) from e
-    metadata = _sidecar_metadata(path)
-    if metadata:
-        model.transfer_metadata = metadata
-    return model
+    path = os.fspath(path)
+    if samples is None:
+        samples = sample_inputs(model)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Also builds the call graph Keras's exporters trace: a freshly loaded
+    # model has "never been called" otherwise.
+    expected = np.asarray(model.predict(samples, verbose=0), dtype="float32")
+    if export_format == "keras":
+        save_model(model, path)
+    else:
+        keras_format = {"saved_model": "tf_saved_model"}.get(
+            export_format, export_format
+        )
+        kwargs = {}
+        if quantize == "dynamic":
+            import tensorflow as tf
 
-
-def write_json(path, data):
-    """Writes JSON atomically (temporary file, fsync, `os.replace`)."""
-    atomic_write(
-        path,
-        lambda f: json.dump(data, f, indent=2, sort_keys=False, default=str),
-        mode="w",
-    )
-    return path
+            kwargs["optimizations"] = [tf.lite.Optimize.DEFAULT]
+        model.export(path, format=keras_format, verbose=False, **kwargs)
+    actual = np.asarray(RUNNERS[export_format](path, samples), dtype="float32")
+    if actual.shape != expected.shape:
+        raise RuntimeError(
+            f"The exported {export_format} artifact at '{path}' returned "
+            f"shape {actual.shape}, the Keras model {expected.shape}."
+        )
+    return {
+        "format": export_format,
+        "path": path,
+        "backend": _backend.backend(),
+        "quantize": quantize,
+        "num_samples": int(len(samples)),
+        "max_abs_diff": float(np.max(np.abs(actual - expected))),
+    }

@@ -13,9 +13,10 @@ directory, so `evaluate`, `report` and `export` know how the run was made.
 import json
 import os
 
-from transfer.recipe import Recipe
-from transfer.recipe import two_stage_recipe
-from transfer.recipe_files import read_mapping
+from transfer.training.distribute import check_distribute
+from transfer.training.recipe import Recipe
+from transfer.training.recipe import two_stage_recipe
+from transfer.training.recipe_files import read_mapping
 
 CONFIG_FILE = "config.json"
 MODALITIES = ("auto", "image", "text")
@@ -156,7 +157,6 @@ def resolve_config(path=None, overrides=None, *, epochs=None,
             "head-only stages are kept there across runs) or null. "
             f"Received: feature_cache_dir={cache_dir!r}"
         )
-    from transfer.distribute import check_distribute
 
     config["distribute"] = check_distribute(config["distribute"])
     stages = config["stages"]

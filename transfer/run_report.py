@@ -8,38 +8,12 @@ mailed or opened anywhere without the run directory.
 
 import base64
 import html
-import json
 import os
 
-from transfer import plots
-from transfer import resume
-from transfer.report import top_losses
-from transfer.report import write_report
-
-
-def stage_histories(run_dir):
-    """`(histories, stage_names)` of a finished run, from its stage states.
-
-    Returns `([], [])` when the run has no manifest or no stage state.
-    """
-    path = os.path.join(run_dir, "manifest.json")
-    if not os.path.exists(path):
-        return [], []
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    histories, names = [], []
-    for index, stage in enumerate((manifest.get("recipe") or {}).get("stages", [])):
-        directory = os.path.join(
-            run_dir, "checkpoints", resume._stage_dirname(index, stage["name"])
-        )
-        state = resume.StageState(directory, None, index, stage["name"])
-        saved = resume._read_json(state.path)
-        if not saved:
-            continue
-        state.state = saved
-        histories.append(state.history())
-        names.append(stage["name"])
-    return histories, names
+from transfer.reporting import plots
+from transfer.reporting.report import top_losses
+from transfer.reporting.report import write_report
+from transfer.training import resume
 
 
 def _inline_png(path):
@@ -117,7 +91,7 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     0.93
     """
     output_dir = output_dir or os.path.join(run_dir, "report")
-    histories, stage_names = stage_histories(run_dir)
+    histories, stage_names = resume.stage_histories(run_dir)
     metrics = write_report(
         output_dir, histories or None, stage_names=stage_names or None,
         model=model, data=data, class_names=class_names, split=split,

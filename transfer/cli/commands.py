@@ -107,7 +107,7 @@ def predict(args):
 
 
 def export(args):
-    from transfer import deploy
+    from transfer import export as deploy
     from transfer import workflow
 
     # Format, backend and quantization are checked before the model loads.
@@ -128,7 +128,7 @@ def export(args):
 
 
 def backbones(args):
-    from transfer.backbones import table
+    from transfer.cli import backbone_table as table
 
     rows = table.backbone_table(count_params=args.params)
     if args.format == "json":
@@ -147,7 +147,7 @@ def backbones(args):
 
 
 def weights_fetch(args):
-    from transfer.backbones import table
+    from transfer.cli import backbone_table as table
 
     row = table.fetch(args.name)
     _out(row)
@@ -160,7 +160,7 @@ def weights_fetch(args):
 
 
 def weights_verify(args):
-    from transfer.backbones import table
+    from transfer.cli import backbone_table as table
 
     rows = table.verify_weights(args.name)
     _out(rows)

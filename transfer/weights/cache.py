@@ -1,8 +1,8 @@
-"""Where converted weights live, and how files are written and checked."""
+"""Where converted weights live, and how their hashes are checked."""
 
-import hashlib
 import os
-import tempfile
+
+from transfer._io import sha256_file
 
 
 def cache_dir(*parts):
@@ -22,15 +22,6 @@ def cache_dir(*parts):
     return path
 
 
-def sha256_file(path, chunk_size=1 << 20):
-    """Returns the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_sha256(path, expected, what):
     """Raises `ValueError` unless `path` hashes to `expected`."""
     actual = sha256_file(path)
@@ -42,26 +33,3 @@ def verify_sha256(path, expected, what):
             f"Received: sha256={actual}"
         )
     return actual
-
-
-def atomic_write(path, write_fn, mode="wb"):
-    """Writes `path` through a temporary file, fsync and `os.replace`.
-
-    A crash or a full disk leaves the previous file untouched.
-    `write_fn(f)` receives the open temporary file.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -5,7 +5,7 @@ import os
 import socket
 import urllib.error
 
-from transfer.weights import cache
+from transfer import _io
 
 # keras.utils.get_file has no timeout of its own: without one a blocked
 # network can stall a run for minutes before the first epoch.
@@ -76,5 +76,5 @@ def describe_file(path, weights, source):
         "weights": weights,
         "source": source,
         "path": os.path.abspath(path),
-        "sha256": cache.sha256_file(path),
+        "sha256": _io.sha256_file(path),
     }

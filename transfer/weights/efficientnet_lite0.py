@@ -14,6 +14,7 @@ import json
 import logging
 import os
 
+from transfer import _io
 from transfer.weights import cache
 from transfer.weights.pth import load_legacy_pth
 
@@ -133,7 +134,7 @@ def prepare_efficientnet_lite0(source=None, force=False):
         if (
             record.get("source_sha256") == SOURCE_SHA256
             and os.path.exists(weights_path)
-            and cache.sha256_file(weights_path) == record.get("sha256")
+            and _io.sha256_file(weights_path) == record.get("sha256")
         ):
             return record
         logger.warning("Cached EfficientNet-Lite0 preset is stale; rebuilding.")
@@ -159,8 +160,8 @@ def prepare_efficientnet_lite0(source=None, force=False):
         tensors[_timm_key(key)] = state[key]
         progress.update(index)
     blob = save_safetensors(tensors, metadata={"format": "pt"})
-    cache.atomic_write(weights_path, lambda f: f.write(blob))
-    cache.atomic_write(
+    _io.atomic_write(weights_path, lambda f: f.write(blob))
+    _io.atomic_write(
         os.path.join(directory, "config.json"),
         lambda f: json.dump(_CONFIG, f, indent=2),
         mode="w",
@@ -170,10 +171,10 @@ def prepare_efficientnet_lite0(source=None, force=False):
         "source": os.path.abspath(source),
         "source_package": PACKAGE,
         "source_sha256": SOURCE_SHA256,
-        "sha256": cache.sha256_file(weights_path),
+        "sha256": _io.sha256_file(weights_path),
         "batch_norm_epsilon": BATCH_NORM_EPSILON,
     }
-    cache.atomic_write(
+    _io.atomic_write(
         record_path, lambda f: json.dump(record, f, indent=2), mode="w"
     )
     return record

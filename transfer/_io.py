@@ -1,0 +1,106 @@
+"""Files written so that a crash, a full disk or a reader never sees half.
+
+Every file `transfer` writes into a run directory, a cache or an export goes
+through `atomic_write`: a temporary file in the same directory, fsync, then
+`os.replace`. The file gets the permissions a plain `open()` would give it
+(0644 under the usual umask 022), as Keras's own `model.save` does, so a
+colleague can read a shared run.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+logger = logging.getLogger(__name__)
+
+
+def _umask():
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Writes `path` through a temporary file, fsync and `os.replace`.
+
+    A crash or a full disk leaves the previous file untouched.
+    `write_fn(f)` receives the open temporary file.
+
+    Example:
+
+    >>> path = atomic_write("note.txt", lambda f: f.write("hello"), mode="w")
+    >>> open(path).read()
+    'hello'
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
+    try:
+        # mkstemp creates 0600; give the file what open() would give it.
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_json(path, data):
+    """Writes JSON atomically (temporary file, fsync, `os.replace`).
+
+    Example:
+
+    >>> path = write_json("data.json", {"epochs": 3})
+    >>> read_json(path)
+    {'epochs': 3}
+    """
+    return atomic_write(
+        path,
+        lambda f: json.dump(data, f, indent=2, sort_keys=False, default=str),
+        mode="w",
+    )
+
+
+def read_json(path):
+    """The JSON object at `path`, or `None` when absent or unreadable.
+
+    Example:
+
+    >>> read_json("no-such-file.json") is None
+    True
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        logger.warning("Ignoring unreadable '%s': %s", path, e)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def sha256_file(path, chunk_size=1 << 20):
+    """Returns the hex sha256 of a file, read in chunks.
+
+    Example:
+
+    >>> path = atomic_write("empty.bin", lambda f: None)
+    >>> sha256_file(path)[:16]
+    'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,323 @@
+"""Data every backend's `fit` accepts: folders, arrays, built-in sets.
+
+Images are RGB pixels in `[0, 255]` (the classifier preprocesses inside the
+model). Array pipelines are `tf.data` datasets, which Keras 3 feeds to the
+TensorFlow, JAX and torch backends alike.
+"""
+
+import collections
+import gzip
+import logging
+import os
+import shutil
+
+import keras
+import numpy as np
+
+from transfer.data import preflight
+from transfer.data.preflight import IMAGE_EXTENSIONS
+
+logger = logging.getLogger(__name__)
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+_FASHION_MNIST_FILES = (
+    "train-labels-idx1-ubyte.gz",
+    "train-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+)
+
+ArrayDataset = collections.namedtuple(
+    "ArrayDataset", ["name", "x_train", "y_train", "x_test", "y_test", "class_names"]
+)
+
+
+def _class_folders(directory):
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Image folder '{directory}' does not exist. Pass a directory "
+            "with one subfolder of images per class. "
+            f"Received: directory={directory!r}"
+        )
+    folders = sorted(
+        d for d in os.listdir(directory)
+        if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")
+    )
+    counts = {}
+    for folder in folders:
+        count = 0
+        for _, _, files in os.walk(os.path.join(directory, folder)):
+            count += sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
+        counts[folder] = count
+    return counts
+
+
+def load_image_folder(
+    directory,
+    *,
+    image_size,
+    batch_size=32,
+    validation_split=0.2,
+    seed=1337,
+    skip_bad_files=False,
+    verbose=1,
+):
+    """Reads a folder with one subfolder of images per class.
+
+    Uses `keras.utils.image_dataset_from_directory` with a seeded split, after
+    checking the layout and decoding every image once
+    (`transfer.data.preflight.check_images`, cached), so that a wrong path or a
+    bad file fails before any training. Grayscale, RGBA, CMYK and 16-bit
+    images become RGB; bad files are an error listing them, or are left out
+    with `skip_bad_files=True`. The returned datasets carry `class_names`
+    and `transfer_preflight` (the `PreflightReport`, which `fit_recipe`
+    writes into the manifest).
+
+    Args:
+        directory: the root folder; class names are its subfolder names.
+        image_size: square size images are resized to.
+        batch_size: batch size. Defaults to `32`.
+        validation_split: fraction held out for validation, or `0` for none.
+            Defaults to `0.2`.
+        seed: seed of the split and shuffling. Defaults to `1337`.
+        skip_bad_files: leave out empty, truncated and non-image files
+            instead of raising. Defaults to `False`.
+        verbose: `1` shows the preflight progress bar. Defaults to `1`.
+
+    Returns:
+        `(train_ds, val_ds, class_names)`; `val_ds` is `None` without split.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: no images, fewer than two classes, an empty class, or
+            bad image files (unless `skip_bad_files`).
+
+    Example:
+
+    >>> train, val, names = transfer.load_image_folder(
+    ...     "flowers/", image_size=224, skip_bad_files=True)
+    >>> train.transfer_preflight.to_dict()["skipped"]
+    2
+    """
+    counts = _class_folders(directory)
+    total = sum(counts.values())
+    if total == 0:
+        raise ValueError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under class "
+            f"subfolders of '{directory}'. Expected <directory>/<class>/<image>. "
+            f"Received: directory={directory!r}"
+        )
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(
+            f"Class folder(s) {empty} in '{directory}' hold no images; Keras "
+            "would create classes that never occur. Add images or remove them."
+        )
+    if len(counts) < 2:
+        raise ValueError(
+            f"'{directory}' has {len(counts)} class folder(s) "
+            f"({sorted(counts)}); classification needs at least two."
+        )
+    report = preflight.check_images(
+        directory, skip_bad_files=skip_bad_files, verbose=verbose
+    )
+    source = preflight.usable_directory(report, list(counts))
+    kwargs = dict(
+        labels="inferred",
+        label_mode="int",
+        image_size=(image_size, image_size),
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=True,
+    )
+    if validation_split:
+        train, val = keras.utils.image_dataset_from_directory(
+            source, validation_split=validation_split, subset="both", **kwargs
+        )
+    else:
+        train = keras.utils.image_dataset_from_directory(source, **kwargs)
+        val = None
+    class_names = list(train.class_names)
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    train = train.prefetch(autotune)
+    val = val.prefetch(autotune) if val is not None else None
+    for dataset in (train, val):
+        if dataset is not None:
+            dataset.class_names = class_names
+            dataset.transfer_preflight = report
+    return train, val, class_names
+
+
+def _fashion_mnist_into_keras_cache():
+    """Copies Debian's `dataset-fashion-mnist` files into the Keras cache."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    target = os.path.join(home, "datasets", "fashion-mnist")
+    if all(os.path.exists(os.path.join(target, f)) for f in _FASHION_MNIST_FILES):
+        return True
+    if not all(
+        os.path.exists(os.path.join(FASHION_MNIST_DEBIAN_DIR, f))
+        for f in _FASHION_MNIST_FILES
+    ):
+        return False
+    os.makedirs(target, exist_ok=True)
+    for name in _FASHION_MNIST_FILES:
+        source = os.path.join(FASHION_MNIST_DEBIAN_DIR, name)
+        with gzip.open(source) as f:  # check it is readable before copying
+            f.read(16)
+        shutil.copyfile(source, os.path.join(target, name))
+    return True
+
+
+def fashion_mnist_available():
+    """Whether Fashion-MNIST loads without a download."""
+    return _fashion_mnist_into_keras_cache()
+
+
+def _subsample(x, y, labels_per_class, seed):
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(y):
+        index = np.flatnonzero(y == label)
+        if len(index) < labels_per_class:
+            raise ValueError(
+                f"Class {label} has only {len(index)} training examples. "
+                f"Received: labels_per_class={labels_per_class}"
+            )
+        keep.append(rng.choice(index, labels_per_class, replace=False))
+    keep = rng.permutation(np.concatenate(keep))
+    return x[keep], y[keep]
+
+
+def load_dataset(name, *, labels_per_class=None, seed=0):
+    """Loads a built-in data set as arrays: `"fashion_mnist"` or `"digits"`.
+
+    `fashion_mnist` uses `keras.datasets.fashion_mnist`, fed from Debian's
+    `dataset-fashion-mnist` package when it is installed (no download).
+    `digits` is scikit-learn's 8x8 digits, split 75/25 with `seed`.
+
+    Args:
+        name: `"fashion_mnist"` or `"digits"`.
+        labels_per_class: keep this many training examples per class (a
+            seeded, class-balanced sample), or `None` for all.
+            Defaults to `None`.
+        seed: seed of the sample and split. Defaults to `0`.
+
+    Returns:
+        An `ArrayDataset(name, x_train, y_train, x_test, y_test,
+        class_names)` with `uint8` images of shape `(n, h, w)`.
+    """
+    if name == "fashion_mnist":
+        _fashion_mnist_into_keras_cache()
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+        class_names = list(FASHION_MNIST_CLASSES)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = np.round(digits.images * (255.0 / 16.0)).astype("uint8")
+        x_train, x_test, y_train, y_test = train_test_split(
+            images, digits.target, test_size=0.25, random_state=seed,
+            stratify=digits.target,
+        )
+        class_names = [str(i) for i in range(10)]
+    else:
+        raise ValueError(
+            "Unknown built-in data set. Choose 'fashion_mnist' or 'digits', or "
+            f"pass an image folder. Received: name={name!r}"
+        )
+    if labels_per_class:
+        x_train, y_train = _subsample(x_train, y_train, labels_per_class, seed)
+    return ArrayDataset(
+        name, x_train, y_train.astype("int32"), x_test, y_test.astype("int32"),
+        class_names,
+    )
+
+
+def default_augmentation(seed=None):
+    """Light, label-preserving augmentation from `keras.layers`."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed),
+        ],
+        name="augmentation",
+    )
+
+
+def make_dataset(
+    x, y=None, *, image_size, batch_size=32, shuffle=False, augment=None, seed=None
+):
+    """A batched `tf.data.Dataset` of RGB `image_size` images in `[0, 255]`.
+
+    Grayscale `(n, h, w)` or `(n, h, w, 1)` arrays become RGB; images are
+    resized on the fly (memory stays at the size of the source arrays).
+    `augment`, a Keras layer or `None`, runs on training batches only.
+
+    Args:
+        x: image array, `(n, h, w)`, `(n, h, w, 1)` or `(n, h, w, 3)`.
+        y: integer labels, or `None` for prediction. Defaults to `None`.
+        image_size: square output size.
+        batch_size: batch size. Defaults to `32`.
+        shuffle: shuffle every epoch. Defaults to `False`.
+        augment: augmentation layer applied after resizing. Defaults to `None`.
+        seed: shuffle seed. Defaults to `None`.
+    """
+    import tensorflow as tf
+
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            "Images must be shaped (n, h, w), (n, h, w, 1) or (n, h, w, 3). "
+            f"Received: shape={x.shape}"
+        )
+    items = (x,) if y is None else (x, np.asarray(y))
+    ds = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    # Keras preprocessing layers run on TF inside tf.data on every backend;
+    # a Sequential wrapper would not, so apply its layers one by one.
+    if isinstance(augment, keras.Sequential):
+        augment_layers = list(augment.layers)
+    elif augment is None:
+        augment_layers = []
+    else:
+        augment_layers = list(augment) if isinstance(augment, (list, tuple)) else [augment]
+
+    def prepare(images, *labels):
+        images = tf.cast(images, "float32")
+        if images.shape[-1] == 1:
+            images = tf.image.grayscale_to_rgb(images)
+        if images.shape[1] != image_size or images.shape[2] != image_size:
+            images = tf.image.resize(images, (image_size, image_size))
+        for layer in augment_layers:
+            images = layer(images, training=True)
+        return (images, *labels) if labels else images
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def synthetic_images(num_samples=16, image_size=32, num_classes=2, seed=0):
+    """Seeded images whose class is learnable (a bright patch per class).
+
+    Returns:
+        `(x, y)`: `float32` images `(n, size, size, 3)` in `[0, 255]` and
+        `int32` labels `(n,)`.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.arange(num_samples) % num_classes
+    rng.shuffle(y)
+    x = rng.uniform(0, 64, size=(num_samples, image_size, image_size, 3))
+    band = max(1, image_size // num_classes)
+    for i, label in enumerate(y):
+        x[i, label * band : (label + 1) * band, :, label % 3] += 160
+    return x.astype("float32"), y.astype("int32")

@@ -1,0 +1,133 @@
+"""Text classifiers on BERT-family KerasHub backbones.
+
+`build_text_classifier` returns a KerasHub `TextClassifier`: a
+`keras.Model` whose preprocessor (tokenizer included) travels with the saved
+`.keras` file, so `model.predict(["some text"])` works after reloading. The
+backbone is named after its registry key and split into blocks (embeddings,
+then each transformer layer), so `set_trainable_blocks`, `Stage` and
+`fit_recipe` work on it exactly as on image classifiers.
+"""
+
+import logging
+
+from transfer.backbones import text as text_backbones  # noqa: F401
+from transfer.backbones.resolve import get_backbone_spec
+from transfer.models.classifier import check_num_classes
+
+logger = logging.getLogger(__name__)
+
+
+def _max_positions(backbone):
+    return getattr(backbone, "max_sequence_length", None)
+
+
+def build_text_backbone(backbone="minilm_l6", *, weights="pretrained"):
+    """Builds a text backbone: `(backbone_model, preset, spec, weights_info)`."""
+    spec = get_backbone_spec(backbone, modality="text")
+    if weights not in (None, "pretrained"):
+        raise ValueError(
+            "Text backbones take weights='pretrained' or None (random init). "
+            f"Received: weights={weights!r}"
+        )
+    model, preset, info = spec.builder(weights)
+    return model, preset, spec, info
+
+
+def build_text_classifier(
+    backbone="minilm_l6",
+    num_classes=2,
+    *,
+    weights="pretrained",
+    sequence_length=128,
+    dropout=0.1,
+    lora_rank=None,
+):
+    """A text classifier: tokenizer, BERT-family encoder and a new head.
+
+    The encoder starts frozen (stage 1 trains the head);
+    `transfer.set_trainable_blocks(model, N)` unfreezes its top `N`
+    transformer layers. With `lora_rank`, LoRA adapters are added to the
+    attention query/value projections, and the encoder's own weights stay
+    frozen in every stage: `trainable_blocks` then chooses which blocks'
+    adapters train.
+
+    Args:
+        backbone: `"minilm_l6"` (offline), `"hub:<preset>"` for a KerasHub
+            preset, or a local KerasHub / Hugging Face preset directory.
+            Defaults to `"minilm_l6"`.
+        num_classes: number of classes, at least 2. Defaults to `2`.
+        weights: `"pretrained"` or `None` for random init.
+            Defaults to `"pretrained"`.
+        sequence_length: tokens per text (longer texts are truncated), at
+            most the backbone's maximum positions. Defaults to `128`.
+        dropout: dropout before the classification layer. Defaults to `0.1`.
+        lora_rank: rank of LoRA adapters, or `None` for none.
+            Defaults to `None`.
+
+    Returns:
+        A `keras_hub.models.TextClassifier` (a `keras.Model`) that takes raw
+        strings and outputs logits; `model.transfer_metadata` records the
+        backbone, weights source and sha256.
+
+    Example:
+
+    >>> model = transfer.build_text_classifier("minilm_l6", 2)
+    >>> model.predict(["a short text"]).shape
+    (1, 2)
+    """
+    import keras_hub
+
+    check_num_classes(num_classes)
+    if lora_rank is not None and (
+        isinstance(lora_rank, bool) or not isinstance(lora_rank, int)
+        or lora_rank < 1
+    ):
+        raise ValueError(
+            f"`lora_rank` must be a positive integer or None. "
+            f"Received: lora_rank={lora_rank!r}"
+        )
+    encoder, preset, spec, info = build_text_backbone(backbone, weights=weights)
+    limit = _max_positions(encoder)
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or sequence_length < 8
+        or (limit is not None and sequence_length > limit)
+    ):
+        raise ValueError(
+            f"Backbone '{spec.name}' takes sequences of 8 to {limit} tokens "
+            "(its maximum positions). Pass a smaller sequence_length. "
+            f"Received: sequence_length={sequence_length!r}"
+        )
+    preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+        preset, sequence_length=sequence_length
+    )
+    model = keras_hub.models.TextClassifier.from_preset(
+        preset,
+        num_classes=num_classes,
+        backbone=encoder,
+        preprocessor=preprocessor,
+        dropout=dropout,
+    )
+    encoder.trainable = False
+    if lora_rank is not None:
+        encoder.enable_lora(lora_rank)
+    model.transfer_metadata = {
+        "backbone": spec.name,
+        "backbone_source": spec.source,
+        "modality": "text",
+        "sequence_length": sequence_length,
+        "num_classes": num_classes,
+        "lora_rank": lora_rank,
+        "weights": info,
+    }
+    logger.info("Built %s on %s (%s weights)", model.name, spec.name, info.get("weights"))
+    return model
+
+
+def texts_dataset(texts, labels=None, batch_size=32):
+    """Strings (and labels) as a batched `tf.data.Dataset` for a text model."""
+    import tensorflow as tf
+
+    items = list(texts) if labels is None else (list(texts), labels)
+    return tf.data.Dataset.from_tensor_slices(items).batch(batch_size)

@@ -1,0 +1,316 @@
+"""Self-supervised image pretraining: SimCLR on unlabelled images.
+
+`pretrain_images` trains any registered image backbone (from random init,
+or continuing from its pretrained weights) with `transfer.pretraining.contrastive`'s SimCLR
+objective, as one `fit_recipe` stage: TensorBoard logs, progress bars,
+per-epoch backups and resume come from there. A k-NN probe on a small
+labelled holdout (`transfer.pretraining.probes.RepresentationProbe`) logs how good the
+features are after every epoch. The trained backbone is saved as `run_dir/backbone.keras`;
+pass that path to `build_classifier` to fine-tune it.
+"""
+
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+
+from transfer.backbones.resolve import get_backbone_spec
+from transfer.data.images import load_dataset
+from transfer.models.classifier import build_backbone
+from transfer.pretraining.contrastive import ContrastivePretrainer
+from transfer.pretraining.probes import RepresentationProbe
+from transfer.saving import save_model
+from transfer.training.fit import fit_recipe
+from transfer.training.recipe import Stage
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_FILE = "backbone.keras"
+
+
+def default_augmentation(image_size, seed=None):
+    """SimCLR-style views for small images, all from `keras.layers`.
+
+    Random crops (zoom in by up to 40% and shift by up to 15%), horizontal
+    flips, and contrast and brightness jitter; each layer keeps the batch
+    shape, so it runs inside the model on every backend.
+
+    Args:
+        image_size: the square image size (kept by every layer).
+        seed: seed of the layers' random draws. Defaults to `None`.
+
+    Returns:
+        A list of `keras.layers.Layer`.
+    """
+    del image_size  # Every layer keeps the input size; kept for symmetry.
+    return [
+        keras.layers.RandomZoom((-0.4, 0.0), fill_mode="reflect", seed=seed),
+        keras.layers.RandomTranslation(0.15, 0.15, fill_mode="reflect",
+                                       seed=seed),
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomContrast(0.4, seed=seed),
+        keras.layers.RandomBrightness(0.3, value_range=(0, 255), seed=seed),
+    ]
+
+
+def check_augmentation(augmentation, image_size):
+    """Runs every augmentation layer once and checks it keeps the shape.
+
+    Returns:
+        The layers as a list (a `keras.Sequential` is unpacked).
+
+    Raises:
+        TypeError: an item is not a `keras.layers.Layer`.
+        ValueError: a layer changes the shape of a batch of images.
+    """
+    if isinstance(augmentation, keras.Sequential):
+        augmentation = list(augmentation.layers)
+    elif isinstance(augmentation, keras.layers.Layer):
+        augmentation = [augmentation]
+    layers = list(augmentation)
+    expected = (2, image_size, image_size, 3)
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).uniform(0, 255, expected).astype("float32")
+    )
+    for layer in layers:
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                "`augmentation` must be a list of keras.layers.Layer. "
+                f"Received: an item of type {type(layer).__name__}"
+            )
+        shape = tuple(keras.ops.shape(layer(x, training=True)))
+        if shape != expected:
+            raise ValueError(
+                f"Augmentation layer '{layer.name}' turns images of shape "
+                f"{expected} into {shape}: both views must keep the batch "
+                "shape. Resize or crop back to the image size (for example "
+                f"keras.layers.RandomCrop({image_size}, {image_size}) after "
+                "a larger Resizing), or drop the layer. "
+                f"Received: {layer.__class__.__name__}"
+            )
+    return layers
+
+
+def image_array(images, image_size=None, *, min_image_size=1):
+    """Unlabelled images as an `(n, size, size, 3)` array in `[0, 255]`.
+
+    Args:
+        images: an array `(n, h, w)`, `(n, h, w, 1)` or `(n, h, w, 3)`; an
+            `(x, y)` tuple (labels are dropped); the name of a built-in data
+            set (`"fashion_mnist"`, `"digits"`: its training images); or an
+            image folder (every image below it, labels ignored).
+        image_size: square output size; `None` keeps the arrays' size.
+            Defaults to `None`.
+        min_image_size: smallest size accepted. Defaults to `1`.
+
+    Raises:
+        ValueError: an unknown source, a bad shape, or images smaller than
+            `min_image_size`.
+    """
+    if isinstance(images, tuple) and len(images) == 2:
+        images = images[0]
+    if isinstance(images, str) and os.path.isdir(images):
+        if image_size is None:
+            raise ValueError(
+                f"Pass image_size to read the folder '{images}'. "
+                "Received: image_size=None"
+            )
+        ds = keras.utils.image_dataset_from_directory(
+            images, labels=None, image_size=(image_size, image_size),
+            batch_size=256, shuffle=False, verbose=False,
+        )
+        images = np.concatenate([np.asarray(b) for b in ds.as_numpy_iterator()])
+    elif isinstance(images, str):
+        images = load_dataset(images).x_train
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) == 0:
+        raise ValueError(
+            "Unlabelled images must be a non-empty array shaped (n, h, w), "
+            "(n, h, w, 1) or (n, h, w, 3). "
+            f"Received: shape={getattr(x, 'shape', None)}"
+        )
+    size = image_size if image_size is not None else x.shape[1]
+    if image_size is None and x.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"The images are {x.shape[1]}x{x.shape[2]}: pass a square "
+            f"image_size to resize them. Received: image_size=None"
+        )
+    if size < min_image_size:
+        raise ValueError(
+            f"The images would be {size}x{size} pixels, but the backbone "
+            f"needs at least {min_image_size}. Pass "
+            f"image_size={min_image_size} (or more) to upsample them. "
+            f"Received: image_size={image_size!r}"
+        )
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if x.shape[1:3] == (size, size):
+        return x
+    dtype = x.dtype
+    chunks = []
+    for start in range(0, len(x), 4096):  # bounded memory
+        chunk = keras.ops.image.resize(
+            x[start : start + 4096].astype("float32"), (size, size)
+        )
+        chunks.append(keras.ops.convert_to_numpy(chunk))
+    out = np.concatenate(chunks)
+    if dtype == np.uint8:
+        out = np.clip(np.round(out), 0, 255).astype("uint8")
+    return out
+
+
+def _check_not_finished(run_dir):
+    """Refuses a finished run, naming its backbone file (which is restored
+    from `model.keras` if a kill came between the two saves)."""
+    path = os.path.join(run_dir, BACKBONE_FILE)
+    if not os.path.exists(os.path.join(run_dir, "manifest.json")):
+        return
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.exists(path) and os.path.exists(model_path):
+        save_model(keras.saving.load_model(model_path).backbone, path)
+    raise ValueError(
+        f"'{run_dir}' holds a finished pretraining run; its backbone is "
+        f"'{path}': pass that path to transfer.build_classifier. Pass a new "
+        f"run_dir to pretrain again. Received: run_dir={run_dir!r}"
+    )
+
+
+def pretrain_images(
+    images,
+    *,
+    run_dir,
+    backbone="small_cnn",
+    weights=None,
+    image_size=None,
+    epochs=10,
+    batch_size=256,
+    learning_rate=1e-3,
+    holdout=None,
+    augmentation=None,
+):
+    """Pretrains an image backbone with SimCLR on unlabelled images.
+
+    One `fit_recipe` stage named `simclr` (all blocks and BatchNorm train,
+    cosine-decayed Adam) into `run_dir`: TensorBoard shows the NT-Xent
+    `loss`, the pretext `accuracy` and, with a `holdout`, the k-NN probe
+    accuracy (`probe/epoch_knn_accuracy`). A killed run resumes from its
+    last finished epoch when the same call is repeated. The backbone is
+    saved as `run_dir/backbone.keras`, which `build_classifier` takes as a
+    backbone like a registered name. Inputs are checked before training.
+
+    Args:
+        images: unlabelled images: an array (`(n, h, w)`, `(n, h, w, 1)` or
+            `(n, h, w, 3)`, pixels in `[0, 255]`), an `(x, y)` tuple whose
+            labels are dropped, a built-in data set name, or a folder.
+        run_dir: run directory (logs, checkpoints, manifest, backbone).
+        backbone: any image backbone `build_classifier` accepts.
+            Defaults to `"small_cnn"`.
+        weights: `None` to start from random init, or the backbone's
+            pretrained weights (`"imagenet"`) for domain-adaptive
+            pretraining. Defaults to `None`.
+        image_size: square training size. Defaults to `None`: the images'
+            size (arrays) or the backbone's (folders).
+        epochs: pretraining epochs. Defaults to `10`.
+        batch_size: images per batch; SimCLR contrasts each view with the
+            `2 * batch_size - 2` others. Defaults to `256`.
+        learning_rate: peak Adam learning rate. Defaults to `1e-3`.
+        holdout: `(images, labels)` for the k-NN probe, or `None`.
+            Defaults to `None`.
+        augmentation: list of `keras.layers` making the views; each must
+            keep the image shape. Defaults to `None`: `default_augmentation`.
+
+    Returns:
+        A dict: `backbone` (the saved `.keras` path), `model` (the
+        `ContrastivePretrainer`), `probe` (`(epoch, k-NN accuracy)` pairs
+        of this call, or `[]`), `history` (the stage's `History`), `seconds`.
+
+    Raises:
+        ValueError: fewer images than `batch_size`, images smaller than the
+            backbone's minimum, an augmentation that changes the shape.
+
+    Example:
+
+    >>> x, y = transfer.synthetic_images(32, 32)
+    >>> result = transfer.pretrain_images(
+    ...     x, run_dir="runs/ssl", backbone="tiny_cnn", epochs=1, batch_size=16)
+    >>> model = transfer.build_classifier(result["backbone"], 2)
+    """
+    started = time.perf_counter()
+    _check_not_finished(run_dir)
+    spec = get_backbone_spec(backbone)
+    x = image_array(images, image_size, min_image_size=spec.min_image_size)
+    size = x.shape[1]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+            or batch_size < 2:
+        raise ValueError(
+            "`batch_size` must be an integer of at least 2 (SimCLR contrasts "
+            f"the images of a batch). Received: batch_size={batch_size!r}"
+        )
+    if len(x) < batch_size:
+        raise ValueError(
+            f"Only {len(x)} unlabelled images for batch_size={batch_size}: "
+            "SimCLR needs at least one full batch of images to contrast. "
+            "Add images or lower batch_size. "
+            f"Received: {len(x)} images, batch_size={batch_size}"
+        )
+    layers = check_augmentation(
+        default_augmentation(size) if augmentation is None else augmentation,
+        size,
+    )
+    probe_data = None
+    if holdout is not None:
+        if not (isinstance(holdout, tuple) and len(holdout) == 2):
+            raise ValueError(
+                "`holdout` is an (images, labels) tuple. "
+                f"Received: {type(holdout).__name__}"
+            )
+        probe_data = (image_array(holdout[0], size),
+                      np.asarray(holdout[1]).astype("int64"))
+        if len(probe_data[0]) != len(probe_data[1]):
+            raise ValueError(
+                f"holdout images and labels differ in length: "
+                f"{len(probe_data[0])} images, {len(probe_data[1])} labels."
+            )
+    # Drop the last partial batch: a batch of 1 has nothing to contrast.
+    x = x[: len(x) - len(x) % batch_size]
+    backbone_model, spec, info = build_backbone(
+        spec, weights=weights, image_size=size
+    )
+    model = ContrastivePretrainer(
+        backbone_model, layers, scale=spec.scale, offset=spec.offset,
+        name=f"{spec.name}_simclr",
+    )
+    model(x[:2])  # build every layer before fit_recipe counts the weights
+    model.transfer_metadata = {
+        "backbone": spec.name,
+        "backbone_source": spec.source,
+        "image_size": size,
+        "task": "simclr",
+        "weights": info,
+        "unlabelled_images": int(len(x)),
+    }
+    callbacks = []
+    if probe_data is not None:
+        probe = RepresentationProbe(probe_data, os.path.join(run_dir, "logs"))
+        callbacks.append(probe)
+    stage = Stage("simclr", epochs, learning_rate, trainable_blocks="all",
+                  train_batchnorm=True, schedule="cosine")
+    histories = fit_recipe(
+        model, [stage], x, run_dir=run_dir, batch_size=batch_size,
+        callbacks=callbacks,
+    )
+    path = os.path.join(run_dir, BACKBONE_FILE)
+    save_model(model.backbone, path)
+    logger.info("Saved the pretrained backbone to %s", path)
+    return {
+        "backbone": path,
+        "model": model,
+        "probe": probe.history if probe_data is not None else [],
+        "history": histories[0],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+

@@ -1,0 +1,1 @@
+"""Reports for people: metrics, confusion matrices, curves and image grids."""

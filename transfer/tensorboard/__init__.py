@@ -1,0 +1,1 @@
+"""TensorBoard: the dashboard callbacks and the event writers behind them."""

@@ -1,0 +1,119 @@
+"""Recipe and config files: JSON or YAML mappings.
+
+`read_mapping` is the one reader behind `transfer.load_recipe` and the
+`transfer train` config files (`transfer.run_config`).
+"""
+
+import json
+import os
+
+from transfer._io import atomic_write
+from transfer.training.recipe import Recipe
+
+SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _format(path, what):
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(
+            f"{what} files end in one of {SUFFIXES}. Received: {path}"
+        )
+    return "json" if suffix == ".json" else "yaml"
+
+
+def read_mapping(path, what="Recipe"):
+    """Reads a JSON or YAML file that must hold a mapping (empty: `{}`).
+
+    Args:
+        path: a `.json`, `.yaml` or `.yml` file.
+        what: what the file is, for the messages (`"Recipe"`, `"Config"`).
+
+    Raises:
+        ValueError: another suffix, a missing file, a parse error, or not a
+            mapping; the message names the file.
+    """
+    fmt = _format(path, what)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if fmt == "json":
+            config = json.loads(text)
+        else:
+            import yaml
+
+            config = yaml.safe_load(text)
+    except Exception as e:
+        raise ValueError(
+            f"Cannot parse {what.lower()} file {path}: {e}"
+        ) from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{what} file {path} must hold a mapping. "
+            f"Received: {type(config).__name__}"
+        )
+    return config
+
+
+def load_recipe(path):
+    """Reads a `Recipe` from a JSON or YAML file.
+
+    The file holds `Recipe.get_config()`: a mapping with a `stages` list,
+    each stage a mapping of `Stage` fields. Unknown keys are refused with
+    the allowed ones named.
+
+    Example file (`recipe.yaml`):
+
+    ```yaml
+    stages:
+      - {name: head, epochs: 3, learning_rate: 1.0e-3}
+      - {name: finetune, epochs: 15, learning_rate: 3.0e-4,
+         trainable_blocks: all, schedule: cosine}
+    ```
+
+    Args:
+        path: a `.json`, `.yaml` or `.yml` file.
+
+    Returns:
+        A `Recipe`.
+
+    Raises:
+        ValueError: the file is missing, unreadable, or not a valid recipe;
+            the message names the file.
+    """
+    config = read_mapping(path, "Recipe")
+    if "stages" not in config:
+        raise ValueError(
+            f"Recipe file {path} must hold a mapping with a `stages` list. "
+            f"Received: {config!r}"
+        )
+    if not isinstance(config["stages"], list) or not all(
+        isinstance(s, dict) for s in config["stages"]
+    ):
+        raise ValueError(
+            f"Recipe file {path}: `stages` must be a list of mappings. "
+            f"Received: {config['stages']!r}"
+        )
+    try:
+        return Recipe.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Recipe file {path}: {e}") from None
+
+
+def save_recipe(recipe, path):
+    """Writes `recipe` to a JSON or YAML file that `load_recipe` reads."""
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe(tuple(recipe))
+    fmt = _format(path, "Recipe")
+    config = recipe.get_config()
+    if fmt == "json":
+        text = json.dumps(config, indent=2) + "\n"
+    else:
+        import yaml
+
+        text = yaml.safe_dump(config, sort_keys=False)
+    atomic_write(path, lambda f: f.write(text), mode="w")

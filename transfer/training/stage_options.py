@@ -1,0 +1,363 @@
+"""What a `Stage`'s options build: optimizer, loss, metrics, fit data.
+
+`fit_recipe` calls these once per stage, after `set_trainable_blocks`:
+
+- `build_optimizer`: a fresh Adam (with the stage's schedule and EMA), or,
+  with `layer_decay < 1`, a `keras.optimizers.MultiOptimizer` holding one
+  Adam per trainable backbone block, each at `learning_rate * layer_decay **
+  depth` (depth 1 = the top block; the head trains at `learning_rate`).
+- `loss_and_metrics`: cross-entropy for the model's task, with one-hot labels
+  when the stage smooths or mixes labels.
+- `stage_data`: the training data with the stage's augmentations
+  (`keras.layers.MixUp`, `CutMix`, `RandAugment` in `tf.data`) and labels
+  one-hot where needed, plus `class_weight` when asked for.
+"""
+
+import logging
+import re
+
+import keras
+import numpy as np
+
+from transfer import _backend
+from transfer import _model_info
+from transfer.backbones.blocks import assign_blocks
+from transfer.models.freeze import backbone_blocks
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("classification", "multilabel", "regression")
+
+def block_depths(model, trainable_blocks):
+    """`(layer, depth)` of the layers in trainable backbone blocks.
+
+    Depth 1 is the top block, 2 the one below it, and so on.
+    """
+    backbone = _model_info.find_backbone(model)
+    patterns = backbone_blocks(backbone)
+    if trainable_blocks != "all" and trainable_blocks > len(patterns):
+        raise ValueError(
+            f"The backbone has {len(patterns)} blocks, so `trainable_blocks` "
+            f"can be at most {len(patterns)} (or 'all'). "
+            f"Received: trainable_blocks={trainable_blocks!r}"
+        )
+    return [
+        (layer, len(patterns) - index)
+        for layer, index in assign_blocks(backbone, patterns)
+    ]
+
+
+def check_block_counts(model, recipe):
+    """Raises before training when a stage unfreezes more blocks than the
+    backbone has."""
+    for stage in recipe:
+        blocks = stage.trainable_blocks
+        if blocks == "all" or blocks == 0:
+            continue
+        try:
+            block_depths(model, blocks)
+        except ValueError as e:
+            raise ValueError(f"Stage '{stage.name}': {e}") from None
+
+
+def build_optimizer(model, stage, steps_per_epoch):
+    """A fresh optimizer for `stage`; call after `set_trainable_blocks`.
+
+    Returns:
+        A `keras.optimizers.Adam`, or with `stage.layer_decay < 1` a
+        `keras.optimizers.MultiOptimizer` of one Adam per block depth.
+    """
+    if stage.layer_decay == 1.0 or stage.trainable_blocks == 0:
+        return keras.optimizers.Adam(
+            stage.learning_rate_for(steps_per_epoch), use_ema=stage.ema
+        )
+    head = keras.optimizers.Adam(
+        stage.learning_rate_for(steps_per_epoch), use_ema=stage.ema,
+        name="adam_head",
+    )
+    paths = {}
+    for layer, depth in block_depths(model, stage.trainable_blocks):
+        paths.setdefault(depth, []).extend(
+            v.path for v in layer.trainable_weights
+        )
+    optimizer_map = keras.optimizers.OptimizerMap(head)
+    for depth, names in sorted(paths.items()):
+        if not names:
+            continue
+        scale = stage.layer_decay**depth
+        # One regex key per block: a saved model then reloads one optimizer
+        # per block, with the variables it had.
+        key = "(?:" + "|".join(re.escape(p) for p in names) + ")"
+        optimizer_map[key] = keras.optimizers.Adam(
+            stage.learning_rate_for(steps_per_epoch, scale),
+            use_ema=stage.ema, name=f"adam_depth{depth}",
+        )
+        logger.info("Block at depth %d: learning rate x %.4g (%d variables)",
+                    depth, scale, len(names))
+    return keras.optimizers.MultiOptimizer(optimizer_map)
+
+
+class SeparateEmaBuffers(keras.callbacks.Callback):
+    """First `on_train_end` hook of an EMA stage: see
+    `_backend.separate_optimizer_buffers`."""
+
+    def on_train_end(self, logs=None):
+        _backend.separate_optimizer_buffers(self.model)
+
+
+def stage_callbacks(stage):
+    """Callbacks the stage's options need, to run before all others."""
+    return [SeparateEmaBuffers()] if stage.ema else []
+
+
+def one_hot_labels(stage):
+    """Whether the stage trains on one-hot (soft) class labels."""
+    return stage.label_smoothing > 0 or bool(
+        {"mixup", "cutmix"} & set(stage.augment)
+    )
+
+
+def loss_and_metrics(model, stage, from_logits):
+    """`compile` arguments for the model's task and the stage's options."""
+    task = _model_info.model_task(model)
+    smoothing = 0.0 if stage is None else stage.label_smoothing
+    if task == "regression":
+        return {
+            "loss": keras.losses.MeanSquaredError(),
+            "metrics": [
+                keras.metrics.MeanAbsoluteError(name="mae"),
+                keras.metrics.RootMeanSquaredError(name="rmse"),
+            ],
+        }
+    if task == "multilabel":
+        return {
+            "loss": keras.losses.BinaryCrossentropy(
+                from_logits=from_logits, label_smoothing=smoothing
+            ),
+            "metrics": [
+                keras.metrics.BinaryAccuracy(
+                    name="accuracy", threshold=0.0 if from_logits else 0.5
+                ),
+                keras.metrics.AUC(
+                    name="auc", multi_label=True, from_logits=from_logits
+                ),
+                keras.metrics.F1Score(
+                    average="macro", threshold=None if from_logits else 0.5,
+                    name="f1",
+                ),
+            ],
+        }
+    if stage is not None and one_hot_labels(stage):
+        return {
+            "loss": keras.losses.CategoricalCrossentropy(
+                from_logits=from_logits, label_smoothing=smoothing
+            ),
+            "metrics": [keras.metrics.CategoricalAccuracy(name="accuracy")],
+        }
+    return {
+        "loss": keras.losses.SparseCategoricalCrossentropy(
+            from_logits=from_logits
+        ),
+        "metrics": ["accuracy"],
+    }
+
+
+def _labels_of(fit_args):
+    if "y" in fit_args:
+        return np.asarray(fit_args["y"])
+    data = fit_args["x"]
+    labels = []
+    if isinstance(data, keras.utils.PyDataset):
+        batches = (data[i] for i in range(len(data)))
+    else:
+        try:
+            batches = iter(data)
+        except TypeError:
+            return None
+    for batch in batches:
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            labels.append(keras.ops.convert_to_numpy(batch[1]))
+        else:
+            return None
+    return np.concatenate(labels) if labels else None
+
+
+def balanced_class_weight(labels, num_classes):
+    """`{class: n / (num_classes * count)}`; 1.0 for absent classes."""
+    labels = np.asarray(labels).reshape(-1).astype("int64")
+    counts = np.bincount(labels, minlength=num_classes)
+    return {
+        c: float(len(labels) / (num_classes * counts[c])) if counts[c] else 1.0
+        for c in range(num_classes)
+    }
+
+
+def _as_tf_dataset(fit_args, stage):
+    import tensorflow as tf
+
+    data = fit_args["x"]
+    if "y" in fit_args:
+        x, y = data, fit_args["y"]
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if fit_args.get("shuffle"):
+            ds = ds.shuffle(len(y), reshuffle_each_iteration=True)
+        return ds.batch(fit_args["batch_size"])
+    if isinstance(data, tf.data.Dataset):
+        return data
+    raise ValueError(
+        f"Stage '{stage.name}': `augment` and `label_smoothing` transform "
+        "batches in tf.data, so the training data must be a "
+        "tf.data.Dataset or an (x, y) tuple of arrays. "
+        f"Received: {type(data).__name__}"
+    )
+
+
+def _one_hot(y, num_classes):
+    import tensorflow as tf
+
+    y = tf.cast(tf.reshape(y, [-1]), "int32")
+    return tf.one_hot(y, num_classes)
+
+
+def _augmenter(stage, num_classes, seed, soft):
+    """A batch function `(x, y) -> (x, y)` for `tf.data.Dataset.map`."""
+    import tensorflow as tf
+
+    rand = (
+        keras.layers.RandAugment(value_range=(0, 255), seed=seed)
+        if "randaugment" in stage.augment else None
+    )
+    mixers = [
+        layer(seed=seed) for name, layer in
+        (("mixup", keras.layers.MixUp), ("cutmix", keras.layers.CutMix))
+        if name in stage.augment
+    ]
+
+    def mix(layer, x, y):
+        y = tf.cast(y, "float32")
+        out = layer({"images": x, "labels": y}, training=True)
+        return tf.cast(out["images"], x.dtype), tf.cast(out["labels"], y.dtype)
+
+    def transform(x, y):
+        if soft:
+            y = _one_hot(y, num_classes)
+        if rand is not None:
+            x = tf.cast(rand(x, training=True), x.dtype)
+        if len(mixers) == 1:
+            x, y = mix(mixers[0], x, y)
+        elif len(mixers) == 2:
+            # As timm does: MixUp or CutMix, chosen per batch.
+            x, y = tf.cond(
+                tf.random.uniform(()) < 0.5,
+                lambda: mix(mixers[0], x, y),
+                lambda: mix(mixers[1], x, y),
+            )
+        return x, y
+
+    return transform
+
+
+def monitor_for(model, validation_data):
+    """`(monitor, mode)` for the best checkpoint: accuracy, or for a
+    regressor the loss."""
+    prefix = "val_" if validation_data is not None else ""
+    if _model_info.model_task(model) == "regression":
+        return prefix + "loss", "min"
+    return prefix + "accuracy", "max"
+
+
+def stage_data(stage, fit_args, validation_data, num_classes, *,
+               is_image, task="classification", seed=None):
+    """The stage's `fit` keyword arguments and validation data.
+
+    Returns:
+        `(fit_args, validation_data)`: unchanged when the stage neither
+        augments, smooths labels nor weights classes.
+    """
+    fit_args = dict(fit_args)
+    if task != "classification" and (
+        stage.class_weight or stage.label_smoothing and task != "multilabel"
+    ):
+        raise ValueError(
+            f"Stage '{stage.name}': class_weight and label_smoothing are for "
+            f"classifiers; this model's task is '{task}'. Received: "
+            f"class_weight={stage.class_weight!r}, "
+            f"label_smoothing={stage.label_smoothing!r}"
+        )
+    if task != "classification":
+        soft = False
+    else:
+        soft = one_hot_labels(stage)
+    if stage.class_weight == "auto":
+        labels = _labels_of(fit_args)
+        if labels is None:
+            raise ValueError(
+                f"Stage '{stage.name}': class_weight='auto' needs labelled "
+                "training data to count the classes. Received training data "
+                "without labels."
+            )
+        fit_args["class_weight"] = balanced_class_weight(labels, num_classes)
+        logger.info("Stage '%s': class weights %s", stage.name,
+                    fit_args["class_weight"])
+    if not stage.augment and not soft:
+        return fit_args, validation_data
+    if stage.augment and not is_image:
+        raise ValueError(
+            f"Stage '{stage.name}': `augment` works on images only; this "
+            f"model is not an image model. Received: augment={stage.augment}"
+        )
+    import tensorflow as tf
+
+    ds = _as_tf_dataset(fit_args, stage)
+    ds = ds.map(_augmenter(stage, num_classes, seed, soft),
+                num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    class_weight = fit_args.get("class_weight")
+    fit_args = {"x": ds, "shuffle": False}
+    if class_weight is not None:
+        fit_args["class_weight"] = class_weight
+    if soft and validation_data is not None:
+        validation_data = _one_hot_validation(validation_data, num_classes,
+                                              stage)
+    return fit_args, validation_data
+
+
+def _one_hot_validation(data, num_classes, stage):
+    import tensorflow as tf
+
+    if isinstance(data, tuple) and len(data) == 2:
+        y = np.asarray(data[1]).reshape(-1).astype("int64")
+        return data[0], np.eye(num_classes, dtype="float32")[y]
+    if isinstance(data, tf.data.Dataset):
+        return data.map(lambda x, y, *rest: (x, _one_hot(y, num_classes)))
+    raise ValueError(
+        f"Stage '{stage.name}': with label smoothing, MixUp or CutMix the "
+        "validation data must be a tf.data.Dataset or an (x, y) tuple. "
+        f"Received: {type(data).__name__}"
+    )
+
+
+def compile_model(model, optimizer, stage=None):
+    """Compiles `model` with `optimizer` for its task and the stage's
+    options, or masked-LM with masked-token metrics.
+
+    Self-supervised image models (`transfer.pretraining.contrastive.ContrastivePretrainer`)
+    compute their own loss and metrics: they get the optimizer only.
+    """
+    if getattr(model, "self_supervised", False):
+        model.compile(optimizer=optimizer)
+        return
+    if _model_info.is_masked_lm(model):
+        # Unmasked positions carry zero sample weight: accuracy must be a
+        # weighted metric to count masked tokens only.
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            ],
+        )
+        return
+    model.compile(
+        optimizer=optimizer,
+        **loss_and_metrics(model, stage, _model_info.is_logits(model)),
+    )
