@@ -13,12 +13,13 @@ directory, so `evaluate`, `report` and `export` know how the run was made.
 import json
 import os
 
+from transfer.training import run_dir as run_dir_lib
 from transfer.training.distribute import check_distribute
 from transfer.training.recipe import Recipe
 from transfer.training.recipe import two_stage_recipe
 from transfer.training.recipe_files import read_mapping
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = run_dir_lib.CONFIG
 MODALITIES = ("auto", "image", "text")
 
 # Top-level options and their defaults. `stages` defaults to

@@ -228,6 +228,8 @@ def inspect_model_file(path):
 
 def _sidecar_metadata(path):
     """`transfer_metadata` from the manifest beside `path`, or `None`."""
+    # The run directory's manifest (transfer.training.run_dir.MANIFEST), which
+    # sits beside model.keras; this module is below training/ in the layers.
     manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
     if not os.path.exists(manifest_path):
         return None

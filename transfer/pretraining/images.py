@@ -22,6 +22,7 @@ from transfer.models.classifier import build_backbone
 from transfer.pretraining.contrastive import ContrastivePretrainer
 from transfer.pretraining.probes import RepresentationProbe
 from transfer.saving import save_model
+from transfer.training import run_dir as run_dir_lib
 from transfer.training.fit import fit_recipe
 from transfer.training.recipe import Stage
 
@@ -167,9 +168,9 @@ def _check_not_finished(run_dir):
     """Refuses a finished run, naming its backbone file (which is restored
     from `model.keras` if a kill came between the two saves)."""
     path = os.path.join(run_dir, BACKBONE_FILE)
-    if not os.path.exists(os.path.join(run_dir, "manifest.json")):
+    if not run_dir_lib.is_finished(run_dir):
         return
-    model_path = os.path.join(run_dir, "model.keras")
+    model_path = run_dir_lib.path(run_dir, run_dir_lib.MODEL)
     if not os.path.exists(path) and os.path.exists(model_path):
         save_model(keras.saving.load_model(model_path).backbone, path)
     raise ValueError(
