@@ -55,6 +55,21 @@ def atomic_write(path, write_fn, mode="wb"):
     return path
 
 
+def probe_writable(directory):
+    """Creates `directory` if needed and writes and removes a probe file in
+    it; raises `OSError` when it cannot.
+
+    Example:
+
+    >>> probe_writable("some/new/folder")
+    """
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write-test-{os.getpid()}")
+    with open(probe, "w") as f:
+        f.write("ok")
+    os.remove(probe)
+
+
 def write_json(path, data):
     """Writes JSON atomically (temporary file, fsync, `os.replace`).
 

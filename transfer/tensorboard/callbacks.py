@@ -10,18 +10,8 @@ open writers must not share one): `StageLogger` -> `stage`,
 Steps are epochs as Keras counts them, so they continue across `fit` calls
 that pass `initial_epoch` (Keras's own `evaluation_*_vs_iterations` in
 `validation` count optimizer steps instead, which restart with each
-stage's fresh optimizer). Give every callback the `log_dir` you give
-`keras.callbacks.TensorBoard`:
-
-```python
-callbacks = [
-    keras.callbacks.TensorBoard("logs"),
-    transfer.callbacks.StageLogger("logs"),
-    transfer.callbacks.ConfusionMatrixLogger((x_val, y_val), names, "logs"),
-    transfer.callbacks.TopLossesLogger((x_val, y_val), names, "logs"),
-]
-model.fit(x, y, validation_data=(x_val, y_val), callbacks=callbacks)
-```
+stage's fresh optimizer). Give every callback the `log_dir` you give `keras.callbacks.TensorBoard`
+(an example is in `transfer.callbacks`, the public namespace).
 """
 
 import os

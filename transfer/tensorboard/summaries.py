@@ -15,6 +15,7 @@ import numpy as np
 
 from transfer import _backend
 from transfer import _inputs
+from transfer import _io
 from transfer import _model_info
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,7 @@ def check_log_dir(log_dir):
         ValueError: the directory cannot be created or written to.
     """
     try:
-        os.makedirs(log_dir, exist_ok=True)
-        probe = os.path.join(log_dir, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        _io.probe_writable(log_dir)
     except OSError as e:
         raise ValueError(
             f"Cannot write TensorBoard logs to '{log_dir}' ({e.strerror}). "

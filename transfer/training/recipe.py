@@ -29,6 +29,16 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _check_keys(cls, config, what):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise ValueError(
+            f"Unknown {what} option(s) {unknown}. Allowed: {sorted(fields)}. "
+            f"Received: {config!r}"
+        )
+
+
 def check_stage_options(stage):
     """Validates the optional fields of a `Stage` (called on construction)."""
     warmup = stage.warmup_epochs
@@ -165,13 +175,7 @@ class Stage:
 
     @classmethod
     def from_config(cls, config):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(
-                f"Unknown Stage option(s) {unknown}. Allowed: {sorted(fields)}. "
-                f"Received: {config!r}"
-            )
+        _check_keys(cls, config, "Stage")
         return cls(**config)
 
 
@@ -228,12 +232,7 @@ class Recipe:
 
     @classmethod
     def from_config(cls, config):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(
-                f"Unknown Recipe option(s) {unknown}. Allowed: {sorted(fields)}."
-            )
+        _check_keys(cls, config, "Recipe")
         return cls(
             tuple(Stage.from_config(s) for s in config["stages"]),
             distribute=config.get("distribute"),

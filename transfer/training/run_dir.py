@@ -84,11 +84,7 @@ def check_run_dir(run_dir):
             f"never mix. Received: run_dir={run_dir!r}"
         )
     try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        _io.probe_writable(run_dir)
     except OSError as e:
         raise ValueError(
             f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
