@@ -151,3 +151,70 @@ def separate_optimizer_buffers(model):
 
     for variable in model.optimizer.variables:
         variable.assign(jnp.array(variable.value, copy=True))
+
+
+def accelerator():
+    """`"gpu"`, `"tpu"` or `"cpu"`: what the backend computes on."""
+    name = backend()
+    if name == "jax":
+        import jax
+
+        platform = jax.devices()[0].platform
+        return platform if platform in ("gpu", "tpu") else "cpu"
+    if name == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("TPU"):
+        return "tpu"
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def _gpu_supports_bfloat16():
+    name = backend()
+    if name == "torch":
+        import torch
+
+        return bool(torch.cuda.is_bf16_supported())
+    if name == "jax":
+        import jax
+
+        capability = getattr(jax.devices()[0], "compute_capability", "8.0")
+        return float(capability) >= 8.0
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+    return tuple(details.get("compute_capability", (0, 0))) >= (8, 0)
+
+
+def auto_precision():
+    """The dtype policy `precision="auto"` picks: `"mixed_bfloat16"` on a TPU
+    or a GPU with bfloat16 (compute capability 8.0 and up), else
+    `"float32"` (on this project's CPUs bfloat16 measured slower: no AMX)."""
+    device = accelerator()
+    if device == "tpu" or (device == "gpu" and _gpu_supports_bfloat16()):
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def check_precision(policy):
+    """Refuses a dtype policy this backend and device cannot train with."""
+    if policy == "mixed_float16" and accelerator() == "tpu":
+        raise ValueError(
+            "TPUs compute in bfloat16, not float16: use "
+            "precision='mixed_bfloat16' (or 'auto'). "
+            "Received: precision='mixed_float16'"
+        )
+
+
+def auto_jit_compile():
+    """What `jit_compile="auto"` compiles with: JAX always compiles (XLA is
+    its only path); on CPU, TensorFlow and torch run without XLA /
+    `torch.compile` (XLA measured ~10x slower here for Keras-TF); on an
+    accelerator, Keras's own `"auto"` decides."""
+    if backend() == "jax":
+        return True
+    return "auto" if accelerator() != "cpu" else False

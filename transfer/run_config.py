@@ -13,6 +13,7 @@ directory, so `evaluate`, `report` and `export` know how the run was made.
 import json
 import os
 
+from transfer.models.classifier import PRECISIONS
 from transfer.training import run_dir as run_dir_lib
 from transfer.training.distribute import check_distribute
 from transfer.training.recipe import Recipe
@@ -39,6 +40,8 @@ DEFAULTS = {
     "skip_bad_files": False,
     "distribute": "none",
     "feature_cache_dir": None,
+    "precision": "float32",
+    "jit_compile": "auto",
     "stages": None,
 }
 
@@ -160,6 +163,16 @@ def resolve_config(path=None, overrides=None, *, epochs=None,
         )
 
     config["distribute"] = check_distribute(config["distribute"])
+    if config["precision"] not in PRECISIONS:
+        raise ValueError(
+            f"Option `precision` must be one of {PRECISIONS}. "
+            f"Received: precision={config['precision']!r}"
+        )
+    if config["jit_compile"] not in ("auto", True, False):
+        raise ValueError(
+            "Option `jit_compile` must be auto, true or false. "
+            f"Received: jit_compile={config['jit_compile']!r}"
+        )
     stages = config["stages"]
     if stages is None:
         stages = two_stage_recipe().get_config()["stages"]

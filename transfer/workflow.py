@@ -110,7 +110,10 @@ def train_run(config, run_dir, *, verbose=1):
         modality = detect_modality(config["data"])
     spec = get_backbone_spec(config["backbone"], modality=modality)
     run_dir_lib.check_run_dir(run_dir)
-    recipe = Recipe.from_config({"stages": config["stages"]})
+    recipe = Recipe.from_config({
+        "stages": config["stages"],
+        "jit_compile": config.get("jit_compile", "auto"),
+    })
     resolved = dict(config, modality=modality,
                     data=os.path.abspath(config["data"]))
     if config.get("feature_cache_dir"):
@@ -133,6 +136,7 @@ def train_run(config, run_dir, *, verbose=1):
                 spec, len(class_names),
                 weights=_image_weights(config["weights"]),
                 image_size=image_size, dropout=config["dropout"],
+                precision=config.get("precision", "float32"),
             )
     else:
         train, val, class_names = load_text_folder(

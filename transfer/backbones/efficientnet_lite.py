@@ -7,6 +7,8 @@ KerasHub preset by `transfer.weights.efficientnet_lite0`, sha256 pinned).
 
 import os
 
+import keras
+
 from transfer.backbones import hub
 from transfer.backbones.registry import register_backbone
 from transfer.backbones.spec import BackboneSpec
@@ -22,6 +24,9 @@ def _lite0_builder(weights, input_shape):
         load_weights=load,
         batch_norm_epsilon=lite0.BATCH_NORM_EPSILON,
         input_shape=input_shape,
+        # A preset's config pins its dtype: follow the policy in force
+        # (`build_classifier(precision=...)`).
+        dtype=keras.config.dtype_policy().name,
     )
     model = hub.as_functional(model)
     if not load:

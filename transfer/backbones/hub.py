@@ -6,6 +6,8 @@
 import os
 import re
 
+import keras
+
 from transfer.backbones.spec import BackboneSpec
 from transfer.weights import download
 
@@ -30,8 +32,6 @@ def as_functional(backbone):
     reload (and the optimizer state no longer matches). The plain functional
     graph over the same layers and weights saves every layer's config.
     """
-    import keras
-
     return keras.Model(backbone.input, backbone.output)
 
 
@@ -57,7 +57,10 @@ def hub_spec(preset, image_size=224):
         )
         with download.network_guard(name, [], hint):
             model = keras_hub.models.Backbone.from_preset(
-                preset, load_weights=weights is not None
+                preset, load_weights=weights is not None,
+                # A preset's config pins its dtype: follow the policy in
+                # force (`build_classifier(precision=...)`).
+                dtype=keras.config.dtype_policy().name,
             )
         info = {"weights": weights, "source": f"keras_hub:{preset}"}
         return as_functional(model), info

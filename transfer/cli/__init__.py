@@ -162,6 +162,11 @@ def build_parser():
                    help="keep the frozen backbone's features of head-only "
                    "stages in DIR and reuse them when the run is repeated "
                    "(see README 'Performance'); deleting DIR is safe")
+    p.add_argument("--precision",
+                   choices=("float32", "mixed_bfloat16", "mixed_float16",
+                            "auto"),
+                   help="Keras dtype policy of the image model (default "
+                   "float32; auto: mixed bfloat16 on GPUs/TPUs that have it)")
     p.set_defaults(handler=commands.train)
 
     p = _subparser(sub, "evaluate", "metrics and a report on labelled data",

@@ -53,6 +53,7 @@ def train(args):
         "skip_bad_files": args.skip_bad_files,
         "distribute": args.distribute,
         "feature_cache_dir": args.feature_cache_dir,
+        "precision": args.precision,
     }
     config = run_config.resolve_config(
         args.config, overrides, epochs=args.epochs,

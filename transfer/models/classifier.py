@@ -4,9 +4,12 @@ import logging
 
 import keras
 
+from transfer import _backend
 from transfer.backbones.resolve import get_backbone_spec
 
 logger = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 
 _POOLING = {
     "avg": keras.layers.GlobalAveragePooling2D,
@@ -73,6 +76,7 @@ def build_classifier(
     pooling="avg",
     dropout=0.2,
     activation=None,
+    precision="float32",
 ):
     """A functional `keras.Model`: preprocessing, backbone and a new head.
 
@@ -97,6 +101,13 @@ def build_classifier(
         dropout: dropout rate before the head. Defaults to `0.2`.
         activation: activation of the `predictions` layer; `None` outputs
             logits. Defaults to `None`.
+        precision: the Keras dtype policy the model is built with:
+            `"float32"`, `"mixed_bfloat16"`, `"mixed_float16"` (Keras then
+            wraps the optimizer in a `LossScaleOptimizer` when it compiles)
+            or `"auto"` (mixed bfloat16 on accelerators that have it,
+            float32 on CPU, where bfloat16 measured slower). The head's
+            output and BatchNormalization statistics stay float32.
+            Defaults to `"float32"`.
 
     Returns:
         A `keras.Model` with layers `preprocessing` (where needed), the
@@ -127,7 +138,50 @@ def build_classifier(
         )
     image_size = spec.image_size if image_size is None else image_size
     _check_image_size(spec, image_size)
+    policy = resolve_precision(precision)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model, spec, info = _build(spec, weights, image_size, pooling,
+                                   (dropout, num_classes, activation))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.transfer_metadata = {
+        "backbone": spec.name,
+        "backbone_source": spec.source,
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "weights": info,
+        "precision": policy,
+    }
+    logger.info(
+        "Built %s: %s weights from %s, %s", model.name, info.get("weights"),
+        info.get("source"), policy,
+    )
+    return model
 
+
+def resolve_precision(precision):
+    """The dtype policy name for `precision` (`"auto"` resolved here).
+
+    Example:
+
+    >>> resolve_precision("mixed_bfloat16")
+    'mixed_bfloat16'
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"`precision` must be one of {PRECISIONS}. "
+            f"Received: precision={precision!r}"
+        )
+    policy = _backend.auto_precision() if precision == "auto" else precision
+    _backend.check_precision(policy)
+    return policy
+
+
+def _build(spec, weights, image_size, pooling, head):
+    """Backbone and head under the dtype policy in force."""
+    dropout, num_classes, activation = head
     backbone_model, spec, info = build_backbone(
         spec, weights=weights, image_size=image_size
     )
@@ -145,18 +199,7 @@ def build_classifier(
     )(x)
     model = keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
     backbone_model.trainable = False
-    model.transfer_metadata = {
-        "backbone": spec.name,
-        "backbone_source": spec.source,
-        "image_size": image_size,
-        "num_classes": num_classes,
-        "weights": info,
-    }
-    logger.info(
-        "Built %s: %s weights from %s", model.name, info.get("weights"),
-        info.get("source"),
-    )
-    return model
+    return model, spec, info
 
 
 def fetch_weights(backbone):

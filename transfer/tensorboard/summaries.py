@@ -249,6 +249,13 @@ def recipe_hparams(model, recipe, train_data, batch_size):
         hparams[prefix + "learning_rate"] = float(stage.learning_rate)
         hparams[prefix + "trainable_blocks"] = str(stage.trainable_blocks)
         hparams[prefix + "schedule"] = stage.schedule
+        hparams[prefix + "optimizer"] = stage.optimizer
+        hparams[prefix + "weight_decay"] = float(stage.weight_decay)
+        hparams[prefix + "gradient_accumulation_steps"] = int(
+            stage.gradient_accumulation_steps)
+        hparams[prefix + "loss"] = stage.loss
+        hparams[prefix + "patience"] = int(stage.patience or 0)
+        hparams[prefix + "monitor"] = stage.monitor or "default"
     return hparams
 
 

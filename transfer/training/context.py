@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 from typing import Optional
 
+from transfer import _backend
 from transfer import _inputs
 from transfer import _model_info
 from transfer.training import run_dir as run_dir_lib
@@ -77,6 +78,9 @@ class StageContext:
         self.steps_per_epoch = _inputs.steps_per_epoch(
             self.train_data, self.batch_size
         )
+        jit = self.recipe.jit_compile
+        # What `model.compile` gets: "auto" resolved per backend and device.
+        self.jit_compile = _backend.auto_jit_compile() if jit == "auto" else jit
 
     @property
     def run_dir(self):

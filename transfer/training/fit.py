@@ -137,7 +137,7 @@ def fit_recipe(
     if not isinstance(recipe, Recipe):
         recipe = Recipe(tuple(recipe))
     class_names = _check_arguments(
-        model, recipe, train_data, class_names,
+        model, recipe, (train_data, validation_data), class_names,
         (cache_features, feature_cache_dir),
     )
     plan = engines.plan_for_model(
@@ -188,8 +188,9 @@ def fit_recipe(
     return histories
 
 
-def _check_arguments(model, recipe, train_data, class_names, cache_options):
+def _check_arguments(model, recipe, data, class_names, cache_options):
     """Checks what needs no data pass; returns the class names to use."""
+    train_data, validation_data = data
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model)}")
     cache_features, feature_cache_dir = cache_options
@@ -204,6 +205,7 @@ def _check_arguments(model, recipe, train_data, class_names, cache_options):
             f"names were given. Received: class_names={list(class_names)}"
         )
     stage_options.check_block_counts(model, recipe)
+    stage_options.check_monitors(model, recipe, validation_data)
     return class_names
 
 

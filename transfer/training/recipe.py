@@ -5,6 +5,7 @@ Nothing here trains: reading a recipe file needs only this module.
 """
 
 import dataclasses
+import math
 from typing import Optional
 from typing import Tuple
 from typing import Union
@@ -14,6 +15,8 @@ import keras
 from transfer.training import distribute as distribute_lib
 
 SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lion")
+LOSSES = ("crossentropy", "focal")
 AUGMENTATIONS = ("mixup", "cutmix", "randaugment")
 CLASS_WEIGHTS = (None, "auto")
 
@@ -68,6 +71,47 @@ def check_stage_options(stage):
               f"{AUGMENTATIONS}", augment)
     if not isinstance(stage.ema, bool):
         _fail(stage, "ema", "True or False", stage.ema)
+    _check_optimizer_options(stage)
+    if stage.loss not in LOSSES:
+        _fail(stage, "loss", f"one of {LOSSES}", stage.loss)
+    _check_early_stopping(stage)
+
+
+def _finite(value):
+    return _is_number(value) and math.isfinite(value)
+
+
+def _check_optimizer_options(stage):
+    if stage.optimizer not in OPTIMIZERS:
+        _fail(stage, "optimizer", f"one of {OPTIMIZERS}", stage.optimizer)
+    if not _finite(stage.weight_decay) or stage.weight_decay < 0:
+        _fail(stage, "weight_decay", "a finite number >= 0",
+              stage.weight_decay)
+    for key in ("clipnorm", "global_clipnorm"):
+        value = getattr(stage, key)
+        if value is not None and (not _finite(value) or value <= 0):
+            _fail(stage, key, "None or a finite number > 0", value)
+    if stage.clipnorm is not None and stage.global_clipnorm is not None:
+        _fail(stage, "global_clipnorm", "None when clipnorm is set (Keras "
+              "takes one of the two)", stage.global_clipnorm)
+    steps = stage.gradient_accumulation_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        _fail(stage, "gradient_accumulation_steps", "an integer >= 1", steps)
+
+
+def _check_early_stopping(stage):
+    patience = stage.patience
+    if patience is not None and (
+        isinstance(patience, bool) or not isinstance(patience, int)
+        or patience < 1
+    ):
+        _fail(stage, "patience", "None or an integer >= 1", patience)
+    if not _finite(stage.min_delta) or stage.min_delta < 0:
+        _fail(stage, "min_delta", "a finite number >= 0", stage.min_delta)
+    monitor = stage.monitor
+    if monitor is not None and (not isinstance(monitor, str) or not monitor):
+        _fail(stage, "monitor", "None or a metric name such as 'val_loss'",
+              monitor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +143,45 @@ class Stage:
         augment: batch augmentations from `keras.layers` on the training
             data, any of `"mixup"`, `"cutmix"`, `"randaugment"`.
             Defaults to `()`.
-        ema: keep an exponential moving average of the weights (Adam's
-            `use_ema`) and end the stage with it. Defaults to `False`.
+        ema: keep an exponential moving average of the weights (the
+            optimizer's `use_ema`) and end the stage with it.
+            Defaults to `False`.
+        optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9, Nesterov)
+            or `"lion"`. Defaults to `"adam"`.
+        weight_decay: decoupled weight decay (the optimizer's
+            `weight_decay`), never applied to biases and normalization
+            scales/offsets (variables of rank <= 1). `>= 0`.
+            Defaults to `0.0`.
+        clipnorm: clip each gradient to this norm, or `None`.
+            Defaults to `None`.
+        global_clipnorm: clip all gradients together to this norm, or
+            `None` (not both with `clipnorm`). Defaults to `None`.
+        gradient_accumulation_steps: apply the mean gradient of this many
+            batches at once (the optimizer's `gradient_accumulation_steps`;
+            the learning-rate schedule still counts batches). `>= 1`.
+            Defaults to `1`.
+        loss: `"crossentropy"`, or `"focal"` for classifiers
+            (`keras.losses.CategoricalFocalCrossentropy`; label smoothing
+            and class weights still apply). Defaults to `"crossentropy"`.
+        patience: stop the stage after this many epochs without
+            improvement of `monitor` by more than `min_delta`; the next
+            stage starts from this stage's best weights. `None` runs every
+            epoch. Defaults to `None`.
+        min_delta: the smallest change of `monitor` that counts as an
+            improvement. Defaults to `0.0`.
+        monitor: the metric that picks the best weights and drives early
+            stopping, e.g. `"val_loss"`, `"val_accuracy"`,
+            `"val_macro_f1"`, `"val_auc"` (multi-label), `"val_rmse"`
+            (regression); refused before training when the model does not
+            log it. Defaults to `None`: `val_accuracy`, or `val_loss` for
+            regression (without validation data, the training metric).
+
+    Example:
+
+    >>> stage = transfer.Stage("finetune", 5, 1e-4, trainable_blocks="all",
+    ...                        optimizer="adamw", weight_decay=0.05)
+    >>> transfer.Stage.from_config(stage.get_config()) == stage
+    True
     """
 
     name: str
@@ -115,6 +196,15 @@ class Stage:
     class_weight: Optional[str] = None
     augment: Tuple[str, ...] = ()
     ema: bool = False
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    clipnorm: Optional[float] = None
+    global_clipnorm: Optional[float] = None
+    gradient_accumulation_steps: int = 1
+    loss: str = "crossentropy"
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+    monitor: Optional[str] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -190,10 +280,24 @@ class Recipe:
             `"data_parallel"` or `"model_parallel"` (see
             `transfer.distribution_scope`). Defaults to `None`: follow the
             model (the scope it was built in, if any).
+        jit_compile: `"auto"`, `True` or `False`, as `model.compile` takes
+            it. `"auto"` keeps what measured fastest per backend and
+            device: JAX compiles; TensorFlow and torch on CPU run without
+            XLA / `torch.compile` (XLA on CPU measured ~10x slower for
+            Keras-TF); on accelerators Keras's own `"auto"`. The value used
+            is in the manifest (`jit_compile`). Defaults to `"auto"`.
+
+    Example:
+
+    >>> recipe = transfer.Recipe((transfer.Stage("head", 1, 1e-3),),
+    ...                          jit_compile=False)
+    >>> transfer.Recipe.from_config(recipe.get_config()) == recipe
+    True
     """
 
     stages: Tuple[Stage, ...]
     distribute: Optional[str] = None
+    jit_compile: Union[bool, str] = "auto"
 
     def __post_init__(self):
         stages = tuple(self.stages)
@@ -210,6 +314,13 @@ class Recipe:
             object.__setattr__(
                 self, "distribute",
                 distribute_lib.check_distribute(self.distribute),
+            )
+        if self.jit_compile not in ("auto", True, False) or isinstance(
+            self.jit_compile, (int, float)) and not isinstance(
+                self.jit_compile, bool):
+            raise ValueError(
+                "`jit_compile` must be 'auto', True or False. "
+                f"Received: jit_compile={self.jit_compile!r}"
             )
 
     def __iter__(self):
@@ -228,6 +339,8 @@ class Recipe:
         # before the field existed still compare equal on resume.
         if self.distribute is not None:
             config["distribute"] = self.distribute
+        if self.jit_compile != "auto":
+            config["jit_compile"] = self.jit_compile
         return config
 
     @classmethod
@@ -236,6 +349,7 @@ class Recipe:
         return cls(
             tuple(Stage.from_config(s) for s in config["stages"]),
             distribute=config.get("distribute"),
+            jit_compile=config.get("jit_compile", "auto"),
         )
 
 

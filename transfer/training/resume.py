@@ -218,6 +218,22 @@ class StageState:
         self._save()
         self._prune()
 
+    def finish_early(self, model, summary):
+        """Records that the stage stopped early: the model holds the
+        stage's best weights, backed up (with its optimizer) as the
+        stage's newest backup, so a later stage or a resumed run starts
+        from them."""
+        name = "final.npz"
+        digest = write_checkpoint(
+            os.path.join(self.directory, name), model, optimizer=True)
+        if digest is not None:
+            backups = [b for b in self.state["backups"] if b["file"] != name]
+            self.state["backups"] = [
+                {"epoch": self.last_epoch, "file": name, "sha256": digest}
+            ] + backups[: _KEEP - 1]
+        self.state["early_stop"] = summary
+        self._save()
+
     def mark_done(self, record):
         self.state["done"] = True
         self.state["record"] = record

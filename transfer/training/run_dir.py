@@ -107,6 +107,7 @@ def _manifest(context, stage_records, hparams, seconds, metadata):
         "logs": LOGS,
         "report": REPORT,
         "hparams": hparams,
+        "jit_compile": context.jit_compile,
     }
     if context.preflight is not None:
         manifest["data"] = context.preflight.to_dict()

@@ -60,20 +60,75 @@ def check_block_counts(model, recipe):
             raise ValueError(f"Stage '{stage.name}': {e}") from None
 
 
+_OPTIMIZERS = {
+    "adam": (keras.optimizers.Adam, {}),
+    "adamw": (keras.optimizers.AdamW, {}),
+    "sgd": (keras.optimizers.SGD, {"momentum": 0.9, "nesterov": True}),
+    "lion": (keras.optimizers.Lion, {}),
+}
+
+
+def make_optimizer(stage, learning_rate, *, no_decay=(), name=None):
+    """One optimizer of `stage.optimizer` with the stage's options.
+
+    Weight decay skips the variables in `no_decay`. With gradient
+    accumulation over `k` batches, Keras updates the EMA at every batch
+    while the weights change every `k`-th: the EMA momentum is set to
+    `0.99 ** (1 / k)`, so that it decays as 0.99 per optimizer step.
+
+    Example:
+
+    >>> stage = transfer.Stage("s", 1, 1e-3, optimizer="adamw",
+    ...                        weight_decay=0.05, global_clipnorm=1.0)
+    >>> optimizer = make_optimizer(stage, 1e-3)
+    >>> type(optimizer).__name__, optimizer.weight_decay
+    ('AdamW', 0.05)
+    """
+    cls, kwargs = _OPTIMIZERS[stage.optimizer]
+    kwargs = dict(kwargs, learning_rate=learning_rate, use_ema=stage.ema)
+    if stage.weight_decay or stage.optimizer == "adamw":
+        kwargs["weight_decay"] = stage.weight_decay
+    if stage.clipnorm is not None:
+        kwargs["clipnorm"] = stage.clipnorm
+    if stage.global_clipnorm is not None:
+        kwargs["global_clipnorm"] = stage.global_clipnorm
+    steps = stage.gradient_accumulation_steps
+    if steps > 1:
+        kwargs["gradient_accumulation_steps"] = steps
+        if stage.ema:
+            kwargs["ema_momentum"] = 0.99 ** (1.0 / steps)
+    if name is not None:
+        kwargs["name"] = name
+    optimizer = cls(**kwargs)
+    if stage.weight_decay and no_decay:
+        optimizer.exclude_from_weight_decay(var_list=list(no_decay))
+    return optimizer
+
+
+def no_decay_variables(model):
+    """Biases and normalization scales/offsets: trainable variables of
+    rank <= 1, which weight decay leaves alone (as timm and the BERT/ViT
+    recipes do)."""
+    return [v for v in model.trainable_variables if len(v.shape) <= 1]
+
+
 def build_optimizer(model, stage, steps_per_epoch):
     """A fresh optimizer for `stage`; call after `set_trainable_blocks`.
 
     Returns:
-        A `keras.optimizers.Adam`, or with `stage.layer_decay < 1` a
-        `keras.optimizers.MultiOptimizer` of one Adam per block depth.
+        The stage's optimizer (`make_optimizer`), or with
+        `stage.layer_decay < 1` a `keras.optimizers.MultiOptimizer` of one
+        such optimizer per block depth.
     """
+    no_decay = no_decay_variables(model) if stage.weight_decay else ()
     if stage.layer_decay == 1.0 or stage.trainable_blocks == 0:
-        return keras.optimizers.Adam(
-            stage.learning_rate_for(steps_per_epoch), use_ema=stage.ema
+        return make_optimizer(
+            stage, stage.learning_rate_for(steps_per_epoch),
+            no_decay=no_decay,
         )
-    head = keras.optimizers.Adam(
-        stage.learning_rate_for(steps_per_epoch), use_ema=stage.ema,
-        name="adam_head",
+    head = make_optimizer(
+        stage, stage.learning_rate_for(steps_per_epoch), no_decay=no_decay,
+        name=f"{stage.optimizer}_head",
     )
     paths = {}
     for layer, depth in block_depths(model, stage.trainable_blocks):
@@ -88,9 +143,9 @@ def build_optimizer(model, stage, steps_per_epoch):
         # One regex key per block: a saved model then reloads one optimizer
         # per block, with the variables it had.
         key = "(?:" + "|".join(re.escape(p) for p in names) + ")"
-        optimizer_map[key] = keras.optimizers.Adam(
-            stage.learning_rate_for(steps_per_epoch, scale),
-            use_ema=stage.ema, name=f"adam_depth{depth}",
+        optimizer_map[key] = make_optimizer(
+            stage, stage.learning_rate_for(steps_per_epoch, scale),
+            no_decay=no_decay, name=f"{stage.optimizer}_depth{depth}",
         )
         logger.info("Block at depth %d: learning rate x %.4g (%d variables)",
                     depth, scale, len(names))
@@ -111,9 +166,14 @@ def stage_callbacks(stage):
 
 
 def one_hot_labels(stage):
-    """Whether the stage trains on one-hot (soft) class labels."""
-    return stage.label_smoothing > 0 or bool(
-        {"mixup", "cutmix"} & set(stage.augment)
+    """Whether the stage trains on one-hot (soft) class labels: label
+    smoothing, MixUp/CutMix, the focal loss and a macro-F1 monitor need
+    them."""
+    return (
+        stage.label_smoothing > 0
+        or bool({"mixup", "cutmix"} & set(stage.augment))
+        or stage.loss == "focal"
+        or (stage.monitor or "").endswith("macro_f1")
     )
 
 
@@ -121,6 +181,12 @@ def loss_and_metrics(model, stage, from_logits):
     """`compile` arguments for the model's task and the stage's options."""
     task = _model_info.model_task(model)
     smoothing = 0.0 if stage is None else stage.label_smoothing
+    focal = stage is not None and stage.loss == "focal"
+    if focal and task == "regression":
+        raise ValueError(
+            f"Stage '{stage.name}': loss='focal' is for classifiers; this "
+            "model is a regressor. Received: loss='focal'"
+        )
     if task == "regression":
         return {
             "loss": keras.losses.MeanSquaredError(),
@@ -130,8 +196,12 @@ def loss_and_metrics(model, stage, from_logits):
             ],
         }
     if task == "multilabel":
+        binary = (
+            keras.losses.BinaryFocalCrossentropy if focal
+            else keras.losses.BinaryCrossentropy
+        )
         return {
-            "loss": keras.losses.BinaryCrossentropy(
+            "loss": binary(
                 from_logits=from_logits, label_smoothing=smoothing
             ),
             "metrics": [
@@ -148,11 +218,19 @@ def loss_and_metrics(model, stage, from_logits):
             ],
         }
     if stage is not None and one_hot_labels(stage):
+        categorical = (
+            keras.losses.CategoricalFocalCrossentropy if focal
+            else keras.losses.CategoricalCrossentropy
+        )
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        if (stage.monitor or "").endswith("macro_f1"):
+            metrics.append(keras.metrics.F1Score(
+                average="macro", name="macro_f1"))
         return {
-            "loss": keras.losses.CategoricalCrossentropy(
+            "loss": categorical(
                 from_logits=from_logits, label_smoothing=smoothing
             ),
-            "metrics": [keras.metrics.CategoricalAccuracy(name="accuracy")],
+            "metrics": metrics,
         }
     return {
         "loss": keras.losses.SparseCategoricalCrossentropy(
@@ -257,13 +335,59 @@ def _augmenter(stage, num_classes, seed, soft):
     return transform
 
 
-def monitor_for(model, validation_data):
-    """`(monitor, mode)` for the best checkpoint: accuracy, or for a
-    regressor the loss."""
+_LOWER_IS_BETTER = ("loss", "mae", "rmse")
+
+
+def logged_metrics(model, stage):
+    """The metric names `fit` logs for `model` in `stage` (without `val_`)."""
+    task = _model_info.model_task(model)
+    if _model_info.is_masked_lm(model):
+        return ["loss", "accuracy"]
+    if getattr(model, "self_supervised", False):
+        return ["loss", "accuracy"]  # contrastive loss, pretext accuracy
+    if task == "regression":
+        return ["loss", "mae", "rmse"]
+    if task == "multilabel":
+        return ["loss", "accuracy", "auc", "f1"]
+    names = ["loss", "accuracy"]
+    if stage is not None and (stage.monitor or "").endswith("macro_f1"):
+        names.append("macro_f1")
+    return names
+
+
+def monitor_for(model, validation_data, stage=None):
+    """`(monitor, mode)` that picks the best weights and drives early
+    stopping: the stage's `monitor`, else accuracy, or for a regressor the
+    loss; `mode` is `"min"` for losses and errors, else `"max"`.
+
+    Raises:
+        ValueError: the stage's `monitor` is not a metric the model logs
+            (with validation data, the `val_` ones count too).
+    """
     prefix = "val_" if validation_data is not None else ""
-    if _model_info.model_task(model) == "regression":
-        return prefix + "loss", "min"
-    return prefix + "accuracy", "max"
+    monitor = stage.monitor if stage is not None else None
+    if monitor is None:
+        if _model_info.model_task(model) == "regression":
+            return prefix + "loss", "min"
+        return prefix + "accuracy", "max"
+    names = logged_metrics(model, stage)
+    allowed = names + (
+        ["val_" + n for n in names] if validation_data is not None else []
+    )
+    if monitor not in allowed:
+        raise ValueError(
+            f"Stage '{stage.name}': `monitor` must be a metric this model "
+            f"logs: {allowed}. (`val_` metrics need validation data.) "
+            f"Received: monitor={monitor!r}"
+        )
+    base = monitor[len("val_"):] if monitor.startswith("val_") else monitor
+    return monitor, "min" if base in _LOWER_IS_BETTER else "max"
+
+
+def check_monitors(model, recipe, validation_data):
+    """Refuses, before training, a stage `monitor` the model does not log."""
+    for stage in recipe:
+        monitor_for(model, validation_data, stage)
 
 
 def stage_data(stage, fit_args, validation_data, num_classes, *,
@@ -336,7 +460,7 @@ def _one_hot_validation(data, num_classes, stage):
     )
 
 
-def compile_model(model, optimizer, stage=None):
+def compile_model(model, optimizer, stage=None, jit_compile="auto"):
     """Compiles `model` with `optimizer` for its task and the stage's
     options, or masked-LM with masked-token metrics.
 
@@ -344,7 +468,7 @@ def compile_model(model, optimizer, stage=None):
     compute their own loss and metrics: they get the optimizer only.
     """
     if getattr(model, "self_supervised", False):
-        model.compile(optimizer=optimizer)
+        model.compile(optimizer=optimizer, jit_compile=jit_compile)
         return
     if _model_info.is_masked_lm(model):
         # Unmasked positions carry zero sample weight: accuracy must be a
@@ -355,9 +479,11 @@ def compile_model(model, optimizer, stage=None):
             weighted_metrics=[
                 keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             ],
+            jit_compile=jit_compile,
         )
         return
     model.compile(
         optimizer=optimizer,
         **loss_and_metrics(model, stage, _model_info.is_logits(model)),
+        jit_compile=jit_compile,
     )

@@ -12,6 +12,7 @@ files). Finished stages of an earlier attempt are skipped. At the end,
 
 import functools
 import logging
+import os
 import time
 
 import keras
@@ -26,6 +27,7 @@ from transfer.training import run_dir as run_dir_lib
 from transfer.training import stage_options
 from transfer.training.callbacks import stage_callbacks
 from transfer.training.checkpoints import NonFiniteLossError
+from transfer.training.early_stopping import StageEarlyStopping
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +51,6 @@ class _Progress:
         # Whether the model in memory holds the weights the next stage
         # starts from; a resumed run loads them from the run directory.
         self.in_memory = not context.run.resumed
-        self.monitor, self.mode = stage_options.monitor_for(
-            context.model, context.validation_data
-        )
         self.hparams = summaries.recipe_hparams(
             context.model, context.recipe, context.train_data,
             context.batch_size,
@@ -95,7 +94,8 @@ def fit_stages(context):
         stage
     ):
         # Leave the model compiled for integer labels, as users evaluate it.
-        stage_options.compile_model(model, model.optimizer)
+        stage_options.compile_model(
+            model, model.optimizer, jit_compile=context.jit_compile)
     run_dir_lib.finish_run(
         context, progress.histories, progress.records, progress.hparams,
         time.perf_counter() - started,
@@ -113,7 +113,7 @@ def _run_stage(context, progress, number, stage, state):
     stage_options.compile_model(
         model,
         stage_options.build_optimizer(model, stage, context.steps_per_epoch),
-        stage,
+        stage, jit_compile=context.jit_compile,
     )
     data = stage_options.stage_data(
         stage, context.fit_kwargs, context.validation_data,
@@ -134,18 +134,27 @@ def _run_stage(context, progress, number, stage, state):
         f" (resumed after epoch {resumed_epoch})"
         if resumed_epoch is not None else "",
     )
+    monitor, mode = stage_options.monitor_for(
+        model, context.validation_data, stage)
+    early = _early_stopping(stage, state, monitor, mode)
+    if state.state.get("early_stop"):
+        first = end  # stopped early before a kill: nothing left to train
     callbacks = (
         stage_options.stage_callbacks(stage)
         + [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
+        + ([early] if early is not None else [])
         + stage_callbacks(
             context, stage, number, plan,
             hparams=progress.hparams if first == 0 and number == 1 else None,
-            best_so_far=_best(progress.monitor, progress.states, progress.mode),
-            monitor=(progress.monitor, progress.mode),
+            best_so_far=_best(monitor, progress.states, mode),
+            monitor=(monitor, mode),
         )
     )
     cache_record = _fit(context, stage, callbacks, (first, end), data)
     _check_finite(model, stage, state, start)
+    if early is not None and early.stopped_epoch is not None:
+        state.finish_early(model, early.summary())
+        _log_early_stop(context, stage, early)
     history = state.history(model)
     progress.histories.append(history)
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
@@ -157,10 +166,42 @@ def _run_stage(context, progress, number, stage, state):
         "plan": plan.to_dict(),
         "resumed_after_epoch": resumed_epoch,
         "feature_cache": cache_record,
+        "monitor": monitor,
+        "early_stopping": state.state.get("early_stop"),
     }
     state.mark_done(record)
     progress.records.append(record)
     logger.info("Stage '%s' done: %s", stage.name, final)
+
+
+def _early_stopping(stage, state, monitor, mode):
+    """The stage's `StageEarlyStopping`, or `None` without `patience`."""
+    if stage.patience is None:
+        return None
+    return StageEarlyStopping(
+        monitor, mode, stage.patience, stage.min_delta, state.directory,
+        history=state.state["history"], epochs=state.state["epochs"],
+    )
+
+
+def _log_early_stop(context, stage, early):
+    """Says in TensorBoard's stage text that (and where) the stage stopped."""
+    summary = early.summary()
+    best = summary["best_epoch"]
+    text = (
+        f"**Stage '{stage.name}' stopped early** after epoch "
+        f"{summary['stopped_after_epoch'] + 1}: `{summary['monitor']}` did "
+        f"not improve by more than {summary['min_delta']} for "
+        f"{summary['patience']} epochs. The next stage starts from the "
+        f"best epoch, {'none' if best is None else best + 1} "
+        f"(`{summary['monitor']}` = {summary['best']})."
+    )
+    writer = summaries.EventWriter(
+        os.path.join(context.log_dir, "stage"))
+    try:
+        writer.text("early_stopping", text, summary["stopped_after_epoch"])
+    finally:
+        writer.close()
 
 
 def _fit(context, stage, callbacks, epochs, data):
