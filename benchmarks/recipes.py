@@ -28,13 +28,35 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 import image_finetune  # noqa: E402
 
 BASES = ("two_stage", "gradual", "discriminative")
+# Training options (issue 18), applied to every stage of a base recipe:
+# `two_stage@adamw_wd0.05` is the default recipe with AdamW, weight decay
+# 0.05; `two_stage@early3` stops a stage after 3 epochs without a better
+# validation accuracy.
+OPTIONS = {
+    "adamw_wd0.05": {"optimizer": "adamw", "weight_decay": 0.05},
+    "adamw_wd1e-4": {"optimizer": "adamw", "weight_decay": 1e-4},
+    "early3": {"patience": 3},
+}
 CONFIGS = BASES + tuple(
     f"{base}+{aug}" for aug in ("mixup", "cutmix") for base in BASES
-)
+) + tuple(f"two_stage@{option}" for option in OPTIONS)
 
 
 def make_recipe(config, head_epochs, finetune_epochs, *, layer_decay=0.7):
     """The `Recipe` of one config name, within the epoch budget."""
+    config, _, option = config.partition("@")
+    if option and option not in OPTIONS:
+        raise ValueError(f"Unknown option {option!r}. Allowed: {sorted(OPTIONS)}")
+    recipe = _base_recipe(config, head_epochs, finetune_epochs, layer_decay)
+    if not option:
+        return recipe
+    return transfer.Recipe(tuple(
+        transfer.Stage.from_config({**s.get_config(), **OPTIONS[option]})
+        for s in recipe
+    ))
+
+
+def _base_recipe(config, head_epochs, finetune_epochs, layer_decay):
     base, _, aug = config.partition("+")
     augment = (aug,) if aug else ()
     head = transfer.Stage("head", head_epochs, 1e-3, 0, augment=augment)

@@ -31,6 +31,7 @@ from transfer import _inputs
 from transfer import _model_info
 from transfer.tensorboard.callbacks import ConfusionMatrixLogger
 from transfer.training import feature_store
+from transfer.training import stage_options
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +147,12 @@ def plan_cache(model, stage, train_data, cache_features, *,
     # These options act on the stage's batches and loss, which the cached
     # head fit does not see.
     stage_changes = [
-        name for name in ("augment", "label_smoothing", "class_weight")
+        name for name in ("augment", "label_smoothing", "class_weight",
+                          "patience")
         if getattr(stage, name, None)
     ]
+    if stage_options.one_hot_labels(stage) and not stage_changes:
+        stage_changes = ["one-hot labels (loss or monitor)"]
     if stage_changes:
         return False, f"off: the stage sets {', '.join(stage_changes)}"
     if stage.trainable_blocks != 0:
