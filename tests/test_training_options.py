@@ -85,6 +85,7 @@ def test_optimizers_and_weight_decay_skip_biases_and_norms():
     assert sgd.momentum == 0.9 and sgd.nesterov
 
 
+@pytest.mark.requires_backend("tensorflow", "torch")  # JAX: kept tiny
 def test_weight_decay_also_inside_the_layer_decay_optimizers():
     model = transfer.build_classifier("tiny_cnn", 2, weights=None)
     transfer.set_trainable_blocks(model, "all")
@@ -122,6 +123,7 @@ def test_gradient_accumulation_counts_optimizer_steps_and_keeps_schedule(
     assert optimizer.ema_momentum == pytest.approx(0.99 ** 0.5)
 
 
+@pytest.mark.requires_backend("tensorflow", "torch")  # JAX: kept tiny
 def test_focal_loss_with_class_weight_and_label_smoothing(tmp_path):
     x, y = _data(32)
     model = transfer.build_classifier("tiny_cnn", 2, weights=None)
@@ -184,8 +186,7 @@ def test_early_stopping_ends_the_stage_on_its_best_epoch(tmp_path):
     assert manifest["stages"][1]["early_stopping"] is None
     # Stage 2 started from epoch 0's weights, not epoch 1's.
     start = recorder.at_train_begin[1]
-    for got, best, last in zip(start, recorder.at_epoch_end[0],
-                               recorder.at_epoch_end[1], strict=True):
+    for got, best in zip(start, recorder.at_epoch_end[0], strict=True):
         np.testing.assert_allclose(got, best, atol=1e-6)
     assert any(not np.allclose(b, w) for b, w in zip(
         recorder.at_epoch_end[0], recorder.at_epoch_end[1], strict=True))
@@ -211,6 +212,7 @@ class _StopIn(keras.callbacks.Callback):
             raise RuntimeError("killed")
 
 
+@pytest.mark.requires_backend("tensorflow", "torch")  # JAX: kept tiny
 def test_resume_after_an_early_stop_starts_the_next_stage_from_the_best(
         tmp_path):
     x, y = _data(32)
@@ -242,6 +244,7 @@ def test_resume_after_an_early_stop_starts_the_next_stage_from_the_best(
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.requires_backend("tensorflow", "torch")  # JAX: kept tiny
 def test_monitor_macro_f1_and_unknown_monitors(tmp_path):
     x, y = _data(32)
     model = transfer.build_classifier("tiny_cnn", 2, weights=None)
@@ -267,7 +270,11 @@ def test_monitor_macro_f1_and_unknown_monitors(tmp_path):
     assert monitor == ("val_rmse", "min")
 
 
-@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("precision", [
+    "mixed_bfloat16",
+    pytest.param("mixed_float16", marks=pytest.mark.requires_backend(
+        "tensorflow", "torch")),
+])
 def test_precision_policies_build_and_train(precision, tmp_path):
     x, y = _data(16)
     model = transfer.build_classifier("tiny_cnn", 2, weights=None,
@@ -292,6 +299,7 @@ def test_precision_policies_build_and_train(precision, tmp_path):
         atol=1e-2)
 
 
+@pytest.mark.requires_backend("tensorflow", "torch")  # JAX: kept tiny
 def test_efficientnet_builds_under_mixed_float16():
     """The tensorflow#50171 case: an EfficientNet under mixed_float16."""
     model = transfer.build_classifier(
@@ -301,6 +309,7 @@ def test_efficientnet_builds_under_mixed_float16():
     assert out.dtype == np.float32 and np.isfinite(out).all()
 
 
+@pytest.mark.requires_backend("tensorflow", "torch")  # JAX: kept tiny
 def test_precision_auto_and_bad_values():
     model = transfer.build_classifier("tiny_cnn", 2, weights=None,
                                       precision="auto")
