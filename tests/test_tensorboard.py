@@ -137,8 +137,9 @@ def test_image_shapes(logs):
     images = logs["validation_images"]
     # 2 classes: a 4 x 4 inch figure at 100 dpi.
     assert png_shapes(images["confusion_matrix"]["values"]) == [(400, 400, 3)] * 3
-    # 16 validation images, 4 per row: 8.8 x 10 inches.
-    assert png_shapes(images["top_losses"]["values"]) == [(1000, 880, 3)] * 2
+    # 16 validation images, 4 per row of 2.5 inches (+ 0.3 margins); each
+    # row 2.57 inches (two text lines, image, gap), + 0.58 title and margin.
+    assert png_shapes(images["top_losses"]["values"]) == [(1086, 1030, 3)] * 2
     # 16 images of 32 px, enlarged to 64 px, 4 x 4 with 2 px padding.
     inputs = logs["train_images"]["training_inputs"]["values"]
     assert png_shapes(inputs) == [(266, 266, 3)]
@@ -263,7 +264,7 @@ def test_public_callbacks_in_a_plain_fit(tmp_path):
     assert png_shapes(images["confusion_matrix"]["values"])[0] == (400, 400, 3)
     assert images["top_losses"]["steps"] == [1, 2]
     # 5 tiles, 4 a row: 2 rows.
-    assert png_shapes(images["top_losses"]["values"])[0] == (500, 880, 3)
+    assert png_shapes(images["top_losses"]["values"])[0] == (572, 1030, 3)
     inputs = logs["train_images"]["training_inputs"]
     assert inputs["steps"] == [0, 2]
     # 4 augmented images, 2 x 2 tiles of 64 px.

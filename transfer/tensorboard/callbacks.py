@@ -234,8 +234,8 @@ class TopLossesLogger(keras.callbacks.Callback):
 
     Image `top_losses` in `log_dir/validation_images`, at the last epoch of
     the `fit` (so at the end of each `fit_recipe` stage): the `num_images`
-    examples with the highest cross-entropy, titled true / predicted class,
-    loss and probability. Only those examples are kept in memory. Needs
+    examples with the highest cross-entropy, each titled `true / predicted
+    (p = probability of the predicted class)` and its loss. Only those examples are kept in memory. Needs
     matplotlib.
 
     Args:
@@ -280,17 +280,17 @@ class TopLossesLogger(keras.callbacks.Callback):
         )
         if worst is None:
             return
-        images, labels, probabilities, losses = worst
         figure = plots.top_losses_figure(
-            images, labels, probabilities, losses, self._names
+            worst.images, worst.labels, worst.probabilities, worst.losses,
+            self._names,
         )
         writer = summaries.EventWriter(
             os.path.join(self.log_dir, "validation_images")
         )
         writer.image(
             "top_losses", plots.figure_to_array(figure), self._last_epoch,
-            description=f"The {len(images)} validation examples with the "
-            "highest loss, worst first.",
+            description=f"The {len(worst.images)} validation examples with "
+            "the highest loss, worst first.",
         )
         writer.close()
 
