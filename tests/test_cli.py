@@ -9,9 +9,11 @@ Covers: transfer.cli, transfer.workflow, transfer.run_config, transfer.run_repor
 """
 
 import csv
+import datetime
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -73,6 +75,54 @@ def cli(*args, cwd, capsys):
 def last_json(stdout):
     """The JSON result: the last line of a command's stdout."""
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def worst_rows(page):
+    """`(file, true, predicted, p)` of a report's worst-examples table."""
+    cell = r"<td class='text'>([^<]*)</td>"
+    return [
+        (path, true, predicted, float(p))
+        for path, true, predicted, p in re.findall(
+            rf"<tr><td>\d+</td>{cell}{cell}{cell}<td>([0-9.]+)</td>", page
+        )
+    ]
+
+
+def check_worst_files(page, data_dir, run_dir, count):
+    """The report names each worst example's file, and it is that file."""
+    from transfer import workflow
+
+    assert "<strong>p</strong> is the probability the model gives its " \
+        "predicted class" in page
+    rows = worst_rows(page)
+    assert len(rows) == count
+    for path, true, _, _ in rows:
+        assert (data_dir / path).is_file(), path
+        assert path.split(os.sep)[0] == true  # its class folder
+    model, _ = workflow.load_run(str(run_dir))
+    predictions = workflow.predict_files(
+        model, [str(data_dir / row[0]) for row in rows]
+    )
+    for row, result in zip(rows, predictions, strict=True):
+        best = result["predictions"][0]
+        assert (best["class"], best["probability"]) == (
+            row[2], pytest.approx(row[3], abs=1e-3)
+        ), row
+
+
+def check_header(page, data_dir, split):
+    """The report says what data, model, version and date it covers."""
+    header = page.split("<table class='header'>")[1].split("</table>")[0]
+    fields = dict(re.findall(
+        r"<tr><th>([^<]+)</th><td class='text'>([^<]*)</td></tr>", header
+    ))
+    assert fields["data"] == str(data_dir)
+    assert fields["split"].startswith(split + " (")
+    assert fields["backbone"].startswith("tiny_cnn")
+    # The backbone file's weights.
+    assert fields["weights"].startswith(f"file ({data_dir.parent / 'tiny_cnn.keras'}")
+    assert fields["transfer"].startswith(transfer.__version__ + " (Keras ")
+    assert fields["date"].startswith(datetime.date.today().isoformat())
 
 
 def _write_folder(root, num_images=16):
@@ -218,6 +268,10 @@ def test_keras_export_and_report(cli_run, capsys):
     assert "<td>cat</td>" in page and "precision" in page
     metrics = json.loads((report_dir / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"cat", "dog"}
+    # The run's validation split, rebuilt: its files, named.
+    check_header(page, root / "data", "validation")
+    check_worst_files(page, root / "data", root / "run",
+                      min(8, metrics["num_examples"]))
 
 
 def test_evaluate_on_folder(cli_run, capsys):
@@ -227,7 +281,9 @@ def test_evaluate_on_folder(cli_run, capsys):
     metrics = last_json(capsys.readouterr().out)
     assert metrics["num_examples"] == 16
     assert sum(map(sum, metrics["confusion_matrix"])) == 16
-    assert (root / "run" / "evaluation" / "report.html").exists()
+    page = (root / "run" / "evaluation" / "report.html").read_text()
+    check_header(page, root / "data", "evaluation")
+    check_worst_files(page, root / "data", root / "run", 8)
 
 
 def test_evaluate_refuses_other_classes(cli_run, tmp_path, capsys):
@@ -386,7 +442,6 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
     # `transfer report` rebuilds the run's validation split; a run trained
     # with seed 0 was rebuilt with the default seed (`seed or 1337`).
     from transfer import workflow
-    from transfer.data import images as data_module
 
     seeds = []
 
@@ -394,7 +449,7 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
         seeds.append(seed)
         raise RuntimeError("stop after the split's arguments")
 
-    monkeypatch.setattr(data_module, "load_image_folder", load_image_folder)
+    monkeypatch.setattr(workflow, "load_image_folder", load_image_folder)
     monkeypatch.setattr(workflow, "run_class_names", lambda model: ["a", "b"])
     monkeypatch.setattr(workflow, "run_modality", lambda model: "image")
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()])

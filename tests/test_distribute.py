@@ -181,8 +181,7 @@ def test_four_devices_match_one(tmp_path):
         # directory"), but the rerun never writes a step twice.
         steps = _event_steps(str(tmp_path / "resume" / "logs"))
         assert steps.keys() == reference.keys()
-        for key, values in steps.items():  # (Keras's *_vs_iterations steps
-            # restart with each stage's optimizer: the reference repeats)
+        for key, values in steps.items():
             assert Counter(values) <= Counter(reference[key]), key
         assert 1 in steps[("train", "epoch_loss")]
     pids = {

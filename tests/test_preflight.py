@@ -169,6 +169,17 @@ def test_load_image_folder_refuses_or_skips_bad_files(messy, tmp_path):
     assert train.transfer_preflight.to_dict()["skipped"] == 5
     # The data folder itself is untouched.
     assert (messy / "cat" / "empty.jpg").exists()
+    # Unshuffled, `file_paths` name each example's file in order, in the
+    # data folder (not in the preflight view Keras read).
+    ordered, _, _ = transfer.load_image_folder(
+        str(messy), image_size=16, batch_size=4, skip_bad_files=True,
+        validation_split=0, shuffle=False, verbose=0,
+    )
+    relative = [os.path.relpath(p, messy) for p in ordered.file_paths]
+    assert all(os.path.isfile(p) for p in ordered.file_paths)
+    assert len(relative) == 13 and not set(relative) & set(BAD)
+    labels = np.concatenate([y.numpy() for _, y in ordered])
+    assert [names[i] for i in labels] == [p.split(os.sep)[0] for p in relative]
 
 
 def test_converted_pixels_are_right(tmp_path):

@@ -21,6 +21,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
 import transfer
+from transfer.reporting import plots
 from transfer.tensorboard import callbacks as tcb
 
 # Run directory under `logs` -> {tag: plugin}, as every backend writes it.
@@ -31,12 +32,8 @@ EXPECTED_TAGS = {
         "epoch_accuracy": "scalars",
         "epoch_learning_rate": "scalars",
     },
-    "validation": {
-        "epoch_loss": "scalars",
-        "epoch_accuracy": "scalars",
-        "evaluation_loss_vs_iterations": "scalars",
-        "evaluation_accuracy_vs_iterations": "scalars",
-    },
+    # No `evaluation_*_vs_iterations`: their steps restart with each stage.
+    "validation": {"epoch_loss": "scalars", "epoch_accuracy": "scalars"},
     "stage": {
         "stage": "scalars",
         "trainable_params": "scalars",
@@ -127,18 +124,27 @@ def test_one_step_axis_across_stages(logs):
     assert logs["validation_images"]["top_losses"]["steps"] == [0, 2]
     assert logs["train_images"]["training_inputs"]["steps"] == [0]
     assert logs["."]["manifest"]["steps"] == [2]
-    # Keras's own evaluation_*_vs_iterations count the optimizer steps of
-    # each stage (a fresh Adam per stage): 2 batches per epoch.
-    assert logs["validation"]["evaluation_loss_vs_iterations"]["steps"] == [
-        2, 2, 4]
+
+
+def test_no_curve_restarts_at_a_stage(logs):
+    # keras.callbacks.TensorBoard steps `evaluation_*_vs_iterations` by the
+    # optimizer's iterations, which restart with each stage's fresh Adam
+    # (steps 2, 2, 4 here): on one chart a two-stage run looked shorter.
+    tags = [(run, tag) for run, entries in logs.items() for tag in entries]
+    assert not [t for t in tags if t[1].startswith("evaluation_")], tags
+    for run, entries in logs.items():
+        for tag, entry in entries.items():
+            if entry["plugin"] == "scalars":  # one value per step
+                assert entry["steps"] == [0, 1, 2], (run, tag)
 
 
 def test_image_shapes(logs):
     images = logs["validation_images"]
     # 2 classes: a 4 x 4 inch figure at 100 dpi.
     assert png_shapes(images["confusion_matrix"]["values"]) == [(400, 400, 3)] * 3
-    # 16 validation images, 4 per row: 8.8 x 10 inches.
-    assert png_shapes(images["top_losses"]["values"]) == [(1000, 880, 3)] * 2
+    # 16 validation images, 4 per row of 2.5 inches (+ 0.3 margins); each
+    # row 2.57 inches (two text lines, image, gap), + 0.58 title and margin.
+    assert png_shapes(images["top_losses"]["values"]) == [(1086, 1030, 3)] * 2
     # 16 images of 32 px, enlarged to 64 px, 4 x 4 with 2 px padding.
     inputs = logs["train_images"]["training_inputs"]["values"]
     assert png_shapes(inputs) == [(266, 266, 3)]
@@ -146,7 +152,13 @@ def test_image_shapes(logs):
 
 def test_text_entries(logs, tiny_run):
     stage = logs["stage"]
-    assert "Stage 1 `head`" in text(stage["stage_summary"], 0)
+    # Epochs as Keras's progress bar counts them, steps from 0.
+    head, top = text(stage["stage_summary"], 0), text(stage["stage_summary"])
+    assert "Stage 1 `head` starts at epoch 1 (step 0)" in head
+    assert "| epochs | 1 to 1 |" in head
+    assert "Stage 2 `top` starts at epoch 2 (step 1)" in top
+    assert "| epochs | 2 to 3 |" in top
+    assert "| TensorBoard steps | 1 to 2 |" in top
     assert "| learning rate | 0.005 (constant) |" in text(stage["stage_summary"])
     head_plan, top_plan = text(stage["freeze_plan"], 0), text(stage["freeze_plan"])
     assert "| block2 | frozen |" in head_plan and "| head | train |" in head_plan
@@ -167,7 +179,8 @@ def test_hparams_session(logs, tiny_run):
         name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
         for name, value in info.hparams.items()
     }
-    assert info.group_name == os.path.normpath(tiny_run["run_dir"])
+    # The run directory's name: the dashboard cut whole paths to one prefix.
+    assert info.group_name == os.path.basename(tiny_run["run_dir"]) == "run"
     assert hparams == {
         "backend": keras.config.backend(),
         "backbone": "tiny_cnn",
@@ -176,6 +189,8 @@ def test_hparams_session(logs, tiny_run):
         "image_size": 32,
         "batch_size": 8,
         "num_stages": 2,
+        "all_stages": "head: 1 ep, lr 0.01, blocks 0 | top: 2 ep, lr 0.005, "
+                      "blocks 1",
         "stage1_name": "head",
         "stage1_epochs": 1,
         "stage1_learning_rate": pytest.approx(1e-2),
@@ -242,7 +257,7 @@ def test_public_callbacks_in_a_plain_fit(tmp_path):
             train, validation_data=val, initial_epoch=initial_epoch,
             epochs=epochs, verbose=0,
             callbacks=[
-                keras.callbacks.TensorBoard(log_dir),
+                tcb.EpochTensorBoard(log_dir),
                 tcb.StageLogger(log_dir, freeze_plan=plan),
                 tcb.InputImagesLogger(train, log_dir, max_images=4),
                 tcb.ConfusionMatrixLogger(val, names, log_dir),
@@ -255,6 +270,7 @@ def test_public_callbacks_in_a_plain_fit(tmp_path):
     fit(2, 3)
     logs = read_logs(log_dir)
     assert logs["train"]["epoch_loss"]["steps"] == [0, 1, 2]
+    assert set(logs["validation"]) == {"epoch_loss", "epoch_accuracy"}
     assert logs["stage"]["trainable_params"]["steps"] == [0, 1, 2]
     assert logs["stage"]["freeze_plan"]["steps"] == [0, 2]
     images = logs["validation_images"]
@@ -263,12 +279,45 @@ def test_public_callbacks_in_a_plain_fit(tmp_path):
     assert png_shapes(images["confusion_matrix"]["values"])[0] == (400, 400, 3)
     assert images["top_losses"]["steps"] == [1, 2]
     # 5 tiles, 4 a row: 2 rows.
-    assert png_shapes(images["top_losses"]["values"])[0] == (500, 880, 3)
+    assert png_shapes(images["top_losses"]["values"])[0] == (572, 1030, 3)
     inputs = logs["train_images"]["training_inputs"]
     assert inputs["steps"] == [0, 2]
     # 4 augmented images, 2 x 2 tiles of 64 px.
     assert png_shapes(inputs["values"]) == [(134, 134, 3)] * 2
     assert logs["."]["_hparams_/session_start_info"]["steps"] == [0, 0]
+
+
+def test_image_titles_count_epochs_from_one(tmp_path, monkeypatch):
+    """Titles drawn into images count epochs as Keras's progress bar does."""
+    titles = []
+
+    def recording(draw):
+        def record(*args, **kwargs):
+            titles.append(kwargs["title"])
+            return draw(*args, **kwargs)
+
+        return record
+
+    for name in ("confusion_matrix_figure", "top_losses_figure"):
+        monkeypatch.setattr(plots, name, recording(getattr(plots, name)))
+    x, y = transfer.synthetic_images(6, 32, 3, seed=3)
+    model, _ = _compiled_model()
+    log_dir = str(tmp_path / "logs")
+    callbacks = [
+        tcb.ConfusionMatrixLogger((x, y), None, log_dir),
+        tcb.TopLossesLogger((x, y), None, log_dir, num_images=2),
+    ]
+    model.fit(x, y, epochs=1, verbose=0, callbacks=callbacks)
+    model.fit(x, y, initial_epoch=1, epochs=2, verbose=0, callbacks=callbacks)
+    starts = ["Epoch 1:", "Top losses after epoch 1,",
+              "Epoch 2:", "Top losses after epoch 2,"]
+    assert len(titles) == len(starts)
+    for title, start in zip(titles, starts, strict=True):
+        assert title.startswith(start), (title, start)
+    # TensorBoard steps stay Keras's 0-based epochs.
+    images = read_logs(log_dir)["validation_images"]
+    assert images["confusion_matrix"]["steps"] == [0, 1]
+    assert images["top_losses"]["steps"] == [0, 1]
 
 
 def test_confusion_matrix_counts_match_predictions(tmp_path):

@@ -132,6 +132,15 @@ def test_hparams_api_compares_runs(tensorboard_port):
     names = {info["name"] for info in experiment["hparamInfos"]}
     assert {"backend", "backbone", "weights", "image_size", "batch_size",
             "stage1_epochs", "stage2_learning_rate", "stage2_trainable_blocks"} <= names
+    # The dashboard ticks 5 hparams: those that differ between runs first,
+    # then in this (name) order. `all_stages` holds every stage's values.
+    infos = experiment["hparamInfos"]
+    ticked = sorted(infos, key=lambda info: not info.get("differs"))[:5]
+    assert ticked[0]["name"] == "all_stages"
+    assert sorted(ticked[0]["domainDiscrete"]) == [
+        f"head: 1 ep, lr 0.01, blocks 0 | top: 1 ep, lr {rate:g}, blocks 1"
+        for rate in sorted(RUNS.values())
+    ]
     metrics = {(m["name"]["group"], m["name"]["tag"]) for m in experiment["metricInfos"]}
     assert {("validation", "epoch_accuracy"), ("train", "epoch_loss")} <= metrics
     groups = _get(port, "/data/plugin/hparams/session_groups", {
@@ -142,7 +151,8 @@ def test_hparams_api_compares_runs(tensorboard_port):
         "startIndex": 0,
         "sliceSize": 10,
     })["sessionGroups"]
-    assert len(groups) == len(RUNS)  # one row per run
+    # One row per run, named after its directory (not a path cut short).
+    assert sorted(group["name"] for group in groups) == sorted(RUNS)
     rates = sorted(g["hparams"]["stage2_learning_rate"] for g in groups)
     assert rates == pytest.approx(sorted(RUNS.values()))
     for group in groups:

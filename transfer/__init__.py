@@ -31,6 +31,7 @@ from transfer import text
 from transfer import training
 from transfer import weights
 from transfer import workflow
+from transfer._version import __version__ as __version__
 from transfer.backbones.registry import list_backbones
 from transfer.backbones.registry import register_backbone
 from transfer.backbones.resolve import get_backbone_spec
@@ -72,8 +73,6 @@ from transfer.training.recipe_files import save_recipe
 from transfer.tta import evaluate_tta
 from transfer.tta import predict_tta
 from transfer.weights.download import WeightsUnavailableError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackboneSpec",

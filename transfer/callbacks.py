@@ -5,7 +5,7 @@ A public namespace: the classes live in `transfer.tensorboard.callbacks`
 
 ```python
 callbacks = [
-    keras.callbacks.TensorBoard("logs"),
+    transfer.callbacks.EpochTensorBoard("logs"),
     transfer.callbacks.StageLogger("logs"),
     transfer.callbacks.ConfusionMatrixLogger((x_val, y_val), names, "logs"),
     transfer.callbacks.TopLossesLogger((x_val, y_val), names, "logs"),
@@ -15,6 +15,7 @@ model.fit(x, y, validation_data=(x_val, y_val), callbacks=callbacks)
 """
 
 from transfer.tensorboard.callbacks import ConfusionMatrixLogger
+from transfer.tensorboard.callbacks import EpochTensorBoard
 from transfer.tensorboard.callbacks import HParamsLogger
 from transfer.tensorboard.callbacks import InputImagesLogger
 from transfer.tensorboard.callbacks import StageLogger
@@ -25,6 +26,7 @@ from transfer.training.checkpoints import BestWeightsCheckpoint
 __all__ = [
     "BestWeightsCheckpoint",
     "ConfusionMatrixLogger",
+    "EpochTensorBoard",
     "HParamsLogger",
     "InputImagesLogger",
     "StageLogger",

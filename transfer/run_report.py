@@ -7,13 +7,25 @@ mailed or opened anywhere without the run directory.
 """
 
 import base64
+import datetime
 import html
 import os
 
+import keras
+
+from transfer import _model_info
+from transfer._version import __version__
 from transfer.reporting import plots
 from transfer.reporting.report import top_losses
 from transfer.reporting.report import write_report
 from transfer.training import resume
+
+_P_EXPLAINED = (
+    "<p>Each example is titled <em>true class / predicted class (p = "
+    "probability)</em>: <strong>p</strong> is the probability the model "
+    "gives its predicted class, and <strong>loss</strong> the example's "
+    "cross-entropy, highest first.{files}</p>"
+)
 
 
 def _inline_png(path):
@@ -43,19 +55,74 @@ def _metrics_table(metrics):
     )
 
 
-def _worst_texts_table(worst, class_names):
-    texts, labels, probabilities, losses = worst
+def _header(run_dir, model, data, split, metrics):
+    """The report's first table: what run, data, model and version."""
+    metadata = _model_info.metadata(model)
+    weights = metadata.get("weights") or {}
+    directory = getattr(data, "directory", None)
+    if data is None:
+        data_text = "none (training curves only)"
+    elif directory is not None:
+        data_text = os.path.abspath(directory)
+    else:
+        data_text = f"{type(data).__name__} given to write_run_report"
+    split_text = split
+    if metrics.get("split"):
+        split_text += f" ({metrics['num_examples']} examples)"
+    backbone = metadata.get("backbone") or "unknown"
+    if metadata.get("backbone_source"):
+        backbone += f" ({metadata['backbone_source']})"
+    weights_text = str(weights.get("weights") or "none")
+    details = []
+    if weights.get("source") and weights["source"] != weights_text:
+        details.append(f"from {weights['source']}")
+    if weights.get("path"):
+        details.append(str(weights["path"]))
+    if weights.get("sha256"):
+        details.append(f"sha256 {weights['sha256'][:12]}")
+    if details:
+        weights_text += f" ({', '.join(details)})"
+    rows = [
+        ("run", os.path.abspath(run_dir)),
+        ("data", data_text),
+        ("split", split_text if data is not None else "none"),
+        ("backbone", backbone),
+        ("weights", weights_text),
+        ("transfer", f"{__version__} (Keras {keras.__version__}, "
+                     f"{keras.config.backend()} backend)"),
+        ("date", datetime.datetime.now().astimezone().isoformat(
+            timespec="seconds")),
+    ]
+    cells = "".join(
+        f"<tr><th>{name}</th><td class='text'>{html.escape(str(value))}</td>"
+        "</tr>"
+        for name, value in rows
+    )
+    return f"<table class='header'>{cells}</table>"
+
+
+def _worst_table(worst, class_names, file_paths):
+    """One row per worst example: its file (or text), classes, p, loss."""
+    if file_paths is not None:
+        first = ("file", [file_paths[int(i)] for i in worst.indices])
+    elif worst.images.dtype.kind in "OUS":
+        first = ("text", [str(text)[:300] for text in worst.images])
+    else:
+        first = ("position in the data", [int(i) for i in worst.indices])
     rows = "".join(
-        f"<tr><td>{html.escape(str(text))[:300]}</td>"
-        f"<td>{html.escape(class_names[int(label)])}</td>"
-        f"<td>{html.escape(class_names[int(p.argmax())])}</td>"
-        f"<td>{loss:.3f}</td></tr>"
-        for text, label, p, loss in zip(texts, labels, probabilities, losses,
-                                        strict=True)
+        f"<tr><td>{rank}</td><td class='text'>{html.escape(str(item))}</td>"
+        f"<td class='text'>{html.escape(class_names[int(label)])}</td>"
+        f"<td class='text'>{html.escape(class_names[int(p.argmax())])}</td>"
+        f"<td>{p.max():.3f}</td><td>{loss:.3f}</td></tr>"
+        for rank, (item, label, p, loss) in enumerate(zip(
+            first[1], worst.labels, worst.probabilities, worst.losses,
+            strict=True,
+        ), start=1)
     )
     return (
-        "<table><tr><th>text</th><th>true</th><th>predicted</th>"
-        f"<th>loss</th></tr>{rows}</table>"
+        f"<table><tr><th>#</th><th class='text'>{first[0]}</th>"
+        "<th class='text'>true</th><th class='text'>predicted</th>"
+        f"<th>p</th><th>loss</th></tr>{rows}</table>"
     )
 
 
@@ -66,13 +133,18 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     Files: `metrics.json` (per-class precision, recall, F1, confusion
     matrix), `confusion_matrix.png`, `training_curves.png` (from the run's
     stage histories), `worst_examples.png` (images) and `report.html`, a
-    single page that inlines them all.
+    single page that inlines them all. The page opens with what it covers:
+    run, data folder, split, backbone, weights, `transfer` version and
+    date; its worst examples are listed with their files when `data` knows
+    them (as `transfer.workflow.load_labelled_data` returns it).
 
     Args:
         run_dir: the run directory (for the training curves).
         model: the trained classifier.
         data: labelled `(x, y)` evaluation arrays, or `None` for curves
-            only. Defaults to `None`.
+            only; with `directory` and `file_paths` attributes (a
+            `transfer.workflow.LabelledData`), the page names the data
+            folder and each worst example's file. Defaults to `None`.
         class_names: class names. Defaults to `None` (`"0"`, `"1"`, ...).
         split: what `data` is, shown in the report.
             Defaults to `"validation"`.
@@ -86,8 +158,8 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     Example:
 
     >>> model, config = transfer.workflow.load_run("runs/a")
-    >>> x, y = transfer.workflow.load_labelled_data("test/", model)
-    >>> transfer.run_report.write_run_report("runs/a", model, (x, y))["accuracy"]
+    >>> data = transfer.workflow.load_labelled_data("test/", model)
+    >>> transfer.run_report.write_run_report("runs/a", model, data)["accuracy"]
     0.93
     """
     output_dir = output_dir or os.path.join(run_dir, "report")
@@ -97,44 +169,62 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
         model=model, data=data, class_names=class_names, split=split,
     )
     class_names = metrics.get("class_names") or class_names
-    sections = [f"<h1>Report: {html.escape(os.path.abspath(run_dir))}</h1>"]
+    sections = [
+        f"<h1>Report: {html.escape(os.path.basename(os.path.abspath(run_dir)))}"
+        "</h1>",
+        _header(run_dir, model, data, split, metrics),
+    ]
     if metrics.get("split"):
         sections.append(
             f"<p>{html.escape(split)} data: {metrics['num_examples']} "
             f"examples, accuracy {metrics['accuracy']:.4f}</p>"
         )
         sections.append("<h2>Per-class metrics</h2>" + _metrics_table(metrics))
-    names = ["training_curves.png", "confusion_matrix.png"]
     worst = None
     if data is not None and max_examples:
         worst = top_losses(model, data, max_examples)
-    texts = worst is not None and worst[0].dtype.kind in "OUS"
+    file_paths = getattr(data, "file_paths", None)
+    texts = worst is not None and worst.images.dtype.kind in "OUS"
     if worst is not None and not texts:
-        figure = plots.top_losses_figure(*worst, class_names)
+        figure = plots.top_losses_figure(
+            worst.images, worst.labels, worst.probabilities, worst.losses,
+            class_names,
+            file_paths=None if file_paths is None else [
+                file_paths[int(i)] for i in worst.indices
+            ],
+            # `p` is explained once, on the page.
+            title=f"Worst examples ({split}), highest loss first",
+        )
         figure.savefig(os.path.join(output_dir, "worst_examples.png"))
-        names.append("worst_examples.png")
-    titles = {
-        "training_curves.png": "Training curves",
-        "confusion_matrix.png": "Confusion matrix",
-        "worst_examples.png": "Worst-classified examples (true / predicted)",
-    }
     files = []
-    for name in names:
+    titles = (
+        ("training_curves.png", "Training curves"),
+        ("confusion_matrix.png", "Confusion matrix"),
+    )
+    for name, title in titles:
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
             files.append(path)
-            sections.append(f"<h2>{titles[name]}</h2>{_inline_png(path)}")
-    if texts:
-        sections.append(
-            "<h2>Worst-classified examples</h2>"
-            + _worst_texts_table(worst, class_names)
-        )
+            sections.append(f"<h2>{title}</h2>{_inline_png(path)}")
+    if worst is not None:
+        sections.append("<h2>Worst-classified examples</h2>")
+        sections.append(_P_EXPLAINED.format(
+            files=" Files are relative to the data folder."
+            if file_paths is not None else ""
+        ))
+        if not texts:
+            path = os.path.join(output_dir, "worst_examples.png")
+            files.append(path)
+            sections.append(_inline_png(path))
+        sections.append(_worst_table(worst, class_names, file_paths))
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         "<title>transfer report</title><style>body{font-family:sans-serif;"
-        "margin:2em}table{border-collapse:collapse}td,th{border:1px solid "
-        "#ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
-        "</style></head><body>" + "".join(sections) + "</body></html>"
+        "margin:2em}table{border-collapse:collapse;margin:0.5em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td.text,th.text,table.header th{text-align:left}"
+        "img{max-width:100%}</style></head><body>"
+        + "".join(sections) + "</body></html>"
     )
     html_path = os.path.join(output_dir, "report.html")
     with open(html_path, "w", encoding="utf-8") as f:

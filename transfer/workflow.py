@@ -320,8 +320,36 @@ def predict_files(model, paths, *, top_k=1, batch_size=32):
     return results
 
 
+class LabelledData(tuple):
+    """`(x, y)` evaluation arrays that know which files they were read from.
+
+    It unpacks and is passed like the `(x, y)` tuple it is; `directory`
+    (the data folder) and `file_paths` (each example's file relative to
+    it, in the order of `x`, or `None` where unknown) let
+    `transfer.run_report.write_run_report` name the data and its worst
+    examples.
+
+    Args:
+        x: the inputs.
+        y: the class indices.
+        directory: the data folder. Defaults to `None`.
+        file_paths: one path per example, relative to `directory`.
+            Defaults to `None`.
+    """
+
+    def __new__(cls, x, y, directory=None, file_paths=None):
+        data = super().__new__(cls, (x, y))
+        data.directory = directory
+        data.file_paths = file_paths
+        return data
+
+
 def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
     """Labelled evaluation data for a run's model, as `(x, y)` arrays.
+
+    Images come in a fixed order (the validation split's, or every file's
+    sorted order), so that each example's file is known: the result is a
+    `LabelledData`, an `(x, y)` tuple with `directory` and `file_paths`.
 
     Args:
         data_dir: a folder with one subfolder per class, with the classes
@@ -331,6 +359,9 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
         validation_only: return the run's validation split of `data_dir`
             (same split and seed as training) instead of every file.
             Defaults to `False`.
+
+    Returns:
+        A `LabelledData`: `x, y = load_labelled_data(...)` unpacks it.
 
     Raises:
         ValueError: the folder's classes differ from the model's.
@@ -347,20 +378,27 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
         )
         pair = val if split else train
         x, y = np.asarray(pair[0], dtype=object), np.asarray(pair[1])
+        file_paths = None
     else:
+        # The validation split is never shuffled; every file is read
+        # unshuffled too, so that the arrays follow `file_paths`.
         train, val, names = load_image_folder(
             data_dir, image_size=int(model.input_shape[1]),
             validation_split=split or 0, seed=seed, verbose=0,
             skip_bad_files=bool(config and config.get("skip_bad_files")),
+            shuffle=bool(split),
         )
         dataset = val if split else train
         batches = [(np.asarray(a), np.asarray(b)) for a, b in dataset]
         x = np.concatenate([b[0] for b in batches])
         y = np.concatenate([b[1] for b in batches])
+        file_paths = [
+            os.path.relpath(path, data_dir) for path in dataset.file_paths
+        ]
     if list(names) != class_names:
         raise ValueError(
             f"The classes of '{data_dir}' {list(names)} differ from the "
             f"model's {class_names}. Evaluate on a folder with the same class "
             f"subfolders. Received: data={data_dir!r}"
         )
-    return x, y
+    return LabelledData(x, y, data_dir, file_paths)

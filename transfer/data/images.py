@@ -63,6 +63,7 @@ def load_image_folder(
     validation_split=0.2,
     seed=1337,
     skip_bad_files=False,
+    shuffle=True,
     verbose=1,
 ):
     """Reads a folder with one subfolder of images per class.
@@ -72,9 +73,12 @@ def load_image_folder(
     (`transfer.data.preflight.check_images`, cached), so that a wrong path or a
     bad file fails before any training. Grayscale, RGBA, CMYK and 16-bit
     images become RGB; bad files are an error listing them, or are left out
-    with `skip_bad_files=True`. The returned datasets carry `class_names`
-    and `transfer_preflight` (the `PreflightReport`, which `fit_recipe`
-    writes into the manifest).
+    with `skip_bad_files=True`. The returned datasets carry `class_names`,
+    `transfer_preflight` (the `PreflightReport`, which `fit_recipe` writes
+    into the manifest) and, as Keras's do, `file_paths`: the image files
+    under `directory`, in the order the dataset yields them for the
+    validation set and with `shuffle=False` (a shuffled training set is
+    shuffled again every epoch).
 
     Args:
         directory: the root folder; class names are its subfolder names.
@@ -85,6 +89,9 @@ def load_image_folder(
         seed: seed of the split and shuffling. Defaults to `1337`.
         skip_bad_files: leave out empty, truncated and non-image files
             instead of raising. Defaults to `False`.
+        shuffle: shuffle the files. `False` keeps Keras's sorted order, for
+            evaluation; with a `validation_split` it also changes which
+            files are held out. Defaults to `True`.
         verbose: `1` shows the preflight progress bar. Defaults to `1`.
 
     Returns:
@@ -131,7 +138,7 @@ def load_image_folder(
         image_size=(image_size, image_size),
         batch_size=batch_size,
         seed=seed,
-        shuffle=True,
+        shuffle=shuffle,
     )
     if validation_split:
         train, val = keras.utils.image_dataset_from_directory(
@@ -141,16 +148,29 @@ def load_image_folder(
         train = keras.utils.image_dataset_from_directory(source, **kwargs)
         val = None
     class_names = list(train.class_names)
+    train, val = (
+        None if dataset is None else _prefetched(dataset, directory, source,
+                                                 class_names, report)
+        for dataset in (train, val)
+    )
+    return train, val, class_names
+
+
+def _prefetched(dataset, directory, source, class_names, report):
     import tensorflow as tf
 
-    autotune = tf.data.AUTOTUNE
-    train = train.prefetch(autotune)
-    val = val.prefetch(autotune) if val is not None else None
-    for dataset in (train, val):
-        if dataset is not None:
-            dataset.class_names = class_names
-            dataset.transfer_preflight = report
-    return train, val, class_names
+    # Keras lists the files it read under `source`; a preflight view keeps
+    # the data's class folders and file names, so name them under
+    # `directory`, where the user's files are.
+    file_paths = [
+        os.path.join(directory, os.path.relpath(path, source))
+        for path in dataset.file_paths
+    ]
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.class_names = class_names
+    dataset.transfer_preflight = report
+    dataset.file_paths = file_paths
+    return dataset
 
 
 def _fashion_mnist_into_keras_cache():

@@ -6,6 +6,8 @@ state), imported lazily; image grids of model inputs need only NumPy.
 """
 
 import math
+import re
+import textwrap
 
 import numpy as np
 
@@ -120,8 +122,61 @@ def confusion_matrix_figure(matrix, class_names, title="Confusion matrix"):
     return figure
 
 
-def top_losses_figure(images, labels, predictions, losses, class_names):
-    """A grid of examples titled `true / predicted`, loss and probability.
+# How each worst-examples tile is titled, for figures shown on their own.
+TILE_LEGEND = (
+    "true / predicted (p = the model's probability for the predicted class)"
+)
+
+# Worst-examples grid, in inches at 100 dpi: each tile is a band of text
+# lines over its image, so that no title can run into another row.
+_TILE_IMAGE = 2.0
+_TILE_WIDTH = 2.5
+_LINE_HEIGHT = 0.16  # 8 pt text with its leading
+_CHAR_WIDTH = 0.068  # a wide average character of 8 pt DejaVu Sans
+_MARGIN = 0.15
+
+
+def _title_lines(text, width, max_lines=2):
+    """`text` wrapped at spaces into at most `max_lines` lines."""
+    lines = textwrap.wrap(text, width) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: width - 1] + "…"
+    return lines
+
+
+def _path_lines(path, width, max_lines=2):
+    """`path` wrapped after its separators, keeping its end.
+
+    A path that needs more than `max_lines` lines loses its beginning
+    ("…"): the file name is what tells examples apart.
+    """
+    lines = [""]
+    for token in re.findall(r"[^/\\]+[/\\]?|[/\\]", str(path)):
+        while len(token) > width:
+            if lines[-1]:
+                lines.append("")
+            lines[-1], token = token[:width], token[width:]
+            lines.append("")
+        if len(lines[-1]) + len(token) > width:
+            lines.append("")
+        lines[-1] += token
+    lines = [line for line in lines if line] or [""]
+    if len(lines) > max_lines:
+        lines = lines[-max_lines:]
+        lines[0] = "…" + lines[0][-(width - 1):]
+    return lines
+
+
+def top_losses_figure(images, labels, predictions, losses, class_names, *,
+                      file_paths=None, title=f"Worst examples: {TILE_LEGEND}"):
+    """A grid of examples, each titled `true / predicted (p = 0.87)`.
+
+    Every tile has its own band of text above its image: `true / predicted
+    (p = probability of the predicted class)`, the loss and, when known,
+    the file. The figure's size follows the number of rows and of text
+    lines, so titles never overlap images at any grid size. Wrong
+    predictions are titled in red.
 
     Args:
         images: the examples, `(k, h, w, c)`, values in `[0, 255]`.
@@ -129,29 +184,68 @@ def top_losses_figure(images, labels, predictions, losses, class_names):
         predictions: class probabilities, `(k, num_classes)`.
         losses: per-example cross-entropy, `(k,)`.
         class_names: the class names.
+        file_paths: each example's file (relative to the data folder), or
+            `None`. Defaults to `None`.
+        title: the figure's title, wrapped to its width. Defaults to
+            `"Worst examples: "` and `TILE_LEGEND`, which explains `p`.
 
     Returns:
-        A matplotlib `Figure`, 2.2 x 2.5 inches per tile, 4 tiles a row.
+        A matplotlib `Figure`, 2.5 inches wide per tile, 4 tiles a row.
     """
     images = display_images(images)
     k = len(images)
     columns = min(4, max(k, 1))
     rows = max(1, math.ceil(k / columns))
-    figure = new_figure(2.2 * columns, 2.5 * rows)
+    width = int(_TILE_WIDTH / _CHAR_WIDTH)
+    tiles = []
     for i in range(k):
-        axes = figure.add_subplot(rows, columns, i + 1)
+        predicted = int(np.argmax(predictions[i]))
+        # No-break spaces keep "(p = 0.87)" on one line.
+        probability = f"(p = {predictions[i][predicted]:.2f})".replace(
+            " ", "\u00a0"
+        )
+        lines = _title_lines(
+            f"{class_names[int(labels[i])]} / {class_names[predicted]} "
+            f"{probability}", width,
+        )
+        lines.append(f"loss {losses[i]:.2f}")
+        if file_paths is not None:
+            lines += _path_lines(file_paths[i], width)
+        tiles.append((lines, predicted != int(labels[i])))
+    band = _LINE_HEIGHT * max((len(t[0]) for t in tiles), default=1) + 0.1
+    fig_width = columns * _TILE_WIDTH + 2 * _MARGIN
+    header_lines = _title_lines(
+        title, int(fig_width / (_CHAR_WIDTH * 9 / 8)), max_lines=4
+    )
+    header = _LINE_HEIGHT * 9 / 8 * len(header_lines) + 0.25
+    tile_height = band + _TILE_IMAGE + 0.15
+    fig_height = header + rows * tile_height + _MARGIN
+    figure = new_figure(fig_width, fig_height)
+    figure.text(
+        0.5, 1 - 0.12 / fig_height, "\n".join(header_lines),
+        ha="center", va="top", fontsize=9,
+    )
+    for i, (lines, wrong) in enumerate(tiles):
+        row, column = divmod(i, columns)
+        left = _MARGIN + column * _TILE_WIDTH
+        image_top = fig_height - header - row * tile_height - band
+        # Text sits on its image: its band is as tall as the longest one.
+        figure.text(
+            (left + _TILE_WIDTH / 2) / fig_width,
+            (image_top + 0.05) / fig_height,
+            "\n".join(lines), ha="center", va="bottom", fontsize=8,
+            linespacing=1.25, color="firebrick" if wrong else "black",
+        )
+        axes = figure.add_axes((
+            (left + (_TILE_WIDTH - _TILE_IMAGE) / 2) / fig_width,
+            (image_top - _TILE_IMAGE) / fig_height,
+            _TILE_IMAGE / fig_width,
+            _TILE_IMAGE / fig_height,
+        ))
         image = images[i]
         axes.imshow(image[..., 0] if image.shape[-1] == 1 else image,
                     cmap="gray", vmin=0, vmax=255)
-        predicted = int(np.argmax(predictions[i]))
-        axes.set_title(
-            f"{class_names[int(labels[i])]} / {class_names[predicted]}\n"
-            f"loss {losses[i]:.2f}, p {predictions[i][predicted]:.2f}",
-            fontsize=8,
-        )
         axes.axis("off")
-    figure.suptitle("Top losses: true / predicted", fontsize=10)
-    figure.tight_layout()
     return figure
 
 
@@ -168,33 +262,55 @@ def _metric_names(histories):
 def training_curves_figure(histories, stage_names=None):
     """Loss and metric curves over all stages, one panel per metric.
 
-    Epochs continue across stages (as `fit_recipe` numbers them); a dashed
-    line marks where each stage starts.
+    Epochs are numbered from 1, as Keras's progress bar counts them, and
+    continue across stages (as `fit_recipe` runs them). Each stage is a
+    shaded band named above the panel, so that its name stays readable
+    however few epochs it has.
     """
     names = _metric_names(histories) or ["loss"]
-    figure = new_figure(5.0 * len(names), 3.6)
+    panel_width = 5.0
+    figure = new_figure(panel_width * len(names), 3.9)
     stage_names = stage_names or [f"stage {i + 1}" for i in range(len(histories))]
+    spans = [
+        (history.epoch[0] + 1, history.epoch[-1] + 1, stage)
+        for history, stage in zip(histories, stage_names, strict=False)
+        if history.epoch
+    ]
+    first = min((s[0] for s in spans), default=1)
+    last = max((s[1] for s in spans), default=1)
     for index, name in enumerate(names):
         axes = figure.add_subplot(1, len(names), index + 1)
         for prefix, label in (("", "train"), ("val_", "validation")):
             epochs, values = [], []
             for history in histories:
                 series = history.history.get(prefix + name) or []
-                epochs.extend(history.epoch[: len(series)])
+                epochs.extend(e + 1 for e in history.epoch[: len(series)])
                 values.extend(series)
             if values:
                 axes.plot(epochs, values, marker="o", label=label)
-        for history, stage in zip(histories, stage_names, strict=False):
-            if history.epoch:
-                axes.axvline(history.epoch[0] - 0.5, color="gray", ls="--")
-                axes.annotate(
-                    stage, (history.epoch[0] - 0.5, 1.0),
-                    xycoords=("data", "axes fraction"), fontsize=8,
-                    ha="left", va="top", rotation=90, color="gray",
-                )
-        axes.set_title(name)
+        above = axes.get_xaxis_transform()  # x in epochs, y in the panel
+        for number, (start, end, stage) in enumerate(spans):
+            axes.axvspan(start - 0.5, end + 0.5, zorder=0,
+                         color="0.92" if number % 2 == 0 else "0.97")
+            if number:
+                axes.axvline(start - 0.5, color="gray", ls="--", lw=0.8)
+            # Characters that fit over the band (the panel's axes take
+            # about 80 % of its width).
+            fits = (end - start + 1) / (last - first + 1) * panel_width * 0.8
+            axes.text(
+                (start + end) / 2, 1.02, _shortened(str(stage), fits / 0.07),
+                transform=above, ha="center", va="bottom", fontsize=9,
+                color="0.3", clip_on=False,
+            )
+        axes.set_xlim(first - 0.5, last + 0.5)
+        axes.set_title(name, pad=16)
         axes.set_xlabel("epoch")
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def _shortened(text, characters):
+    characters = max(int(characters), 2)
+    return text if len(text) <= characters else text[: characters - 1] + "…"

@@ -6,6 +6,7 @@ The evaluation helpers here also feed the image callbacks in
 `transfer.tensorboard.callbacks`.
 """
 
+import collections
 import heapq
 import logging
 import os
@@ -60,14 +61,21 @@ def first_images(data, max_images):
     return np.asarray(images)[:max_images]
 
 
+TopLosses = collections.namedtuple(
+    "TopLosses", ["images", "labels", "probabilities", "losses", "indices"]
+)
+
+
 def top_losses(model, data, num_images, batch_size=32):
     """The `num_images` examples with the highest cross-entropy, worst first.
 
     Keeps only those examples in memory while it goes through `data`.
 
     Returns:
-        `(images, labels, probabilities, losses)` NumPy arrays, or `None`
-        when `data` is empty.
+        A `TopLosses` of NumPy arrays `(images, labels, probabilities,
+        losses, indices)`, `indices` being each example's position in
+        `data` (as `file_paths[i]` of data read in a fixed order names its
+        file), or `None` when `data` is empty.
     """
     heap = []  # (loss, order, image, label, probabilities), smallest first
     order = 0
@@ -87,9 +95,10 @@ def top_losses(model, data, num_images, batch_size=32):
     if not heap:
         return None
     worst = sorted(heap, key=lambda item: (-item[0], item[1]))
-    losses, _, images, labels, probabilities = zip(*worst, strict=True)
-    return (np.stack(images), np.array(labels), np.stack(probabilities),
-            np.array(losses))
+    losses, indices, images, labels, probabilities = zip(*worst, strict=True)
+    return TopLosses(np.stack(images), np.array(labels),
+                     np.stack(probabilities), np.array(losses),
+                     np.array(indices))
 
 
 def class_names_for(model, class_names):
@@ -215,7 +224,7 @@ def write_report(
         figure = plots.confusion_matrix_figure(
             np.asarray(evaluation["confusion_matrix"]),
             evaluation["class_names"],
-            title=f"Confusion matrix ({split}, accuracy {accuracy:.3f})",
+            title=f"Confusion matrix ({split})\naccuracy {accuracy:.3f}",
         )
         figure.savefig(os.path.join(report_dir, "confusion_matrix.png"))
     else:

@@ -1,17 +1,18 @@
 """TensorBoard callbacks that `fit_recipe` adds to every stage, usable in any `fit`.
 
-`keras.callbacks.TensorBoard` writes the per-epoch loss, metrics and
+`EpochTensorBoard` (`keras.callbacks.TensorBoard` without its
+`evaluation_*_vs_iterations` curves) writes the per-epoch loss, metrics and
 learning rate into `log_dir/train` and `log_dir/validation`. The callbacks
 here add the rest, each into its own run directory beside those two
 (TensorBoard follows only the newest event file of a directory, so two
 open writers must not share one): `StageLogger` -> `stage`,
 `InputImagesLogger` -> `train_images`, `ConfusionMatrixLogger` and
 `TopLossesLogger` -> `validation_images`, `HParamsLogger` -> `log_dir`.
-Steps are epochs as Keras counts them, so they continue across `fit` calls
-that pass `initial_epoch` (Keras's own `evaluation_*_vs_iterations` in
-`validation` count optimizer steps instead, which restart with each
-stage's fresh optimizer). Give every callback the `log_dir` you give `keras.callbacks.TensorBoard`
-(an example is in `transfer.callbacks`, the public namespace).
+Steps are epochs as Keras counts them (from 0), so they continue across
+`fit` calls that pass `initial_epoch`; titles drawn into images count
+epochs from 1, as Keras's progress bar does. Give every callback the
+`log_dir` you give the TensorBoard callback (an example is in
+`transfer.callbacks`, the public namespace).
 """
 
 import os
@@ -22,6 +23,30 @@ import numpy as np
 from transfer.reporting import plots
 from transfer.reporting import report
 from transfer.tensorboard import summaries
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` with every curve on the epoch axis.
+
+    Keras's callback also writes, after each validation, the validation
+    metrics as `evaluation_<metric>_vs_iterations` stepped by the
+    optimizer's iteration count. A fresh optimizer per stage (each
+    `fit_recipe` stage, or any run of several `fit` calls that recompile)
+    restarts that count, so those curves fold back at every stage and a
+    multi-stage run looks shorter than a one-stage run on the same chart.
+    This callback leaves them out; `epoch_*` curves, which continue across
+    `fit` calls that pass `initial_epoch`, are unchanged. It takes the
+    arguments of `keras.callbacks.TensorBoard`.
+
+    Example:
+
+    >>> callback = transfer.callbacks.EpochTensorBoard("logs")
+    """
+
+    def on_test_end(self, logs=None):
+        # Keras writes `evaluation_*_vs_iterations` from `logs` here, then
+        # restores its batch-level writer: keep the second part only.
+        super().on_test_end({})
 
 
 def _positive_int(name, value):
@@ -160,8 +185,9 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
     """Logs the confusion matrix on validation data after every epoch.
 
     Image `confusion_matrix` in `log_dir/validation_images`: rows are true
-    classes, columns predictions, labelled with `class_names`. Needs
-    matplotlib.
+    classes, columns predictions, labelled with `class_names`. Its step is
+    Keras's epoch (from 0, like the scalars); its title counts epochs from
+    1, as Keras's progress bar does. Needs matplotlib.
 
     Args:
         validation_data: labelled data: an `(x, y)` tuple, a finite
@@ -205,9 +231,11 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
         for _, labels, probabilities in batches:
             np.add.at(matrix, (labels, probabilities.argmax(-1)), 1)
         accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+        # Titles count epochs from 1, as Keras's progress bar does; the
+        # TensorBoard step stays Keras's 0-based `epoch`.
         figure = plots.confusion_matrix_figure(
             matrix, self._names,
-            title=f"Epoch {epoch}: accuracy {accuracy:.3f}",
+            title=f"Epoch {epoch + 1}: accuracy {accuracy:.3f}",
         )
         self._writer.image(
             "confusion_matrix", plots.figure_to_array(figure), epoch,
@@ -224,8 +252,9 @@ class TopLossesLogger(keras.callbacks.Callback):
 
     Image `top_losses` in `log_dir/validation_images`, at the last epoch of
     the `fit` (so at the end of each `fit_recipe` stage): the `num_images`
-    examples with the highest cross-entropy, titled true / predicted class,
-    loss and probability. Only those examples are kept in memory. Needs
+    examples with the highest cross-entropy, each titled `true / predicted
+    (p = probability of the predicted class)` and its loss, under a title
+    naming the epoch as Keras's progress bar counts it (from 1). Only those examples are kept in memory. Needs
     matplotlib.
 
     Args:
@@ -270,17 +299,19 @@ class TopLossesLogger(keras.callbacks.Callback):
         )
         if worst is None:
             return
-        images, labels, probabilities, losses = worst
         figure = plots.top_losses_figure(
-            images, labels, probabilities, losses, self._names
+            worst.images, worst.labels, worst.probabilities, worst.losses,
+            self._names,
+            title=f"Top losses after epoch {self._last_epoch + 1}, highest "
+            f"first: {plots.TILE_LEGEND}",
         )
         writer = summaries.EventWriter(
             os.path.join(self.log_dir, "validation_images")
         )
         writer.image(
             "top_losses", plots.figure_to_array(figure), self._last_epoch,
-            description=f"The {len(images)} validation examples with the "
-            "highest loss, worst first.",
+            description=f"The {len(worst.images)} validation examples with "
+            "the highest loss, worst first.",
         )
         writer.close()
 
@@ -301,7 +332,8 @@ class HParamsLogger(keras.callbacks.Callback):
         log_dir: the TensorBoard log directory. Defaults to `"logs"`.
         trial_id: the HParams group name; runs with the same one are shown
             as repeats of one trial. Defaults to `None` (a hash of
-            `hparams`); `fit_recipe` passes its `run_dir`, one row per run.
+            `hparams`); `fit_recipe` passes its run directory's name, one
+            row per run (give runs in different folders different names).
 
     Example:
 

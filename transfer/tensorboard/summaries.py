@@ -215,6 +215,14 @@ def recipe_hparams(model, recipe, train_data, batch_size):
     the HParams table. `trainable_blocks` is a string (`"3"`, `"all"`) so
     that its column has one type across runs.
 
+    `all_stages` sums up every stage in one string, e.g. `"head: 3 ep, lr
+    0.001, blocks 0 | finetune: 10 ep, lr 0.0003, blocks all, cosine"`.
+    TensorBoard's HParams dashboard shows only 5 hyperparameter columns
+    until more are ticked: those that differ between runs first, then the
+    others by name. A stage that only some runs have never "differs" (one
+    value), so `stage2_*` stayed hidden next to a one-stage baseline;
+    `all_stages` sorts first in either group, so every stage is in view.
+
     Args:
         model: the classifier being trained.
         recipe: the `Recipe`.
@@ -242,6 +250,12 @@ def recipe_hparams(model, recipe, train_data, batch_size):
         hparams["image_size"] = int(
             metadata.get("image_size") or model.input_shape[1]
         )
+    hparams["all_stages"] = " | ".join(
+        f"{stage.name}: {stage.epochs} ep, lr {stage.learning_rate:g}, "
+        f"blocks {stage.trainable_blocks}"
+        + ("" if stage.schedule == "constant" else f", {stage.schedule}")
+        for stage in recipe
+    )
     for number, stage in enumerate(recipe, start=1):
         prefix = f"stage{number}_"
         hparams[prefix + "name"] = stage.name
@@ -279,10 +293,14 @@ def stage_markdown(model, stage, stage_number, first_epoch, epochs):
     """Markdown for a stage's text entry: name, epochs, rate, parameters."""
     config = stage.get_config() if stage is not None else {}
     name = config.get("name", "fit")
-    last_epoch = epochs - 1 if epochs else "?"
+    # Epochs as Keras's progress bar counts them (from 1); TensorBoard
+    # steps are Keras's 0-based `epoch`.
+    last = epochs if epochs else "?"
+    last_step = epochs - 1 if epochs else "?"
     rows = [
         ("stage", f"{stage_number} (`{name}`)"),
-        ("epochs (0-based steps)", f"{first_epoch} to {last_epoch}"),
+        ("epochs", f"{first_epoch + 1} to {last}"),
+        ("TensorBoard steps", f"{first_epoch} to {last_step}"),
     ]
     if "learning_rate" in config:
         rows.append(
@@ -302,7 +320,8 @@ def stage_markdown(model, stage, stage_number, first_epoch, epochs):
         ("frozen parameters", f"{count_params(model.non_trainable_weights):,}")
     )
     return (
-        f"**Stage {stage_number} `{name}` starts at epoch {first_epoch}**\n\n"
+        f"**Stage {stage_number} `{name}` starts at epoch {first_epoch + 1}"
+        f" (step {first_epoch})**\n\n"
         + _table(rows, ("setting", "value"))
     )
 

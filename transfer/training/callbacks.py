@@ -2,11 +2,10 @@
 
 import os
 
-import keras
-
 from transfer import _backend
 from transfer.tensorboard import summaries
 from transfer.tensorboard.callbacks import ConfusionMatrixLogger
+from transfer.tensorboard.callbacks import EpochTensorBoard
 from transfer.tensorboard.callbacks import HParamsLogger
 from transfer.tensorboard.callbacks import InputImagesLogger
 from transfer.tensorboard.callbacks import StageLogger
@@ -29,9 +28,11 @@ def default_callbacks(
     improving epoch (epochs with NaN or Inf loss or weights are skipped),
     and the `.weights.h5` file when `fit` ends.
 
-    `keras.callbacks.TensorBoard` writes per-epoch scalars, the learning
-    rate included. Its graph is off (it exists on TensorFlow only, and
-    `StageLogger` writes the model summary on every backend).
+    `EpochTensorBoard` (`keras.callbacks.TensorBoard` without the
+    `evaluation_*_vs_iterations` curves, which restart with each stage's
+    optimizer) writes per-epoch scalars, the learning rate included. Its
+    graph is off (it exists on TensorFlow only, and `StageLogger` writes
+    the model summary on every backend).
 
     Args:
         log_dir: TensorBoard log directory, checked for writing now.
@@ -55,12 +56,12 @@ def default_callbacks(
 
     >>> callbacks = transfer.default_callbacks("logs", profile_batch=2)
     >>> type(callbacks[0]).__name__
-    'TensorBoard'
+    'EpochTensorBoard'
     """
     _backend.require_tensorboard()
     summaries.check_log_dir(log_dir)
     callbacks = [
-        keras.callbacks.TensorBoard(
+        EpochTensorBoard(
             log_dir=log_dir,
             write_graph=False,
             profile_batch=_backend.supported_profile_batch(profile_batch),
@@ -79,6 +80,23 @@ def default_callbacks(
 
 
 
+def trial_id(log_dir):
+    """The HParams trial name of the run logging into `log_dir`.
+
+    The run directory's name (`run_dir/logs` -> `"run_dir"`'s last part):
+    the HParams table shows trial names in a narrow column, where whole
+    paths such as `runs/image_finetune_...` were cut to the same prefix.
+    `None` (a hash of the HParams) when `log_dir` has no parent folder.
+
+    Example:
+
+    >>> transfer.training.callbacks.trial_id("runs/flowers-lite0/logs")
+    'flowers-lite0'
+    """
+    run_dir = os.path.dirname(os.path.normpath(log_dir))
+    return os.path.basename(run_dir) or None
+
+
 def stage_callbacks(context, stage, stage_number, freeze_plan, *,
                     hparams, best_so_far, monitor):
     """The callbacks `fit_recipe` gives one stage, after its backup ones.
@@ -86,8 +104,8 @@ def stage_callbacks(context, stage, stage_number, freeze_plan, *,
     `default_callbacks` (TensorBoard, best weights), then the dashboard
     panels: `StageLogger` always; `ConfusionMatrixLogger` and
     `TopLossesLogger` with validation data; `HParamsLogger` (its trial
-    named after the run directory) and `InputImagesLogger` in the first
-    stage of a fresh run. Image grids (inputs, top losses) are for image
+    named after the run directory, see `trial_id`) and `InputImagesLogger`
+    in the first stage of a fresh run. Image grids (inputs, top losses) are for image
     models only, the confusion matrix for classifiers only. The user's own
     callbacks come last.
 
@@ -113,8 +131,9 @@ def stage_callbacks(context, stage, stage_number, freeze_plan, *,
     )
     callbacks.append(StageLogger(log_dir, stage, stage_number, freeze_plan))
     if hparams is not None:
-        run_dir = os.path.dirname(os.path.normpath(log_dir)) or None
-        callbacks.append(HParamsLogger(hparams, log_dir, trial_id=run_dir))
+        callbacks.append(
+            HParamsLogger(hparams, log_dir, trial_id=trial_id(log_dir))
+        )
         if context.is_image:
             callbacks.append(InputImagesLogger(context.train_data, log_dir))
     validation = context.validation_data
