@@ -154,6 +154,8 @@ def fit_recipe(
     engines.barrier(plan, "transfer.fit_recipe")
     if plan.is_chief:
         run_dir_lib.check_run_dir(run_dir)
+    # Read before the label checks wrap the data in a new pipeline.
+    preflight = getattr(train_data, "transfer_preflight", None)
     train_data, validation_data = _checked_targets(
         model, train_data, validation_data)
     _backend.require_tensorboard()
@@ -178,7 +180,7 @@ def fit_recipe(
             histories = stages.fit_stages(StageContext(
                 model, recipe, run, **context,
                 profile_batch=_backend.supported_profile_batch(profile_batch),
-                preflight=getattr(train_data, "transfer_preflight", None),
+                preflight=preflight,
                 distribution=distribution,
             ))
     # A non-chief process waits here while the chief writes model, report
