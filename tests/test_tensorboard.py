@@ -196,11 +196,23 @@ def test_hparams_session(logs, tiny_run):
         "stage1_learning_rate": pytest.approx(1e-2),
         "stage1_trainable_blocks": "0",
         "stage1_schedule": "constant",
+        "stage1_optimizer": "adam",
+        "stage1_weight_decay": 0.0,
+        "stage1_gradient_accumulation_steps": 1,
+        "stage1_loss": "crossentropy",
+        "stage1_patience": 0,
+        "stage1_monitor": "default",
         "stage2_name": "top",
         "stage2_epochs": 2,
         "stage2_learning_rate": pytest.approx(5e-3),
         "stage2_trainable_blocks": "1",
         "stage2_schedule": "constant",
+        "stage2_optimizer": "adam",
+        "stage2_weight_decay": 0.0,
+        "stage2_gradient_accumulation_steps": 1,
+        "stage2_loss": "crossentropy",
+        "stage2_patience": 0,
+        "stage2_monitor": "default",
     }
 
 
