@@ -260,7 +260,7 @@ def test_monitor_macro_f1_and_unknown_monitors(tmp_path):
         transfer.fit_recipe(model, [bad], (x, y), (x[:8], y[:8]),
                             run_dir=str(run_dir), verbose=0)
     assert not run_dir.exists()
-    with pytest.raises(ValueError, match="val_ metrics need validation"):
+    with pytest.raises(ValueError, match="metrics need validation data"):
         transfer.fit_recipe(
             model, [transfer.Stage("s", 1, 1e-3, monitor="val_loss")],
             (x, y), run_dir=str(run_dir), verbose=0)
