@@ -386,7 +386,6 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
     # `transfer report` rebuilds the run's validation split; a run trained
     # with seed 0 was rebuilt with the default seed (`seed or 1337`).
     from transfer import workflow
-    from transfer.data import images as data_module
 
     seeds = []
 
@@ -394,7 +393,8 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
         seeds.append(seed)
         raise RuntimeError("stop after the split's arguments")
 
-    monkeypatch.setattr(data_module, "load_image_folder", load_image_folder)
+    # workflow imports the function by name: patch its reference.
+    monkeypatch.setattr(workflow, "load_image_folder", load_image_folder)
     monkeypatch.setattr(workflow, "run_class_names", lambda model: ["a", "b"])
     monkeypatch.setattr(workflow, "run_modality", lambda model: "image")
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()])

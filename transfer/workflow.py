@@ -21,10 +21,10 @@ from transfer.data.text import load_text_folder
 from transfer.models.classifier import build_classifier
 from transfer.models.text import build_text_classifier
 from transfer.saving import load_model
-from transfer.training import resume
 from transfer.training.engines import distribution_scope
 from transfer.training.fit import fit_recipe
 from transfer.training.recipe import Recipe
+from transfer.training.run_dir import check_run_dir
 
 logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt",)
@@ -109,7 +109,7 @@ def train_run(config, run_dir, *, verbose=1):
     if modality == "auto":
         modality = detect_modality(config["data"])
     spec = get_backbone_spec(config["backbone"], modality=modality)
-    resume.check_run_dir(run_dir)
+    check_run_dir(run_dir)
     recipe = Recipe.from_config({"stages": config["stages"]})
     resolved = dict(config, modality=modality,
                     data=os.path.abspath(config["data"]))
