@@ -16,11 +16,21 @@ import tempfile
 logger = logging.getLogger(__name__)
 
 
-def _umask():
+def file_mode():
+    """The mode `open()` gives a new file: `0o666` less the umask.
+
+    Files made through `tempfile.mkstemp` start as `0o600`; give them this
+    before they replace their target.
+
+    Example:
+
+    >>> file_mode() & 0o111  # never executable; 0o644 under umask 022
+    0
+    """
     # os.umask can only be read by setting it; set it straight back.
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -42,7 +52,7 @@ def atomic_write(path, write_fn, mode="wb"):
     )
     try:
         # mkstemp creates 0600; give the file what open() would give it.
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()
