@@ -1,9 +1,11 @@
 """The `transfer` command line, driven in subprocesses on tiny data.
 
 One module-scoped run trains a tiny CNN (saved as a `.keras` backbone file,
-so the subprocess needs no test registry) on 16 synthetic PNGs; predict and
-export run on it in subprocesses, on every backend. Cheaper checks (usage
-errors, reports, tables) call `transfer.cli.main` in this process.
+so the subprocess needs no test registry) on 16 synthetic PNGs, under umask
+022; predict and export run on it in subprocesses, on every backend.
+Cheaper checks (usage errors, reports, tables) call `transfer.cli.main` in
+this process. `--help` and `--version` run in subprocesses that must not
+import TensorFlow, Keras, JAX or torch.
 
 Covers: transfer.cli, transfer.workflow, transfer.run_config, transfer.run_report, transfer.export.
 """
@@ -42,13 +44,20 @@ stages:
 """
 
 
-def run_cli(*args, cwd):
+def run_cli(*args, cwd, quiet_tf=True):
+    """Runs `python -m transfer ARGS` in `cwd` under umask 022.
+
+    `quiet_tf=False` leaves `TF_CPP_MIN_LOG_LEVEL` to the command, as a
+    user's shell does (conftest.py sets it for this process).
+    """
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    if not quiet_tf:
+        del env["TF_CPP_MIN_LOG_LEVEL"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(transfer.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "transfer", *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "transfer", *args], cwd=cwd,
+        env=env, capture_output=True, text=True, timeout=600, umask=0o022,
     )
 
 
@@ -150,17 +159,26 @@ def cli_run(tmp_path_factory):
         cwd=root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # Recorded now: later tests write into the run from this process, whose
+    # umask is not ours to set.
+    result.modes = {
+        os.path.relpath(os.path.join(folder, name), root / "run"):
+            os.stat(os.path.join(folder, name)).st_mode & 0o777
+        for folder, _, names in os.walk(root / "run") for name in names
+    }
     return root, result
 
 
 def test_train_writes_run_and_resolved_config(cli_run):
     root, result = cli_run
-    summary = last_json(result.stdout)
+    # stdout holds the result alone; progress and "Found N files" go to
+    # stderr.
+    summary = json.loads(result.stdout)
     assert summary["class_names"] == ["cat", "dog"]
     assert summary["backend"] == BACKEND
     assert set(summary["final_metrics"]) >= {"loss", "val_loss"}
     # Keras progress bars ran during fit.
-    assert "step" in result.stdout + result.stderr
+    assert "step" in result.stderr
     config = json.loads((root / "run" / "config.json").read_text())
     assert config["image_size"] == 32 and config["batch_size"] == 8
     assert config["augment"] is True  # flip + translate on the training path
@@ -203,6 +221,48 @@ def test_predict_json_and_csv(cli_run, capsys):
     assert mine["dog"] == pytest.approx(expected[1], abs=1e-5)
 
 
+def test_run_files_honour_umask(cli_run):
+    # Under umask 022 every file of a run is 0644, as open() would make it:
+    # checkpoints, weights, model.keras (once 0600, from mkstemp), event
+    # files, report PNGs, JSON.
+    _, result = cli_run
+    assert {"model.keras", "config.json", "manifest.json",
+            "checkpoints/best.weights.h5"} <= set(result.modes)
+    assert any(name.endswith(".npz") for name in result.modes)
+    assert any("events.out.tfevents" in name for name in result.modes)
+    assert any(name.endswith(".png") for name in result.modes)
+    odd = {name: oct(mode) for name, mode in result.modes.items()
+           if mode != 0o644}
+    assert not odd
+
+
+def test_predict_stderr_quiet_and_skipped_files_named(cli_run, capsys):
+    # A successful command prints no native log lines (TensorFlow's cuInit
+    # probe, absl), stdout holds the JSON alone, and files a folder holds
+    # that are not images are counted and named on stderr.
+    root, _ = cli_run
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("0.png", "1.png"):
+        for label in ("cat", "dog"):
+            source = root / "data" / label / name
+            if source.exists():
+                (photos / name).write_bytes(source.read_bytes())
+    (photos / "notes.txt").write_text("not an image")
+    if IN_PROCESS:
+        result = cli("predict", "run", "photos", cwd=root, capsys=capsys)
+    else:
+        result = run_cli("predict", "run", "photos", cwd=root, quiet_tf=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads(result.stdout)
+    assert sorted(p["file"] for p in predictions) == [
+        os.path.join("photos", "0.png"), os.path.join("photos", "1.png")]
+    assert "Skipped 1 file(s)" in result.stderr
+    assert os.path.join("photos", "notes.txt") in result.stderr
+    for noise in ("E0000", "cuInit", "absl", "Found"):
+        assert noise not in result.stderr, result.stderr
+
+
 def _formats_here():
     return [f for f, able in _backend.EXPORT_BACKENDS.items()
             if BACKEND in able and f != "keras"]
@@ -222,7 +282,8 @@ def test_export_parity(cli_run, export_format, capsys):
         result = run_cli("export", "run", "--format", export_format, cwd=root)
         assert result.returncode == 0, result.stderr[-3000:]
         stdout, stderr = result.stdout, result.stderr
-        path = root / last_json(stdout)["path"]
+        path = root / json.loads(stdout)["path"]
+        assert os.stat(path).st_mode & 0o777 == 0o644  # under umask 022
     else:
         code = main(["export", str(root / "run"), "--format", export_format])
         stdout, stderr = capsys.readouterr()
@@ -357,6 +418,133 @@ def test_help_has_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
+FRAMEWORKS = ("tensorflow", "keras", "keras_hub", "jax", "torch")
+# Runs `transfer ARGS` as the console script does (argv[0] "transfer") and
+# writes the exit code and every imported module to $PROBE_OUT. (`-X
+# importtime` would not do: the old start-up muted stderr while importing.)
+PROBE = """
+import json, os, runpy, sys
+sys.argv = ["transfer", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("transfer", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+with open(os.environ["PROBE_OUT"], "w") as f:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"],
+                                  ["export", "--help"], ["--version"]])
+def test_help_and_version_import_no_framework(argv, tmp_path):
+    env = dict(os.environ, PROBE_OUT=str(tmp_path / "probe.json"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(transfer.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=600,
+    )
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe["code"] in (0, None), result.stderr[-3000:]
+    imported = {name.split(".")[0] for name in probe["modules"]}
+    assert "transfer" in imported
+    assert not imported & set(FRAMEWORKS), imported & set(FRAMEWORKS)
+    if argv == ["--version"]:
+        assert result.stdout.startswith(f"transfer {transfer.__version__} ")
+    if argv == ["train", "--help"]:
+        assert "required" in result.stdout
+        for default in ("3,15", "32", "0.2", "1337", "pretrained"):
+            assert f"(default: {default}" in result.stdout, default
+
+
+def test_help_defaults_match_the_library():
+    from transfer import cli
+
+    defaults = cli.TRAIN_DEFAULTS
+    for key in ("batch_size", "validation_split", "seed", "sequence_length",
+                "weights", "modality", "distribute", "precision"):
+        assert defaults[key] == run_config.DEFAULTS[key], key
+    stages = transfer.two_stage_recipe().get_config()["stages"]
+    assert defaults["epochs"] == ",".join(str(s["epochs"]) for s in stages)
+    assert defaults["learning_rate"] == ",".join(
+        str(s["learning_rate"]) for s in stages)
+
+
+def test_unwritable_export_path_exits_2_before_loading(cli_run, tmp_path,
+                                                       capsys, monkeypatch):
+    from transfer import workflow
+
+    root, _ = cli_run
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the model was loaded or converted")
+
+    monkeypatch.setattr(workflow, "load_run", must_not_run)
+    monkeypatch.setattr(deploy, "export_model", must_not_run)
+    (tmp_path / "a_file").write_text("")
+    targets = [str(tmp_path / "a_file" / "model.onnx")]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if not os.access(locked, os.W_OK):  # root writes anywhere
+        targets.append(str(locked / "new" / "model.onnx"))
+    try:
+        for target in targets:
+            code = main(["export", str(root / "run"), "--format", "keras",
+                         "--output", target])
+            err = capsys.readouterr().err
+            assert code == 2, err
+            assert target in err and "--output PATH" in err
+            assert len(err.strip().splitlines()) == 1
+    finally:
+        locked.chmod(0o700)
+    assert not (locked / "new").exists()
+
+
+def test_failed_train_leaves_no_empty_folder(tmp_path, capsys):
+    data = tmp_path / "data"
+    _write_folder(str(data))
+    (data / "cat" / "broken.png").write_bytes(b"not a png")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for output in (tmp_path / "runs" / "first", existing):
+        code = main(["train", "--data", str(data), "--backbone", "tiny_cnn",
+                     "--weights", "none", "--output", str(output)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        # The library's `skip_bad_files=True`, in the command line's words.
+        assert "--skip-bad-files" in err and "skip_bad_files" not in err
+    assert not (tmp_path / "runs").exists()  # made by the run, removed
+    assert existing.is_dir()  # there before: kept
+
+
+def test_errors_use_command_line_words(cli_run, tmp_path, capsys,
+                                       monkeypatch):
+    root, _ = cli_run
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    assert main(["train", "--data", "d", "--backbone", "resnet5",
+                 "--modality", "image"]) == 2
+    err = capsys.readouterr().err
+    assert "`transfer backbones`" in err and "list_backbones" not in err
+    from transfer.cli import messages
+
+    error = ValueError(
+        "run transfer.fetch_weights('efficientnet_b0'). Or pass weights=None "
+        "(UnidentifiedImageError: cannot identify image file "
+        "<_io.BytesIO object at 0x7f3a2c1e9f30>)")
+    message = messages.cli_message(error, "train")
+    assert "`transfer weights fetch efficientnet_b0`" in message
+    assert "--weights none" in message and "0x7f" not in message
+    # Pillow names a BytesIO object, not the file: no reprs in messages.
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(root / "run"), "notes.png"]) == 2
+    err = capsys.readouterr().err
+    assert "'notes.png'" in err and "not an image" in err
+    assert "object at" not in err
+
+
 @pytest.mark.requires_backend("tensorflow")
 def test_backbones_table_and_weights_verify(capsys):
     assert main(["backbones", "--no-params", "--format", "json"]) == 0
@@ -449,6 +637,7 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
         seeds.append(seed)
         raise RuntimeError("stop after the split's arguments")
 
+    # workflow imports the function by name: patch its reference.
     monkeypatch.setattr(workflow, "load_image_folder", load_image_folder)
     monkeypatch.setattr(workflow, "run_class_names", lambda model: ["a", "b"])
     monkeypatch.setattr(workflow, "run_modality", lambda model: "image")

@@ -13,66 +13,72 @@ layers that only point down (see "How the code is laid out" in the README):
 """
 
 from transfer import _startup
-
-_startup.quiet_imports()
-
-from transfer import backbones
-from transfer import callbacks
-from transfer import data
-from transfer import export
-from transfer import models
-from transfer import pretraining
-from transfer import reporting
-from transfer import run_config
-from transfer import run_report
-from transfer import saving
-from transfer import tensorboard
-from transfer import text
-from transfer import training
-from transfer import weights
-from transfer import workflow
 from transfer._version import __version__ as __version__
-from transfer.backbones.registry import list_backbones
-from transfer.backbones.registry import register_backbone
-from transfer.backbones.resolve import get_backbone_spec
-from transfer.backbones.spec import BackboneSpec
-from transfer.data.images import load_dataset
-from transfer.data.images import load_image_folder
-from transfer.data.images import make_dataset
-from transfer.data.images import synthetic_images
-from transfer.data.tables import load_image_csv
-from transfer.data.tables import load_image_table
-from transfer.models.classifier import build_backbone
-from transfer.models.classifier import build_classifier
-from transfer.models.classifier import fetch_weights
-from transfer.models.classifier import replace_head
-from transfer.models.freeze import FreezePlan
-from transfer.models.freeze import set_trainable_blocks
-from transfer.models.tasks import build_multilabel_classifier
-from transfer.models.tasks import build_regressor
-from transfer.models.tasks import choose_thresholds
-from transfer.models.tasks import predict_labels
-from transfer.models.text import build_text_classifier
-from transfer.pretraining.images import pretrain_images
-from transfer.reporting.report import write_report
-from transfer.saving import load_model
-from transfer.saving import save_model
-from transfer.training.callbacks import default_callbacks
-from transfer.training.checkpoints import NonFiniteLossError
-from transfer.training.distribute import DistributionPlan
-from transfer.training.engines import distribution_scope
-from transfer.training.fit import fit_recipe
-from transfer.training.lock import RunDirInUseError
-from transfer.training.lr_finder import LearningRateSweep
-from transfer.training.lr_finder import find_learning_rate
-from transfer.training.recipe import Recipe
-from transfer.training.recipe import Stage
-from transfer.training.recipe import two_stage_recipe
-from transfer.training.recipe_files import load_recipe
-from transfer.training.recipe_files import save_recipe
-from transfer.tta import evaluate_tta
-from transfer.tta import predict_tta
-from transfer.weights.download import WeightsUnavailableError
+
+if _startup.defer_library():
+    # The `transfer` command answers `--help` and `--version` without
+    # importing Keras, then loads the library when a command runs (see
+    # `transfer._startup`). An attribute asked for before that loads it.
+    def __getattr__(name):
+        return _startup.library_attribute(name)
+
+else:
+    from transfer import backbones
+    from transfer import callbacks
+    from transfer import data
+    from transfer import export
+    from transfer import models
+    from transfer import pretraining
+    from transfer import reporting
+    from transfer import run_config
+    from transfer import run_report
+    from transfer import saving
+    from transfer import tensorboard
+    from transfer import text
+    from transfer import training
+    from transfer import weights
+    from transfer import workflow
+    from transfer.backbones.registry import list_backbones
+    from transfer.backbones.registry import register_backbone
+    from transfer.backbones.resolve import get_backbone_spec
+    from transfer.backbones.spec import BackboneSpec
+    from transfer.data.images import load_dataset
+    from transfer.data.images import load_image_folder
+    from transfer.data.images import make_dataset
+    from transfer.data.images import synthetic_images
+    from transfer.data.tables import load_image_csv
+    from transfer.data.tables import load_image_table
+    from transfer.models.classifier import build_backbone
+    from transfer.models.classifier import build_classifier
+    from transfer.models.classifier import fetch_weights
+    from transfer.models.classifier import replace_head
+    from transfer.models.freeze import FreezePlan
+    from transfer.models.freeze import set_trainable_blocks
+    from transfer.models.tasks import build_multilabel_classifier
+    from transfer.models.tasks import build_regressor
+    from transfer.models.tasks import choose_thresholds
+    from transfer.models.tasks import predict_labels
+    from transfer.models.text import build_text_classifier
+    from transfer.pretraining.images import pretrain_images
+    from transfer.reporting.report import write_report
+    from transfer.saving import load_model
+    from transfer.saving import save_model
+    from transfer.training.callbacks import default_callbacks
+    from transfer.training.checkpoints import NonFiniteLossError
+    from transfer.training.distribute import DistributionPlan
+    from transfer.training.engines import distribution_scope
+    from transfer.training.fit import fit_recipe
+    from transfer.training.lock import RunDirInUseError
+    from transfer.training.lr_finder import LearningRateSweep
+    from transfer.training.lr_finder import find_learning_rate
+    from transfer.training.recipe import Recipe
+    from transfer.training.recipe import Stage
+    from transfer.training.recipe import two_stage_recipe
+    from transfer.training.recipe_files import load_recipe
+    from transfer.training.recipe_files import save_recipe
+    from transfer.tta import evaluate_tta
+    from transfer.tta import predict_tta
+    from transfer.weights.download import WeightsUnavailableError
 
 __all__ = [
     "BackboneSpec",

@@ -16,11 +16,68 @@ import tempfile
 logger = logging.getLogger(__name__)
 
 
-def _umask():
+def file_mode():
+    """The mode `open()` gives a new file: `0o666` less the umask.
+
+    Files made through `tempfile.mkstemp` start as `0o600`; give them this
+    before they replace their target.
+
+    Example:
+
+    >>> file_mode() & 0o111  # never executable; 0o644 under umask 022
+    0
+    """
     # os.umask can only be read by setting it; set it straight back.
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
+
+
+def _nearest_existing(path):
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_writable(path):
+    """Checks that a file (or folder) can be made at `path`, writing nothing.
+
+    The folder that would hold `path`, or its nearest existing parent (where
+    the missing folders would be made), must take a new file: a probe file
+    is created there and removed. Call it before slow work whose result
+    goes to `path`.
+
+    Raises:
+        ValueError: `path` or its folder cannot be written; the message
+            says why.
+
+    Example:
+
+    >>> check_writable("exports/model.onnx")
+    """
+    path = os.fspath(path)
+    target = os.path.abspath(path)
+    folder = _nearest_existing(os.path.dirname(target))
+
+    def refuse(reason):
+        raise ValueError(
+            f"Cannot write '{path}': {reason}. Choose a writable path. "
+            f"Received: path={path!r}"
+        )
+
+    if not os.path.isdir(folder):
+        refuse(f"'{folder}' is a file, not a folder")
+    if os.path.isfile(target) and not os.access(target, os.W_OK):
+        refuse("the file exists and is read-only")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    except OSError as e:
+        refuse(f"'{folder}' is not writable ({e.strerror})")
+    os.close(fd)
+    os.remove(probe)
 
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -42,7 +99,7 @@ def atomic_write(path, write_fn, mode="wb"):
     )
     try:
         # mkstemp creates 0600; give the file what open() would give it.
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()

@@ -13,6 +13,8 @@ import os
 import numpy as np
 
 from transfer import _backend
+from transfer import _startup
+from transfer._io import check_writable
 from transfer.saving import load_model
 from transfer.saving import save_model
 
@@ -103,6 +105,12 @@ def _litert_interpreter(path):
 
 
 def _run_litert(path, inputs):
+    # The interpreter prints an INFO line that no setting silences.
+    with _startup.native_logs_muted():
+        return _litert_outputs(path, inputs)
+
+
+def _litert_outputs(path, inputs):
     interpreter = _litert_interpreter(path)
     spec = interpreter.get_input_details()[0]
     output = interpreter.get_output_details()[0]
@@ -147,7 +155,8 @@ def export_model(model, path, export_format, *, quantize=None, samples=None):
 
     Raises:
         ValueError: a format this backend cannot export (the message names
-            one that can), or a bad `quantize`.
+            one that can), a bad `quantize`, or a `path` that cannot be
+            written (checked before converting).
 
     Example:
 
@@ -169,6 +178,7 @@ def export_model(model, path, export_format, *, quantize=None, samples=None):
             f"Received: format={export_format!r}"
         )
     path = os.fspath(path)
+    check_writable(path)  # converting takes seconds to minutes
     if samples is None:
         samples = sample_inputs(model)
     directory = os.path.dirname(os.path.abspath(path))

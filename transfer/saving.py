@@ -20,6 +20,8 @@ import zipfile
 import keras
 import numpy as np
 
+from transfer._io import file_mode
+
 logger = logging.getLogger(__name__)
 
 _ALLOWED_PACKAGES = ("keras", "keras_hub", "transfer")
@@ -83,6 +85,9 @@ def save_model(model, path):
     try:
         model.save(tmp)
         _make_portable(tmp)
+        # mkstemp made it 0600 and Keras kept that: give the mode open()
+        # would (0644 under umask 022), as every other run file has.
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

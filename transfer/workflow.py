@@ -199,23 +199,34 @@ def run_class_names(model):
     return [str(i) for i in range(int(model.output_shape[-1]))]
 
 
+def _walk(folder):
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+    )
+
+
+def _extensions(modality):
+    return IMAGE_EXTENSIONS if modality == "image" else TEXT_EXTENSIONS
+
+
 def expand_files(paths, modality="image"):
     """Files named by `paths`, directories expanded (recursively, sorted).
+
+    Inside a directory only files of the modality's kinds are taken (image
+    extensions, or `.txt` for text); `skipped_files` lists the others.
 
     Raises:
         FileNotFoundError: a path does not exist.
         ValueError: a directory holds no file of the modality's kinds.
     """
-    extensions = IMAGE_EXTENSIONS if modality == "image" else TEXT_EXTENSIONS
+    extensions = _extensions(modality)
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(path)
-                for name in names
-                if name.lower().endswith(extensions)
-            )
+            found = [f for f in _walk(path)
+                     if f.lower().endswith(extensions)]
             if not found:
                 raise ValueError(
                     f"No {', '.join(extensions)} files in folder '{path}'. "
@@ -230,6 +241,22 @@ def expand_files(paths, modality="image"):
                 f"files or folders. Received: {path!r}"
             )
     return files
+
+
+def skipped_files(paths, modality="image"):
+    """Files inside the folders of `paths` that `expand_files` leaves out.
+
+    Example:
+
+    >>> os.makedirs("photos")
+    >>> for name in ("rose.jpg", "notes.txt"):
+    ...     open(os.path.join("photos", name), "w").close()
+    >>> transfer.workflow.skipped_files(["photos"])
+    ['photos/notes.txt']
+    """
+    extensions = _extensions(modality)
+    return [f for path in paths if os.path.isdir(path)
+            for f in _walk(path) if not f.lower().endswith(extensions)]
 
 
 def _load_inputs(files, modality, image_size):
@@ -249,8 +276,12 @@ def _load_inputs(files, modality, image_size):
                 inputs.append(keras.utils.img_to_array(image, dtype="float32"))
         except Exception as e:
             kind = "UTF-8 text" if modality == "text" else "image"
+            # Pillow's message names its BytesIO object, not the file.
+            reason = ("not an image Pillow can identify"
+                      if type(e).__name__ == "UnidentifiedImageError"
+                      else f"{type(e).__name__}: {e}")
             raise ValueError(
-                f"Cannot read '{path}' as {kind} ({type(e).__name__}: {e}). "
+                f"Cannot read '{path}' as {kind} ({reason}). "
                 f"Remove it or pass only {kind} files. Received: {path!r}"
             ) from None
     if modality == "text":

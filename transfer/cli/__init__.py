@@ -2,15 +2,39 @@
 
 Exit codes: `0` success, `2` a usage error or bad input (a `ValueError`,
 `TypeError` or missing file from the library's checks), `1` a failure while
-running. Errors are one line on stderr; `--debug` shows the traceback.
+running. Errors are one line on stderr, in the command line's words
+(`transfer.cli.messages`); `--debug` shows the traceback. The result alone
+goes to stdout; progress bars and notes go to stderr.
+
+Parsing needs no Keras: `--help`, `--version` and usage errors answer at
+once, and the library is loaded (`transfer._startup.load_library`) only
+when a command runs. Keep module-level imports here light.
 """
 
 import argparse
+import contextlib
 import logging
-import os
 import sys
 
+from transfer import _startup
 from transfer.cli import commands
+from transfer.cli import messages
+
+# What `transfer train` uses when neither a flag nor the config file sets an
+# option: `transfer.run_config.DEFAULTS` and `two_stage_recipe()`, repeated
+# so that `--help` needs no Keras (tests/test_cli.py checks they agree).
+TRAIN_DEFAULTS = {
+    "epochs": "3,15",
+    "learning_rate": "0.001,0.0003",
+    "batch_size": 32,
+    "validation_split": 0.2,
+    "seed": 1337,
+    "sequence_length": 128,
+    "weights": "pretrained",
+    "modality": "auto",
+    "distribute": "none",
+    "precision": "float32",
+}
 
 EPILOG = """examples:
   transfer train --data flowers/ --backbone efficientnet_lite0 --output runs/flowers
@@ -24,6 +48,7 @@ EPILOG = """examples:
   transfer weights verify
 
 The backend is chosen by KERAS_BACKEND (tensorflow, jax, torch).
+Results go to stdout (one JSON line, or CSV/a table); progress to stderr.
 Exit codes: 0 success, 2 usage error or bad input, 1 failure while running.
 """
 
@@ -97,6 +122,30 @@ def _common(subcommand=False):
     return parent
 
 
+class _Version(argparse.Action):
+    """`--version`: `transfer.__version__`, and Keras's from its metadata.
+
+    Nothing heavy is imported: `importlib.metadata` reads Keras's version.
+    """
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest=dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata
+
+        try:
+            keras_version = metadata.version("keras")
+        except metadata.PackageNotFoundError:
+            keras_version = "not installed"
+        python = ".".join(map(str, sys.version_info[:3]))
+        # The package itself, already imported (`import transfer` here would
+        # be an import of every layer, for import-linter).
+        version = sys.modules["transfer"].__version__
+        print(f"transfer {version} (keras {keras_version}, Python {python})")
+        parser.exit()
+
+
 def _subparser(subparsers, name, help_text, parents):
     return subparsers.add_parser(
         name, help=help_text, description=help_text, parents=parents,
@@ -126,29 +175,53 @@ def build_parser():
         description="Transfer learning for Keras 3 from the command line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version,
+                        help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 parser_class=_Parser)
     sub.required = True
 
     p = _subparser(sub, "train", "train a classifier on a folder of classes",
                    common)
-    p.add_argument("--data", help="folder with one subfolder per class")
-    p.add_argument("--backbone", help="registered name (see `transfer "
-                   "backbones`), hub:<preset>, preset folder or .keras file")
-    p.add_argument("--config", help="recipe/config file (.yaml or .json)")
-    p.add_argument("--output", help="run directory (default runs/<data>-"
-                   "<backbone>); rerun the same command to resume")
-    p.add_argument("--epochs", type=_csv(int), help="epochs per stage, "
-                   "comma-separated")
-    p.add_argument("--learning-rate", type=_csv(float),
-                   help="learning rate per stage, comma-separated")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--sequence-length", type=int, help="text runs")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--validation-split", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--weights", help="pretrained (default) or none")
-    p.add_argument("--modality", choices=("auto", "image", "text"))
+    d = TRAIN_DEFAULTS
+    need = p.add_argument_group(
+        "required (a flag, or the key in the --config file)")
+    need.add_argument("--data", metavar="DIR",
+                      help="folder with one subfolder per class")
+    need.add_argument("--backbone", metavar="NAME",
+                      help="registered name (see `transfer backbones`), "
+                      "hub:<preset>, preset folder or .keras file")
+    p.add_argument("--config", metavar="FILE", help="recipe/config file "
+                   "(.yaml or .json); flags win over it")
+    p.add_argument("--output", metavar="RUN_DIR", help="run directory "
+                   "(default: runs/<data>-<backbone>); rerun the same "
+                   "command to resume")
+    p.add_argument("--epochs", type=_csv(int), metavar="N,N",
+                   help="epochs per stage, comma-separated (default: "
+                   f"{d['epochs']}: head, then fine-tune every block)")
+    p.add_argument("--learning-rate", type=_csv(float), metavar="LR,LR",
+                   help="learning rate per stage, comma-separated (default: "
+                   f"{d['learning_rate']}, the second decaying to 0)")
+    p.add_argument("--image-size", type=int, metavar="PIXELS",
+                   help="square input size (default: the backbone's own, "
+                   "224 for most)")
+    p.add_argument("--sequence-length", type=int, metavar="TOKENS",
+                   help="tokens per text, text runs (default: "
+                   f"{d['sequence_length']})")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"(default: {d['batch_size']})")
+    p.add_argument("--validation-split", type=float, metavar="FRACTION",
+                   help="fraction of the files held out for validation "
+                   f"(default: {d['validation_split']})")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the split, augmentation and initial "
+                   f"weights (default: {d['seed']})")
+    p.add_argument("--weights", metavar="pretrained|none|FILE",
+                   help="the backbone's pretrained weights, none (random "
+                   f"init) or a .weights.h5 file (default: {d['weights']})")
+    p.add_argument("--modality", choices=("auto", "image", "text"),
+                   help="what the data folder holds (default: "
+                   f"{d['modality']}: guessed from its files)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    default=None, help="no flip/translate augmentation")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
@@ -157,7 +230,7 @@ def build_parser():
                    choices=("none", "data_parallel", "model_parallel"),
                    help="train on every local device (data_parallel) or "
                    "shard kernels too (model_parallel, JAX); see README "
-                   "'Scaling out'")
+                   f"'Scaling out' (default: {d['distribute']})")
     p.add_argument("--feature-cache-dir", metavar="DIR",
                    help="keep the frozen backbone's features of head-only "
                    "stages in DIR and reuse them when the run is repeated "
@@ -165,16 +238,18 @@ def build_parser():
     p.add_argument("--precision",
                    choices=("float32", "mixed_bfloat16", "mixed_float16",
                             "auto"),
-                   help="Keras dtype policy of the image model (default "
-                   "float32; auto: mixed bfloat16 on GPUs/TPUs that have it)")
+                   help="Keras dtype policy of the image model (auto: mixed "
+                   "bfloat16 on GPUs/TPUs that have it) "
+                   f"(default: {d['precision']})")
     p.set_defaults(handler=commands.train)
 
     p = _subparser(sub, "evaluate", "metrics and a report on labelled data",
                    common)
     p.add_argument("run_dir")
-    p.add_argument("--data", required=True,
-                   help="folder with the run's class subfolders")
-    p.add_argument("--output", help="report folder (default "
+    need = p.add_argument_group("required")
+    need.add_argument("--data", required=True,
+                      help="folder with the run's class subfolders")
+    p.add_argument("--output", help="report folder (default: "
                    "RUN_DIR/evaluation)")
     p.set_defaults(handler=commands.evaluate)
 
@@ -182,25 +257,30 @@ def build_parser():
                    common)
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("--top-k", type=int, default=1,
+                   help="classes per file, best first (default: %(default)s)")
+    p.add_argument("--format", choices=("json", "csv"), default="json",
+                   help="(default: %(default)s)")
     p.set_defaults(handler=commands.predict)
 
     p = _subparser(sub, "export", "export and check parity with Keras",
                    common)
     p.add_argument("run_dir")
-    p.add_argument("--format", required=True,
-                   choices=("keras", "saved_model", "onnx", "litert"))
+    need = p.add_argument_group("required")
+    need.add_argument("--format", required=True,
+                      choices=("keras", "saved_model", "onnx", "litert"))
     p.add_argument("--quantize", choices=("dynamic",),
                    help="dynamic-range int8 weights (litert only)")
-    p.add_argument("--output", help="target path (default RUN_DIR/export/"
-                   "model.<ext>)")
-    p.set_defaults(handler=commands.export)
+    p.add_argument("--output", help="target path, checked writable before "
+                   "anything is converted (default: RUN_DIR/export/model."
+                   "<ext>)")
+    p.set_defaults(handler=commands.export, before=commands.before_export)
 
     p = _subparser(sub, "backbones", "the registered backbones", common)
     p.add_argument("--no-params", dest="params", action="store_false",
                    help="skip building each backbone to count parameters")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="(default: %(default)s)")
     p.set_defaults(handler=commands.backbones)
 
     p = _subparser(sub, "weights", "prefetch and verify pretrained weights",
@@ -232,9 +312,12 @@ _BAD_INPUT = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
 
 def exit_code(error):
     """`2` for bad input, `1` for a failure while running."""
-    from transfer.weights.download import WeightsUnavailableError
-
-    if isinstance(error, WeightsUnavailableError):
+    # Looked up, not imported: when the library failed to load, the error
+    # cannot be one of its own.
+    download = sys.modules.get("transfer.weights.download")
+    if download is not None and isinstance(
+        error, download.WeightsUnavailableError
+    ):
         return 1
     return 2 if isinstance(error, _BAD_INPUT) else 1
 
@@ -244,8 +327,6 @@ def _configure_logging(args):
         logging.INFO if args.verbose else logging.WARNING
     )
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
-    if not args.verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv=None):
@@ -253,16 +334,22 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
+    # The result goes here; Keras prints progress bars and "Found N files"
+    # on stdout, so while the command runs stdout is stderr.
+    args.stdout = sys.stdout
     try:
-        args.handler(args)
+        if getattr(args, "before", None):
+            args.before(args)  # checks that need no Keras, seconds sooner
+        _startup.load_library(loud=args.verbose or args.debug)
+        with contextlib.redirect_stdout(sys.stderr):
+            args.handler(args)
     except KeyboardInterrupt:
         print("transfer: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 (every error becomes one line)
         if args.debug:
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = messages.cli_message(e, args.command)
         print(f"transfer {args.command}: error: {message}", file=sys.stderr)
         return exit_code(e)
     return 0
-

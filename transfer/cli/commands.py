@@ -1,6 +1,8 @@
 """One function per `transfer` command: turn flags into library calls.
 
-Results go to stdout (JSON, CSV or a table); notes for people go to stderr.
+Results go to `args.stdout` (JSON, CSV or a table: `main` runs each command
+with `sys.stdout` pointed at stderr, where Keras's progress bars then go);
+notes for people go to stderr.
 """
 
 import csv
@@ -9,13 +11,18 @@ import logging
 import os
 import sys
 
+from transfer._io import check_writable  # light: no Keras
+
 logger = logging.getLogger(__name__)
 
 
-def _out(data):
-    # One line, last on stdout: Keras prints progress and "Found N files"
-    # there too, so a reader takes the last line.
-    print(json.dumps(data))
+# Files named in the note on what `predict` skipped in folders.
+_MAX_NAMED = 3
+
+
+def _out(args, data):
+    """The command's result: one JSON line, alone on stdout."""
+    print(json.dumps(data), file=args.stdout, flush=True)
 
 
 def _note(args, text):
@@ -33,6 +40,28 @@ def _default_run_dir(config):
 
     backbone = config["backbone"].replace("hub:", "")
     return os.path.join("runs", f"{stem(config['data'])}-{stem(backbone)}")
+
+
+def _missing_folders(path):
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_empty(folders):
+    """Removes `folders` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # refuses a folder that holds anything
+        except OSError:
+            return
 
 
 def train(args):
@@ -61,11 +90,18 @@ def train(args):
     )
     run_dir = args.output or _default_run_dir(config)
     logger.info("Training into %s", run_dir)
-    workflow.train_run(config, run_dir, verbose=_keras_verbose(args))
+    created = _missing_folders(run_dir)
+    try:
+        workflow.train_run(config, run_dir, verbose=_keras_verbose(args))
+    except BaseException:
+        # A run that failed before writing anything leaves no empty folder;
+        # one with checkpoints or logs stays, so rerunning resumes it.
+        _remove_empty(created)
+        raise
     with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     final = (manifest.get("stages") or [{}])[-1].get("metrics", {})
-    _out({
+    _out(args, {
         "run_dir": run_dir,
         "model": os.path.join(run_dir, "model.keras"),
         "backend": manifest.get("backend"),
@@ -87,18 +123,28 @@ def evaluate(args):
         split="evaluation", output_dir=output,
     )
     metrics["data"] = args.data
-    _out(metrics)
+    _out(args, metrics)
 
 
 def predict(args):
     from transfer import workflow
 
     model, _ = workflow.load_run(args.run_dir)
+    modality = workflow.run_modality(model)
     results = workflow.predict_files(model, args.paths, top_k=args.top_k)
+    skipped = workflow.skipped_files(args.paths, modality)
+    if skipped:
+        named = ", ".join(skipped[:_MAX_NAMED])
+        more = len(skipped) - _MAX_NAMED
+        kinds = "images" if modality == "image" else ".txt files"
+        _note(args, (
+            f"Skipped {len(skipped)} file(s) in the folders that are not "
+            f"{kinds}: {named}" + (f" and {more} more" if more > 0 else "")
+        ))
     if args.format == "json":
-        _out(results)
+        _out(args, results)
         return
-    writer = csv.writer(sys.stdout)
+    writer = csv.writer(args.stdout)
     writer.writerow(["file", "rank", "class", "probability"])
     for result in results:
         for rank, p in enumerate(result["predictions"], start=1):
@@ -107,11 +153,19 @@ def predict(args):
             )
 
 
+def before_export(args):
+    """The export's folder must be writable: checked before Keras loads."""
+    # The default file name depends on the format (transfer.export, which
+    # imports Keras); the folder is what the check needs.
+    check_writable(args.output or os.path.join(args.run_dir, "export", "model"))
+
+
 def export(args):
     from transfer import export as deploy
     from transfer import workflow
 
-    # Format, backend and quantization are checked before the model loads.
+    # Format, backend and quantization are checked before the model loads;
+    # `export_model` checks the path again before converting.
     deploy.check_export_request(args.format, args.quantize)
     model, _ = workflow.load_run(args.run_dir)
     path = args.output or os.path.join(
@@ -125,7 +179,7 @@ def export(args):
         f"{result['max_abs_diff']:.3g}"
     ))
     result["class_names"] = workflow.run_class_names(model)
-    _out(result)
+    _out(args, result)
 
 
 def backbones(args):
@@ -133,7 +187,7 @@ def backbones(args):
 
     rows = table.backbone_table(count_params=args.params)
     if args.format == "json":
-        _out(rows)
+        _out(args, rows)
         return
     columns = ("name", "modality", "source", "parameters", "image_size",
                "blocks", "weights_offline")
@@ -142,16 +196,18 @@ def backbones(args):
               for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells))
               for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+          file=args.stdout)
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)),
+              file=args.stdout)
 
 
 def weights_fetch(args):
     from transfer.cli import backbone_table as table
 
     row = table.fetch(args.name)
-    _out(row)
+    _out(args, row)
     if row["status"] == "mismatch":
         raise RuntimeError(
             f"Weights of {args.name} at {row['path']} have sha256 "
@@ -164,7 +220,7 @@ def weights_verify(args):
     from transfer.cli import backbone_table as table
 
     rows = table.verify_weights(args.name)
-    _out(rows)
+    _out(args, rows)
     bad = [r["name"] for r in rows if r["status"] == "mismatch"]
     if bad:
         raise RuntimeError(
@@ -195,5 +251,5 @@ def report(args):
         class_names=workflow.run_class_names(model), split=split,
     )
     _note(args, f"Report: {os.path.join(args.run_dir, 'report', 'report.html')}")
-    _out({k: metrics[k] for k in ("split", "accuracy", "macro_avg", "files")
-          if k in metrics})
+    keys = ("split", "accuracy", "macro_avg", "files")
+    _out(args, {k: metrics[k] for k in keys if k in metrics})
