@@ -229,12 +229,12 @@ def build_parser():
     p.add_argument("--distribute",
                    choices=("none", "data_parallel", "model_parallel"),
                    help="train on every local device (data_parallel) or "
-                   "shard kernels too (model_parallel, JAX); see README "
+                   "shard kernels too (model_parallel, JAX); see docs/guide.md "
                    f"'Scaling out' (default: {d['distribute']})")
     p.add_argument("--feature-cache-dir", metavar="DIR",
                    help="keep the frozen backbone's features of head-only "
                    "stages in DIR and reuse them when the run is repeated "
-                   "(see README 'Performance'); deleting DIR is safe")
+                   "(see docs/guide.md 'Performance'); deleting DIR is safe")
     p.add_argument("--precision",
                    choices=("float32", "mixed_bfloat16", "mixed_float16",
                             "auto"),

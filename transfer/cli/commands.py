@@ -12,6 +12,7 @@ import os
 import sys
 
 from transfer._io import check_writable  # light: no Keras
+from transfer.training import run_dir as run_dir_lib  # light: no Keras
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,12 @@ def train(args):
         # one with checkpoints or logs stays, so rerunning resumes it.
         _remove_empty(created)
         raise
-    with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
+    with open(run_dir_lib.path(run_dir, run_dir_lib.MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
     final = (manifest.get("stages") or [{}])[-1].get("metrics", {})
     _out(args, {
         "run_dir": run_dir,
-        "model": os.path.join(run_dir, "model.keras"),
+        "model": run_dir_lib.path(run_dir, run_dir_lib.MODEL),
         "backend": manifest.get("backend"),
         "class_names": manifest.get("class_names"),
         "final_metrics": final,
@@ -117,7 +118,7 @@ def evaluate(args):
 
     model, config = workflow.load_run(args.run_dir)
     data = workflow.load_labelled_data(args.data, model, config)
-    output = args.output or os.path.join(args.run_dir, "evaluation")
+    output = args.output or run_dir_lib.path(args.run_dir, run_dir_lib.EVALUATION)
     metrics = run_report.write_run_report(
         args.run_dir, model, data, class_names=workflow.run_class_names(model),
         split="evaluation", output_dir=output,
@@ -157,7 +158,7 @@ def before_export(args):
     """The export's folder must be writable: checked before Keras loads."""
     # The default file name depends on the format (transfer.export, which
     # imports Keras); the folder is what the check needs.
-    check_writable(args.output or os.path.join(args.run_dir, "export", "model"))
+    check_writable(args.output or os.path.join(args.run_dir, run_dir_lib.EXPORT, "model"))
 
 
 def export(args):
@@ -169,7 +170,7 @@ def export(args):
     deploy.check_export_request(args.format, args.quantize)
     model, _ = workflow.load_run(args.run_dir)
     path = args.output or os.path.join(
-        args.run_dir, "export", deploy.FILE_NAMES[args.format]
+        args.run_dir, run_dir_lib.EXPORT, deploy.FILE_NAMES[args.format]
     )
     result = deploy.export_model(model, path, args.format,
                                  quantize=args.quantize)

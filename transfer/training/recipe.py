@@ -363,12 +363,13 @@ def two_stage_recipe(
     train_batchnorm=False,
     finetune_schedule="cosine",
 ):
-    """The default: train the head, then fine-tune the top blocks gently.
+    """The default: train the head, then fine-tune every block at a low rate.
 
     Stage 1 (`head`) trains only the new head at `head_learning_rate` with the
-    backbone frozen. Stage 2 (`finetune`) also unfreezes the top
-    `finetune_blocks` backbone blocks (BatchNorm stays frozen) with a fresh
-    Adam whose learning rate decays from `finetune_learning_rate` to zero.
+    backbone frozen. Stage 2 (`finetune`) also unfreezes `finetune_blocks`
+    backbone blocks (all of them by default; BatchNorm stays frozen) with a
+    fresh Adam whose learning rate decays from `finetune_learning_rate` to
+    zero.
 
     The defaults were picked by measurement (EfficientNet-Lite0, Fashion-MNIST
     with 100 labels per class, 96 px, TF backend, 10,000 test images): all

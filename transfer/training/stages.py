@@ -23,11 +23,11 @@ from transfer.models.freeze import set_trainable_blocks
 from transfer.tensorboard import summaries
 from transfer.training import feature_cache
 from transfer.training import resume
-from transfer.training import run_dir as run_dir_lib
 from transfer.training import stage_options
 from transfer.training.callbacks import stage_callbacks
 from transfer.training.checkpoints import NonFiniteLossError
 from transfer.training.early_stopping import StageEarlyStopping
+from transfer.training.finish import finish_run
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def fit_stages(context):
         # Leave the model compiled for integer labels, as users evaluate it.
         stage_options.compile_model(
             model, model.optimizer, jit_compile=context.jit_compile)
-    run_dir_lib.finish_run(
+    finish_run(
         context, progress.histories, progress.records, progress.hparams,
         time.perf_counter() - started,
     )
