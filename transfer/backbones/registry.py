@@ -19,6 +19,18 @@ def register_backbone(spec, *, override=False):
 
     Returns:
         The spec, so that registration can be used inline.
+
+    Example:
+
+    >>> import dataclasses
+    >>> spec = dataclasses.replace(
+    ...     transfer.get_backbone_spec("small_cnn"), name="small_cnn_64",
+    ...     image_size=64)
+    >>> transfer.register_backbone(spec, override=True).name
+    'small_cnn_64'
+    >>> model = transfer.build_classifier("small_cnn_64", 2, weights=None)
+    >>> model.input_shape
+    (None, 64, 64, 3)
     """
     if not isinstance(spec, BackboneSpec):
         raise TypeError(
@@ -44,6 +56,13 @@ def list_backbones(modality=None):
 
     Args:
         modality: `"image"`, `"text"`, or `None` for all. Defaults to `None`.
+
+    Example:
+
+    >>> "small_cnn" in transfer.list_backbones("image")
+    True
+    >>> transfer.list_backbones("text")
+    ['minilm_l6']
     """
     return sorted(
         name for name, spec in _REGISTRY.items()

@@ -27,6 +27,16 @@ def get_backbone_spec(backbone, modality="image"):
 
     Raises:
         ValueError: the name is unknown; the message lists the closest names.
+
+    Example:
+
+    >>> spec = transfer.get_backbone_spec("small_cnn")
+    >>> spec.image_size, spec.min_image_size, spec.blocks
+    (32, 16, ('^stem_', '^block1_', '^block2_', '^block3_'))
+    >>> transfer.get_backbone_spec("small_cn")
+    Traceback (most recent call last):
+        ...
+    ValueError: Unknown backbone 'small_cn'. Did you mean 'small_cnn'...
     """
     if isinstance(backbone, BackboneSpec):
         return backbone

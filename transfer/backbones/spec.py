@@ -39,6 +39,24 @@ class BackboneSpec:
         modality: `"image"` or `"text"`. Text specs' builders take
             `(weights, sequence_length)` and return a KerasHub `Backbone`.
             Defaults to `"image"`.
+
+    Example:
+
+    >>> def tiny_builder(weights, input_shape):
+    ...     inputs = keras.Input(input_shape)
+    ...     x = keras.layers.Conv2D(8, 3, strides=2, name="stem_conv")(inputs)
+    ...     x = keras.layers.Conv2D(16, 3, strides=2, name="top_conv")(x)
+    ...     info = {"weights": None, "source": "random init"}
+    ...     return keras.Model(inputs, x), info
+    >>> spec = transfer.BackboneSpec(
+    ...     name="tiny_builder_cnn", source="mine", builder=tiny_builder,
+    ...     image_size=32, scale=1 / 255, blocks=("^stem_", "^top_"),
+    ...     weights=())
+    >>> model = transfer.build_classifier(spec, 3, weights=None)
+    >>> model.output_shape
+    (None, 3)
+    >>> model.get_layer("tiny_builder_cnn").output_shape
+    (None, 7, 7, 16)
     """
 
     name: str

@@ -104,10 +104,24 @@ def load_image_folder(
 
     Example:
 
+    >>> import os
+    >>> x, y = transfer.synthetic_images(10, 32, 2)
+    >>> for i, (image, label) in enumerate(zip(x, y)):
+    ...     folder = os.path.join("pets", ["cat", "dog"][label])
+    ...     os.makedirs(folder, exist_ok=True)
+    ...     keras.utils.save_img(os.path.join(folder, f"{i}.png"), image)
+    >>> with open("pets/dog/broken.png", "w") as f:  # not an image
+    ...     _ = f.write("oops")
     >>> train, val, names = transfer.load_image_folder(
-    ...     "flowers/", image_size=224, skip_bad_files=True)
+    ...     "pets", image_size=32, batch_size=4, skip_bad_files=True,
+    ...     verbose=0)
+    >>> names
+    ['cat', 'dog']
     >>> train.transfer_preflight.to_dict()["skipped"]
-    2
+    1
+    >>> images, labels = next(iter(train))
+    >>> tuple(images.shape)
+    (4, 32, 32, 3)
     """
     counts = _class_folders(directory)
     total = sum(counts.values())
@@ -230,6 +244,14 @@ def load_dataset(name, *, labels_per_class=None, seed=0):
     Returns:
         An `ArrayDataset(name, x_train, y_train, x_test, y_test,
         class_names)` with `uint8` images of shape `(n, h, w)`.
+
+    Example:
+
+    >>> data = transfer.load_dataset("digits", labels_per_class=10)
+    >>> data.x_train.shape, data.x_test.shape
+    ((100, 8, 8), (450, 8, 8))
+    >>> data.class_names[:3]
+    ['0', '1', '2']
     """
     if name == "fashion_mnist":
         _fashion_mnist_into_keras_cache()
@@ -287,6 +309,15 @@ def make_dataset(
         shuffle: shuffle every epoch. Defaults to `False`.
         augment: augmentation layer applied after resizing. Defaults to `None`.
         seed: shuffle seed. Defaults to `None`.
+
+    Example:
+
+    >>> data = transfer.load_dataset("digits", labels_per_class=10)
+    >>> ds = transfer.make_dataset(
+    ...     data.x_train, data.y_train, image_size=32, batch_size=16)
+    >>> images, labels = next(iter(ds))
+    >>> tuple(images.shape), tuple(labels.shape)
+    ((16, 32, 32, 3), (16,))
     """
     import tensorflow as tf
 
@@ -329,9 +360,26 @@ def make_dataset(
 def synthetic_images(num_samples=16, image_size=32, num_classes=2, seed=0):
     """Seeded images whose class is learnable (a bright patch per class).
 
+    Use it to try code, tests and examples without a data set or a
+    download.
+
+    Args:
+        num_samples: number of images. Defaults to `16`.
+        image_size: square size in pixels. Defaults to `32`.
+        num_classes: number of classes. Defaults to `2`.
+        seed: the random seed. Defaults to `0`.
+
     Returns:
         `(x, y)`: `float32` images `(n, size, size, 3)` in `[0, 255]` and
         `int32` labels `(n,)`.
+
+    Example:
+
+    >>> x, y = transfer.synthetic_images(8, image_size=32, num_classes=2)
+    >>> x.shape, x.dtype.name, y.dtype.name
+    ((8, 32, 32, 3), 'float32', 'int32')
+    >>> np.bincount(y).tolist()
+    [4, 4]
     """
     rng = np.random.default_rng(seed)
     y = np.arange(num_samples) % num_classes

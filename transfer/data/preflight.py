@@ -309,9 +309,18 @@ def check_images(
 
     Example:
 
-    >>> report = transfer.data.preflight.check_images("flowers/", verbose=0)
-    >>> report.converted
-    {'grayscale': 3, 'cmyk': 1}
+    >>> import os
+    >>> x, y = transfer.synthetic_images(4, 32, 2)
+    >>> for i, (image, label) in enumerate(zip(x, y)):
+    ...     os.makedirs(f"shapes/{label}", exist_ok=True)
+    ...     keras.utils.save_img(f"shapes/{label}/{i}.png", image)
+    >>> keras.utils.save_img("shapes/0/gray.png", x[0, :, :, :1])
+    >>> open("shapes/1/empty.png", "w").close()
+    >>> report = transfer.data.preflight.check_images("shapes", verbose=0)
+    >>> len(report.files), report.converted
+    (6, {'grayscale': 1})
+    >>> report.bad
+    (('1/empty.png', 'empty file (0 bytes)'),)
     """
     if isinstance(max_image_pixels, bool) or not isinstance(
         max_image_pixels, int

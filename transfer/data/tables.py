@@ -213,8 +213,22 @@ def load_image_csv(
 
     Example:
 
+    >>> import csv
+    >>> import os
+    >>> os.makedirs("data/images")
+    >>> x, y = transfer.synthetic_images(6, 32, 2)
+    >>> rows = [["file", "label"]]
+    >>> for i, (image, label) in enumerate(zip(x, y)):
+    ...     keras.utils.save_img(f"data/images/{i}.png", image)
+    ...     rows.append([f"images/{i}.png", ["cat", "dog"][label]])
+    >>> with open("data/labels.csv", "w", newline="") as f:
+    ...     csv.writer(f).writerows(rows)
     >>> train, val, names = transfer.load_image_csv(
-    ...     "data/labels.csv", image_size=224)
+    ...     "data/labels.csv", image_size=32, validation_split=0.5)
+    >>> names
+    ['cat', 'dog']
+    >>> sum(int(labels.shape[0]) for _, labels in val)
+    3
     """
     if not 0 <= validation_split < 1:
         raise ValueError(
@@ -381,8 +395,22 @@ def load_image_table(
 
     Example:
 
+    >>> import csv
+    >>> import os
+    >>> os.makedirs("data/images")
+    >>> x, _ = transfer.synthetic_images(6, 32)
+    >>> rows = [["file", "cat", "dog", "outdoor"]]
+    >>> for i, image in enumerate(x):
+    ...     keras.utils.save_img(f"data/images/{i}.png", image)
+    ...     rows.append([f"images/{i}.png", i % 2, 1 - i % 2, int(i < 3)])
+    >>> with open("data/tags.csv", "w", newline="") as f:
+    ...     csv.writer(f).writerows(rows)
     >>> train, val, labels = transfer.load_image_table(
-    ...     "data/tags.csv", ["cat", "dog", "outdoor"], image_size=224)
+    ...     "data/tags.csv", ["cat", "dog", "outdoor"], image_size=32,
+    ...     validation_split=0)
+    >>> images, targets = next(iter(train))
+    >>> tuple(images.shape), tuple(targets.shape)
+    ((6, 32, 32, 3), (6, 3))
     """
     if not 0 <= validation_split < 1:
         raise ValueError(

