@@ -76,9 +76,17 @@ class StageLogger(keras.callbacks.Callback):
 
     Example:
 
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
     >>> plan = transfer.set_trainable_blocks(model, 1)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True), metrics=["accuracy"])
+    >>> x, y = transfer.synthetic_images(16, 32, 2)
     >>> logger = transfer.callbacks.StageLogger("logs", freeze_plan=plan)
+    >>> _ = model.fit(x, y, epochs=1, callbacks=[logger], verbose=0)
+    >>> os.listdir("logs")
+    ['stage']
     """
 
     def __init__(self, log_dir="logs", stage=None, stage_number=1,
@@ -151,8 +159,16 @@ class InputImagesLogger(keras.callbacks.Callback):
 
     Example:
 
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True), metrics=["accuracy"])
     >>> x, y = transfer.synthetic_images(16, 32, 2)
-    >>> logger = transfer.callbacks.InputImagesLogger((x, y), "logs")
+    >>> logger = transfer.callbacks.InputImagesLogger((x, y), "logs", 8)
+    >>> _ = model.fit(x, y, epochs=1, callbacks=[logger], verbose=0)
+    >>> os.listdir("logs")
+    ['train_images']
     """
 
     def __init__(self, train_data, log_dir="logs", max_images=16):
@@ -200,9 +216,17 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
 
     Example:
 
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True), metrics=["accuracy"])
     >>> x, y = transfer.synthetic_images(16, 32, 2)
     >>> logger = transfer.callbacks.ConfusionMatrixLogger(
     ...     (x, y), ["cat", "dog"], "logs")
+    >>> _ = model.fit(x, y, epochs=1, callbacks=[logger], verbose=0)
+    >>> os.listdir("logs")
+    ['validation_images']
     """
 
     def __init__(self, validation_data, class_names=None, log_dir="logs",
@@ -267,8 +291,17 @@ class TopLossesLogger(keras.callbacks.Callback):
 
     Example:
 
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True), metrics=["accuracy"])
     >>> x, y = transfer.synthetic_images(16, 32, 2)
-    >>> logger = transfer.callbacks.TopLossesLogger((x, y), None, "logs", 8)
+    >>> logger = transfer.callbacks.TopLossesLogger(
+    ...     (x, y), ["cat", "dog"], "logs", num_images=4)
+    >>> _ = model.fit(x, y, epochs=1, callbacks=[logger], verbose=0)
+    >>> os.listdir("logs")
+    ['validation_images']
     """
 
     def __init__(self, validation_data, class_names=None, log_dir="logs",
@@ -337,7 +370,18 @@ class HParamsLogger(keras.callbacks.Callback):
 
     Example:
 
-    >>> logger = transfer.callbacks.HParamsLogger({"lr": 1e-3}, "logs")
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True), metrics=["accuracy"])
+    >>> x, y = transfer.synthetic_images(16, 32, 2)
+    >>> logger = transfer.callbacks.HParamsLogger(
+    ...     {"learning_rate": 1e-3, "backbone": "small_cnn"}, "logs")
+    >>> _ = model.fit(x, y, epochs=1, callbacks=[logger], verbose=0)
+    >>> [name.startswith("events.out.tfevents.")
+    ...  for name in os.listdir("logs")]
+    [True]
     """
 
     def __init__(self, hparams, log_dir="logs", trial_id=None):

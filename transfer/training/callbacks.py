@@ -54,9 +54,14 @@ def default_callbacks(
 
     Example:
 
-    >>> callbacks = transfer.default_callbacks("logs", profile_batch=2)
-    >>> type(callbacks[0]).__name__
-    'EpochTensorBoard'
+    >>> callbacks = transfer.default_callbacks(
+    ...     "logs", checkpoint="best.weights.h5", monitor="val_accuracy")
+    >>> [type(callback).__name__ for callback in callbacks]
+    ['EpochTensorBoard', 'BestWeightsCheckpoint']
+    >>> callbacks[0].log_dir, callbacks[1].monitor
+    ('logs', 'val_accuracy')
+    >>> # Then: model.fit(x, y, validation_data=(x_val, y_val),
+    >>> #                 callbacks=callbacks)
     """
     _backend.require_tensorboard()
     summaries.check_log_dir(log_dir)

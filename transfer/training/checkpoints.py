@@ -32,7 +32,25 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; the run stopped."""
+    """The training loss became NaN or Inf; the run stopped.
+
+    `fit_recipe` raises it at the end of the epoch whose loss is not
+    finite; the model then holds the last good weights, and no NaN weights
+    are saved.
+
+    Example:
+
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> x, y = transfer.synthetic_images(16, 32, 2)
+    >>> x[0, 0, 0, 0] = np.nan  # one bad pixel is enough
+    >>> try:
+    ...     transfer.fit_recipe(model, [transfer.Stage("head", 1, 1e-3)],
+    ...                         (x, y), run_dir="runs/a", verbose=0)
+    ... except transfer.NonFiniteLossError as e:
+    ...     print(type(e).__name__)
+    NonFiniteLossError
+    """
 
 
 def finite_logs(logs):
@@ -146,8 +164,19 @@ class BestWeightsCheckpoint(keras.callbacks.Callback):
 
     Example:
 
-    >>> checkpoint = transfer.training.checkpoints.BestWeightsCheckpoint(
-    ...     "best.weights.h5", monitor="val_accuracy", mode="max")
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True), metrics=["accuracy"])
+    >>> x, y = transfer.synthetic_images(16, 32, 2)
+    >>> # Pass validation data and monitor "val_accuracy" in real use.
+    >>> checkpoint = transfer.callbacks.BestWeightsCheckpoint(
+    ...     "best.weights.h5", monitor="loss", mode="min")
+    >>> _ = model.fit(x, y, epochs=2, callbacks=[checkpoint], verbose=0)
+    >>> sorted(os.listdir("."))
+    ['best.npz', 'best.weights.h5']
+    >>> model.load_weights("best.weights.h5")
     """
 
     def __init__(self, filepath, *, monitor="val_loss", mode="min",

@@ -76,6 +76,18 @@ class DistributionPlan:
         is_chief: whether this process writes the run directory.
         handle: the engine object (a `keras.distribution.Distribution`, a
             `tf.distribute.Strategy` or `None`).
+
+    Example:
+
+    >>> with transfer.distribution_scope("none") as plan:
+    ...     model = transfer.build_classifier(
+    ...         "small_cnn", 2, weights=None, image_size=32)
+    >>> isinstance(plan, transfer.DistributionPlan)
+    True
+    >>> plan.mode, plan.num_replicas, plan.is_chief
+    ('none', 1, True)
+    >>> plan.batch_plan(32)["per_device_batch"]
+    32
     """
 
     mode: str

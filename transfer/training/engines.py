@@ -337,10 +337,17 @@ def distribution_scope(distribute="data_parallel", *, devices=None,
 
     Example:
 
-    >>> with transfer.distribution_scope("data_parallel") as plan:
-    ...     model = transfer.build_classifier("tiny_cnn", 2, weights=None)
-    >>> plan.num_replicas >= 1
-    True
+    >>> # The torch backend has no distribution API: it would raise.
+    >>> on_torch = keras.backend.backend() == "torch"
+    >>> mode = "none" if on_torch else "data_parallel"
+    >>> with transfer.distribution_scope(mode) as plan:
+    ...     model = transfer.build_classifier(
+    ...         "small_cnn", 2, weights=None, image_size=32)
+    >>> plan.mode == mode, plan.is_chief, plan.num_replicas >= 1
+    (True, True, True)
+    >>> # Then train on the same engine:
+    >>> # transfer.fit_recipe(model, recipe, data, run_dir="runs/a",
+    >>> #                     distribute=mode)
     """
     plan = make_plan(
         distribute, devices=devices, model_shards=model_shards)

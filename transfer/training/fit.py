@@ -129,10 +129,22 @@ def fit_recipe(
 
     Example:
 
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
     >>> x, y = transfer.synthetic_images(16, 32, 2)
     >>> histories = transfer.fit_recipe(
-    ...     model, [transfer.Stage("head", 1, 1e-3)], (x, y), run_dir="runs/a")
+    ...     model, [transfer.Stage("head", 1, 1e-3)], (x, y),
+    ...     validation_data=(x, y), run_dir="runs/a", batch_size=8,
+    ...     class_names=["cat", "dog"], verbose=0)
+    >>> len(histories), len(histories[0].history["val_accuracy"])
+    (1, 1)
+    >>> sorted(os.listdir("runs/a"))
+    ['.transfer.lock', 'checkpoints', 'logs', 'manifest.json', 'model.keras',
+     'recipe.json', 'report']
+    >>> transfer.load_model("runs/a/model.keras").transfer_metadata[
+    ...     "class_names"]
+    ['cat', 'dog']
     """
     if not isinstance(recipe, Recipe):
         recipe = Recipe(tuple(recipe))

@@ -32,7 +32,23 @@ LOCK_NAME = ".transfer.lock"
 
 
 class RunDirInUseError(RuntimeError):
-    """Another live process is training into the same run directory."""
+    """Another live process is training into the same run directory.
+
+    `fit_recipe` (through `RunDirLock`) raises it before training, so two
+    runs never write one run directory.
+
+    Example:
+
+    >>> import os
+    >>> os.makedirs("runs/a")
+    >>> with transfer.training.lock.RunDirLock("runs/a"):
+    ...     # As if another process held the lock: a second holder is refused.
+    ...     try:
+    ...         transfer.training.lock.RunDirLock("runs/a").acquire()
+    ...     except transfer.RunDirInUseError as e:
+    ...         print(e)
+    'runs/a' is in use by process ... Received: run_dir='runs/a'
+    """
 
 
 def _start_time(pid):
@@ -91,8 +107,12 @@ class RunDirLock:
 
     Example:
 
+    >>> import os
+    >>> os.makedirs("runs/a")
     >>> with transfer.training.lock.RunDirLock("runs/a"):
-    ...     pass  # a second process entering now gets RunDirInUseError
+    ...     os.path.exists("runs/a/.transfer.lock")
+    True
+    >>> # A second process entering meanwhile gets `RunDirInUseError`.
     """
 
     def __init__(self, run_dir):

@@ -29,6 +29,20 @@ class LearningRateSweep:
             (beta 0.98, bias-corrected), as fastai plots them.
         suggestion: a rate to start from: the rate of the lowest smoothed
             loss divided by 10.
+
+    Example:
+
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> sweep = transfer.find_learning_rate(
+    ...     model, transfer.synthetic_images(32, 32, 2), num_steps=5,
+    ...     batch_size=16)
+    >>> isinstance(sweep, transfer.LearningRateSweep)
+    True
+    >>> sorted(sweep.to_dict())
+    ['learning_rates', 'losses', 'smoothed_losses', 'suggestion']
+    >>> [f"{rate:.0e}" for rate in sweep.learning_rates[:3]]  # up to 1.0
+    ['1e-07', '6e-06', '3e-04']
     """
 
     learning_rates: Tuple[float, ...]
@@ -166,10 +180,14 @@ def find_learning_rate(
 
     Example:
 
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
     >>> sweep = transfer.find_learning_rate(
-    ...     model, transfer.synthetic_images(64, 32, 2), num_steps=20)
-    >>> 1e-7 <= sweep.suggestion <= 1.0
+    ...     model, transfer.synthetic_images(64, 32, 2), num_steps=10,
+    ...     batch_size=16, max_learning_rate=1e-1)
+    >>> sweep.learning_rates[0], len(sweep.losses) <= 10
+    (1e-07, True)
+    >>> 1e-7 <= sweep.suggestion <= 1e-1  # the weights are back as before
     True
     """
     _check(min_learning_rate, max_learning_rate, num_steps)

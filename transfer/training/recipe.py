@@ -182,6 +182,11 @@ class Stage:
     ...                        optimizer="adamw", weight_decay=0.05)
     >>> transfer.Stage.from_config(stage.get_config()) == stage
     True
+    >>> transfer.Stage("head", epochs=0, learning_rate=1e-3)
+    Traceback (most recent call last):
+        ...
+    ValueError: Stage 'head': `epochs` must be a positive integer.
+    Received: epochs=0
     """
 
     name: str
@@ -289,8 +294,12 @@ class Recipe:
 
     Example:
 
-    >>> recipe = transfer.Recipe((transfer.Stage("head", 1, 1e-3),),
-    ...                          jit_compile=False)
+    >>> recipe = transfer.Recipe((
+    ...     transfer.Stage("head", 2, 1e-3),
+    ...     transfer.Stage("finetune", 3, 1e-4, trainable_blocks="all"),
+    ... ), jit_compile=False)
+    >>> len(recipe), recipe.total_epochs, [stage.name for stage in recipe]
+    (2, 5, ['head', 'finetune'])
     >>> transfer.Recipe.from_config(recipe.get_config()) == recipe
     True
     """
@@ -392,6 +401,15 @@ def two_stage_recipe(
 
     Returns:
         A `Recipe`.
+
+    Example:
+
+    >>> recipe = transfer.two_stage_recipe(head_epochs=1, finetune_epochs=2)
+    >>> for stage in recipe:
+    ...     print(stage.name, stage.epochs, stage.trainable_blocks,
+    ...           stage.schedule)
+    head 1 0 constant
+    finetune 2 all cosine
     """
     return Recipe(
         (

@@ -84,6 +84,28 @@ def load_recipe(path):
     Raises:
         ValueError: the file is missing, unreadable, or not a valid recipe;
             the message names the file.
+
+    Example:
+
+    >>> lines = [
+    ...     "stages:",
+    ...     "  - {name: head, epochs: 3, learning_rate: 1.0e-3}",
+    ...     "  - {name: finetune, epochs: 15, learning_rate: 3.0e-4,",
+    ...     "     trainable_blocks: all, schedule: cosine}",
+    ... ]
+    >>> with open("recipe.yaml", "w") as f:
+    ...     _ = f.write("\\n".join(lines))
+    >>> recipe = transfer.load_recipe("recipe.yaml")
+    >>> [(stage.name, stage.epochs) for stage in recipe]
+    [('head', 3), ('finetune', 15)]
+    >>> import json
+    >>> with open("typo.json", "w") as f:
+    ...     json.dump({"stages": [{"name": "head", "epochs": 3,
+    ...                            "lr": 1e-3}]}, f)
+    >>> transfer.load_recipe("typo.json")
+    Traceback (most recent call last):
+        ...
+    ValueError: Recipe file typo.json: Unknown Stage option(s) ['lr']. ...
     """
     config = read_mapping(path, "Recipe")
     if "stages" not in config:
@@ -105,7 +127,25 @@ def load_recipe(path):
 
 
 def save_recipe(recipe, path):
-    """Writes `recipe` to a JSON or YAML file that `load_recipe` reads."""
+    """Writes `recipe` to a JSON or YAML file that `load_recipe` reads.
+
+    Args:
+        recipe: a `Recipe` or a list of `Stage`s.
+        path: a `.json`, `.yaml` or `.yml` file, written atomically.
+
+    Example:
+
+    >>> recipe = transfer.two_stage_recipe(head_epochs=2, finetune_epochs=5)
+    >>> transfer.save_recipe(recipe, "recipe.yaml")
+    >>> for line in open("recipe.yaml").read().splitlines()[:4]:
+    ...     print(line)
+    stages:
+    - name: head
+      epochs: 2
+      learning_rate: 0.001
+    >>> transfer.load_recipe("recipe.yaml") == recipe
+    True
+    """
     if not isinstance(recipe, Recipe):
         recipe = Recipe(tuple(recipe))
     fmt = _format(path, "Recipe")
