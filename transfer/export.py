@@ -160,9 +160,12 @@ def export_model(model, path, export_format, *, quantize=None, samples=None):
 
     Example:
 
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
-    >>> result = transfer.export.export_model(model, "m.onnx", "onnx")
-    >>> result["max_abs_diff"] < 1e-4
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> result = transfer.export.export_model(model, "model.onnx", "onnx")
+    >>> result["format"], result["num_samples"]
+    ('onnx', 4)
+    >>> result["max_abs_diff"] < 1e-4  # ONNX Runtime agrees with Keras
     True
     """
     check_export_request(export_format, quantize)

@@ -106,10 +106,26 @@ def resolve_config(path=None, overrides=None, *, epochs=None,
 
     Example:
 
+    >>> lines = [
+    ...     "backbone: efficientnet_lite0",
+    ...     "batch_size: 16",
+    ...     "stages:",
+    ...     "  - {name: head, epochs: 2, learning_rate: 1.0e-3}",
+    ... ]
+    >>> with open("run.yaml", "w") as f:
+    ...     _ = f.write("\\n".join(lines))
     >>> config = transfer.run_config.resolve_config(
-    ...     "recipe.yaml", {"backbone": "efficientnet_lite0", "data": "flowers"})
-    >>> config["batch_size"]
-    32
+    ...     "run.yaml", {"data": "pets", "batch_size": 8, "seed": None})
+    >>> config["backbone"], config["batch_size"], config["seed"]
+    ('efficientnet_lite0', 8, 1337)
+    >>> [(stage["name"], stage["epochs"]) for stage in config["stages"]]
+    [('head', 2)]
+    >>> transfer.run_config.resolve_config(
+    ...     None, {"data": "pets", "backbone": "small_cnn"}, epochs=[1])
+    Traceback (most recent call last):
+        ...
+    ValueError: Got 1 value(s) for `epochs` but the recipe has 2 stage(s)
+    ['head', 'finetune']: ...
     """
     source = read_config_file(path) if path else {}
     where = f"config file {path}" if path else "config"

@@ -157,10 +157,18 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
 
     Example:
 
-    >>> model, config = transfer.workflow.load_run("runs/a")
-    >>> data = transfer.workflow.load_labelled_data("test/", model)
-    >>> transfer.run_report.write_run_report("runs/a", model, data)["accuracy"]
-    0.93
+    >>> import os
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> x, y = transfer.synthetic_images(8, 32, 2)
+    >>> metrics = transfer.run_report.write_run_report(
+    ...     "runs/a", model, (x, y), class_names=["cat", "dog"],
+    ...     split="test", max_examples=4)
+    >>> metrics["num_examples"], 0.0 <= metrics["accuracy"] <= 1.0
+    (8, True)
+    >>> [os.path.basename(path) for path in metrics["files"]]
+    ['confusion_matrix.png', 'worst_examples.png', 'report.html',
+     'metrics.json']
     """
     output_dir = output_dir or os.path.join(run_dir, "report")
     histories, stage_names = resume.stage_histories(run_dir)

@@ -65,6 +65,22 @@ def save_model(model, path):
     Raises:
         ValueError: `path` does not end in `.keras`, or the weights are not
             finite.
+
+    Example:
+
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> transfer.save_model(model, "model.keras")
+    'model.keras'
+    >>> head = model.get_layer("predictions")
+    >>> _ = head.kernel.assign(np.full(head.kernel.shape, np.nan))
+    >>> transfer.save_model(model, "model.keras")
+    Traceback (most recent call last):
+        ...
+    ValueError: Refusing to save 'model.keras': 1 weight(s) hold NaN or Inf
+    values ...
+    >>> transfer.load_model("model.keras").output_shape  # the good file
+    (None, 2)
     """
     if not str(path).endswith(".keras"):
         raise ValueError(
@@ -283,9 +299,25 @@ def load_model(path, *, compile=False):
 
     Example:
 
-    >>> model = transfer.load_model("runs/a/model.keras")
-    >>> model.transfer_metadata["class_names"]
-    ['cat', 'dog']
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> transfer.save_model(model, "model.keras")
+    'model.keras'
+    >>> loaded = transfer.load_model("model.keras")
+    >>> loaded.output_shape
+    (None, 2)
+    >>> all(np.array_equal(a, b)
+    ...     for a, b in zip(model.get_weights(), loaded.get_weights()))
+    True
+    >>> # Code in a model file is refused, before Keras reads it:
+    >>> unsafe = keras.Sequential(
+    ...     [keras.Input((2,)), keras.layers.Lambda(lambda t: t * 2)])
+    >>> unsafe.save("unsafe.keras")
+    >>> transfer.load_model("unsafe.keras")
+    Traceback (most recent call last):
+        ...
+    ValueError: Refusing to load 'unsafe.keras': its config names code that
+    would run on load: a Lambda (Python code) at ...
     """
     path = os.fspath(path)
     if not os.path.exists(path):

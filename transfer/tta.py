@@ -61,10 +61,15 @@ def predict_tta(model, x, *, flips=("horizontal",), batch_size=32):
 
     Example:
 
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
     >>> x, _ = transfer.synthetic_images(4, 32, 2)
-    >>> transfer.predict_tta(model, x).shape
+    >>> probabilities = transfer.predict_tta(
+    ...     model, x, flips=("horizontal", "vertical"))
+    >>> probabilities.shape
     (4, 2)
+    >>> np.allclose(probabilities.sum(axis=1), 1.0)
+    True
     """
     flips = _check_flips(flips)
     if isinstance(x, np.ndarray):
@@ -88,6 +93,17 @@ def evaluate_tta(model, data, *, flips=("horizontal",), batch_size=32):
         A dict: `accuracy` and `accuracy_without_tta` for classifiers
         (multi-label: per-label accuracy at the model's thresholds), or
         `mae` and `mae_without_tta` for regressors.
+
+    Example:
+
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> x, y = transfer.synthetic_images(8, 32, 2)
+    >>> metrics = transfer.evaluate_tta(model, (x, y))
+    >>> sorted(metrics)
+    ['accuracy', 'accuracy_without_tta']
+    >>> 0.0 <= metrics["accuracy"] <= 1.0
+    True
     """
 
     flips = _check_flips(flips)

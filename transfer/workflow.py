@@ -101,9 +101,23 @@ def train_run(config, run_dir, *, verbose=1):
 
     Example:
 
-    >>> config = transfer.run_config.resolve_config(
-    ...     None, {"data": "flowers", "backbone": "efficientnet_lite0"})
-    >>> model = transfer.workflow.train_run(config, "runs/flowers")
+    >>> import os
+    >>> x, y = transfer.synthetic_images(12, 32, 2)
+    >>> for i, (image, label) in enumerate(zip(x, y)):
+    ...     folder = os.path.join("pets", ["cat", "dog"][label])
+    ...     os.makedirs(folder, exist_ok=True)
+    ...     keras.utils.save_img(os.path.join(folder, f"{i}.png"), image)
+    >>> config = transfer.run_config.resolve_config(None, {
+    ...     "data": "pets", "backbone": "small_cnn", "weights": "none",
+    ...     "batch_size": 4, "validation_split": 0, "augment": False,
+    ...     "stages": [{"name": "head", "epochs": 1, "learning_rate": 1e-3}],
+    ... })
+    >>> model = transfer.workflow.train_run(config, "runs/pets", verbose=0)
+    >>> model.output_shape
+    (None, 2)
+    >>> sorted(os.listdir("runs/pets"))
+    ['.transfer.lock', 'checkpoints', 'config.json', 'logs', 'manifest.json',
+     'model.keras', 'recipe.json', 'report']
     """
     modality = config["modality"]
     if modality == "auto":
@@ -166,12 +180,29 @@ def train_run(config, run_dir, *, verbose=1):
 def load_run(run_dir):
     """The trained model of a finished run, and the run's config.
 
+    Args:
+        run_dir: the run directory, holding `model.keras`.
+
     Returns:
         `(model, config)`; `config` is `None` for runs not made by
         `train_run`. `model.transfer_metadata` holds `class_names`.
 
     Raises:
         FileNotFoundError: no `model.keras` in `run_dir`.
+
+    Example:
+
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> transfer.save_model(model, "runs/a/model.keras")
+    'runs/a/model.keras'
+    >>> loaded, config = transfer.workflow.load_run("runs/a")
+    >>> loaded.output_shape, config  # no config.json: not from train_run
+    ((None, 2), None)
+    >>> transfer.workflow.load_run("runs/b")
+    Traceback (most recent call last):
+        ...
+    FileNotFoundError: No trained model in 'runs/b' (looked for ...
     """
     path = run_dir_lib.path(run_dir, run_dir_lib.MODEL)
     if not os.path.exists(path):
@@ -321,9 +352,21 @@ def predict_files(model, paths, *, top_k=1, batch_size=32):
 
     Example:
 
-    >>> model, _ = transfer.workflow.load_run("runs/flowers")
-    >>> transfer.workflow.predict_files(model, ["rose.jpg"], top_k=2)
-    [{'file': 'rose.jpg', 'predictions': [{'class': 'rose', ...}, ...]}]
+    >>> import os
+    >>> os.makedirs("photos")
+    >>> x, _ = transfer.synthetic_images(3, 32)
+    >>> for i, image in enumerate(x):
+    ...     keras.utils.save_img(f"photos/{i}.png", image)
+    >>> # A model from `load_run` names its classes; this one says "0", "1".
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> results = transfer.workflow.predict_files(model, ["photos"], top_k=2)
+    >>> [result["file"] for result in results]
+    ['photos/0.png', 'photos/1.png', 'photos/2.png']
+    >>> sorted(p["class"] for p in results[0]["predictions"])
+    ['0', '1']
+    >>> round(sum(p["probability"] for p in results[0]["predictions"]), 6)
+    1.0
     """
     class_names = run_class_names(model)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not (
@@ -396,6 +439,23 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
 
     Raises:
         ValueError: the folder's classes differ from the model's.
+
+    Example:
+
+    >>> import os
+    >>> x, y = transfer.synthetic_images(6, 48, 2)
+    >>> for i, (image, label) in enumerate(zip(x, y)):
+    ...     os.makedirs(f"test/{label}", exist_ok=True)
+    ...     keras.utils.save_img(f"test/{label}/{i}.png", image)
+    >>> # Its classes are "0" and "1", like the folder's.
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> data = transfer.workflow.load_labelled_data("test", model)
+    >>> images, labels = data
+    >>> images.shape, sorted(labels.tolist())  # resized to the model's 32
+    ((6, 32, 32, 3), [0, 0, 0, 1, 1, 1])
+    >>> data.file_paths[0], int(labels[0])
+    ('0/0.png', 0)
     """
     class_names = run_class_names(model)
     split, seed = None, run_config.DEFAULTS["seed"]

@@ -76,12 +76,23 @@ class ContrastivePretrainer(keras.Model):
 
     Example:
 
-    >>> backbone, spec, _ = transfer.build_backbone("tiny_cnn", weights=None)
+    >>> backbone, spec, _ = transfer.build_backbone("small_cnn", weights=None)
     >>> model = transfer.pretraining.contrastive.ContrastivePretrainer(
-    ...     backbone, transfer.pretraining.images.default_augmentation(32))
-    >>> model.compile(keras.optimizers.Adam(1e-3))
-    >>> x, _ = transfer.synthetic_images(16, 32)
-    >>> history = model.fit(x, batch_size=8, epochs=1, verbose=0)
+    ...     backbone, transfer.pretraining.images.default_augmentation(32),
+    ...     scale=spec.scale, offset=spec.offset)
+    >>> x, _ = transfer.synthetic_images(8, 32)
+    >>> tuple(model(x, training=True).shape)  # 2 augmented views per image
+    (8, 2, 64)
+    >>> tuple(model.features(x).shape)  # pooled backbone features
+    (8, 128)
+
+    Then train it (`transfer.pretrain_images` does it through
+    `fit_recipe`):
+
+    ```python
+    model.compile(keras.optimizers.Adam(1e-3))
+    model.fit(x, batch_size=8, epochs=10)
+    ```
     """
 
     def __init__(self, backbone, augmentation, scale=1.0, offset=0.0,

@@ -235,10 +235,24 @@ def pretrain_images(
 
     Example:
 
-    >>> x, y = transfer.synthetic_images(32, 32)
-    >>> result = transfer.pretrain_images(
-    ...     x, run_dir="runs/ssl", backbone="tiny_cnn", epochs=1, batch_size=16)
-    >>> model = transfer.build_classifier(result["backbone"], 2)
+    >>> x, _ = transfer.synthetic_images(8, 32)  # labels unused
+    >>> # Inputs are checked before anything is built or written:
+    >>> transfer.pretrain_images(x, run_dir="runs/ssl", batch_size=16)
+    Traceback (most recent call last):
+        ...
+    ValueError: Only 8 unlabelled images for batch_size=16: SimCLR needs at
+    least one full batch of images to contrast. ...
+
+    A run, then a classifier on the pretrained backbone (not run as a
+    doctest: tracing the SimCLR training step alone takes TensorFlow 10 to
+    30 seconds on a CPU):
+
+    ```python
+    result = transfer.pretrain_images(
+        x, run_dir="runs/ssl", backbone="small_cnn", epochs=1, batch_size=8)
+    result["backbone"]  # 'runs/ssl/backbone.keras'
+    model = transfer.build_classifier(result["backbone"], num_classes=2)
+    ```
     """
     started = time.perf_counter()
     _check_not_finished(run_dir)

@@ -129,6 +129,31 @@ def pretrain_masked_lm(
         A dict: `encoder` (preset directory), `before` and `after` (held-out
         MLM `loss` and `accuracy`, or `None`), `initial` (with the untrained
         head), `seconds`.
+
+    Raises:
+        ValueError: a bad `mask_rate`, empty texts, or fewer texts than
+            `batch_size`; raised before any model is built.
+
+    Example:
+
+    >>> # Inputs are checked before the encoder is loaded:
+    >>> transfer.text.pretrain_masked_lm(
+    ...     ["the sky is blue", "the sea is green"], run_dir="runs/mlm")
+    Traceback (most recent call last):
+        ...
+    ValueError: Masked-LM pretraining needs at least one batch: 2 texts for
+    batch_size=16. Add texts or lower batch_size.
+
+    A run, then a classifier on the adapted encoder (not run as a doctest:
+    adapting MiniLM's 22M weights takes minutes on a CPU and writes about
+    1 GB into `run_dir`):
+
+    ```python
+    result = transfer.text.pretrain_masked_lm(
+        unlabelled_texts, run_dir="runs/mlm", validation_texts=held_out)
+    result["before"], result["after"]  # held-out MLM loss and accuracy
+    model = transfer.text.build_text_classifier(result["encoder"], 2)
+    ```
     """
     import time
 

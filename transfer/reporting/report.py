@@ -199,11 +199,16 @@ def write_report(
 
     Example:
 
+    >>> import os
     >>> x, y = transfer.synthetic_images(16, 32, 2)
-    >>> model = transfer.build_classifier("tiny_cnn", 2, weights=None)
-    >>> metrics = transfer.write_report("report", model=model, data=(x, y))
-    >>> sorted(metrics["per_class"])
-    ['0', '1']
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> metrics = transfer.write_report(
+    ...     "report", model=model, data=(x, y), class_names=["cat", "dog"])
+    >>> sorted(metrics["per_class"]), metrics["num_examples"]
+    (['cat', 'dog'], 16)
+    >>> sorted(os.listdir("report"))
+    ['confusion_matrix.png', 'metrics.json']
     """
     plots.require_matplotlib()
     os.makedirs(report_dir, exist_ok=True)

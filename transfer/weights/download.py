@@ -13,7 +13,29 @@ NETWORK_TIMEOUT_SECONDS = 30
 
 
 class WeightsUnavailableError(FileNotFoundError):
-    """Pretrained weights are neither cached nor downloadable right now."""
+    """Pretrained weights are neither cached nor downloadable right now.
+
+    Building a backbone with `weights="imagenet"` raises it when the file
+    is not cached and the download fails (offline, a firewall): the message
+    names where it looked and how to fetch the weights. It is a
+    `FileNotFoundError`, so code catching that handles it too.
+
+    Example:
+
+    >>> # What a failed download inside `network_guard` turns into (here a
+    >>> # simulated timeout, so that nothing touches the network):
+    >>> try:
+    ...     with transfer.weights.download.network_guard(
+    ...             "efficientnet_b0", [], "Run it online once."):
+    ...         raise TimeoutError("no network")
+    ... except transfer.WeightsUnavailableError as e:
+    ...     print(isinstance(e, FileNotFoundError))
+    ...     print(e)
+    True
+    Pretrained weights for backbone 'efficientnet_b0' are not cached and
+    could not be downloaded (no network). Looked in: ... Run it online once.
+    Or pass weights=None to train from random init.
+    """
 
 
 def keras_cache_dir(subdir="models"):
