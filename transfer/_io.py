@@ -33,13 +33,28 @@ def file_mode():
     return 0o666 & ~mask
 
 
-def _nearest_existing(path):
+def missing_folders(path):
+    """`path` and those of its parents that do not exist yet, deepest first.
+
+    Example:
+
+    >>> [os.path.basename(p) for p in missing_folders("new/inner")]
+    ['inner', 'new']
+    """
+    missing = []
+    path = os.path.abspath(path)
     while not os.path.exists(path):
+        missing.append(path)
         parent = os.path.dirname(path)
         if parent == path:
             break
         path = parent
-    return path
+    return missing
+
+
+def _nearest_existing(path):
+    missing = missing_folders(path)
+    return os.path.dirname(missing[-1]) if missing else os.path.abspath(path)
 
 
 def check_writable(path):

@@ -12,6 +12,7 @@ import os
 import sys
 
 from transfer._io import check_writable  # light: no Keras
+from transfer._io import missing_folders
 from transfer.training import run_dir as run_dir_lib  # light: no Keras
 
 logger = logging.getLogger(__name__)
@@ -41,19 +42,6 @@ def _default_run_dir(config):
 
     backbone = config["backbone"].replace("hub:", "")
     return os.path.join("runs", f"{stem(config['data'])}-{stem(backbone)}")
-
-
-def _missing_folders(path):
-    """`path` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
 
 
 def _remove_empty(folders):
@@ -91,7 +79,7 @@ def train(args):
     )
     run_dir = args.output or _default_run_dir(config)
     logger.info("Training into %s", run_dir)
-    created = _missing_folders(run_dir)
+    created = missing_folders(run_dir)
     try:
         workflow.train_run(config, run_dir, verbose=_keras_verbose(args))
     except BaseException:
