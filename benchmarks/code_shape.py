@@ -50,6 +50,7 @@ def _imports(tree, module, is_package, modules):
                 names.append(full if full in modules else base)
                 if (
                     alias.name.startswith("_")
+                    and not alias.name.startswith("__")
                     and base in modules
                     and base != module
                     and full not in modules

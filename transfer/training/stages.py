@@ -51,6 +51,7 @@ class _Progress:
         # Whether the model in memory holds the weights the next stage
         # starts from; a resumed run loads them from the run directory.
         self.in_memory = not context.run.resumed
+        self.model = context.model
         self.hparams = summaries.recipe_hparams(
             context.model, context.recipe, context.train_data,
             context.batch_size,
@@ -119,14 +120,7 @@ def _run_stage(context, progress, number, stage, state):
         stage, context.fit_kwargs, context.validation_data,
         context.num_classes, is_image=context.is_image, task=context.task,
     )
-    resumed_epoch = state.restore(model)
-    if resumed_epoch is None and not progress.in_memory:
-        start(model)
-    progress.in_memory = True
-    first = (
-        progress.offset if resumed_epoch is None else resumed_epoch + 1
-    )
-    end = progress.offset + stage.epochs
+    resumed_epoch, first, end = _restore(progress, stage, state, start)
     logger.info(
         "Stage '%s': epochs %d to %d at lr %g, %s trainable parameters%s",
         stage.name, first, end - 1, stage.learning_rate,
@@ -137,8 +131,6 @@ def _run_stage(context, progress, number, stage, state):
     monitor, mode = stage_options.monitor_for(
         model, context.validation_data, stage)
     early = _early_stopping(stage, state, monitor, mode)
-    if state.state.get("early_stop"):
-        first = end  # stopped early before a kill: nothing left to train
     callbacks = (
         stage_options.stage_callbacks(stage)
         + [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
@@ -157,12 +149,11 @@ def _run_stage(context, progress, number, stage, state):
         _log_early_stop(context, stage, early)
     history = state.history(model)
     progress.histories.append(history)
-    final = {k: float(v[-1]) for k, v in history.history.items() if v}
     record = {
         **stage.get_config(),
         "trainable_params": plan.trainable_params,
         "seconds": state.state["seconds"],
-        "metrics": final,
+        "metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
         "plan": plan.to_dict(),
         "resumed_after_epoch": resumed_epoch,
         "feature_cache": cache_record,
@@ -171,7 +162,21 @@ def _run_stage(context, progress, number, stage, state):
     }
     state.mark_done(record)
     progress.records.append(record)
-    logger.info("Stage '%s' done: %s", stage.name, final)
+    logger.info("Stage '%s' done: %s", stage.name, record["metrics"])
+
+
+def _restore(progress, stage, state, start):
+    """Loads the weights the stage continues from; returns the epoch
+    restored (or `None`) and the stage's first and end epochs."""
+    model = progress.model
+    resumed_epoch = state.restore(model)
+    if resumed_epoch is None and not progress.in_memory:
+        start(model)
+    progress.in_memory = True
+    first = progress.offset if resumed_epoch is None else resumed_epoch + 1
+    if state.state.get("early_stop"):
+        first = progress.offset + stage.epochs  # stopped early before a kill
+    return resumed_epoch, first, progress.offset + stage.epochs
 
 
 def _early_stopping(stage, state, monitor, mode):
