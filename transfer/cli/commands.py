@@ -54,8 +54,8 @@ def _remove_empty(folders):
 
 
 def train(args):
-    from transfer import run_config
-    from transfer import workflow
+    from transfer import run_config  # lazy: --help needs no Keras
+    from transfer import workflow  # lazy: --help needs no Keras
 
     overrides = {
         "data": args.data,
@@ -101,8 +101,8 @@ def train(args):
 
 
 def evaluate(args):
-    from transfer import run_report
-    from transfer import workflow
+    from transfer import run_report  # lazy: --help needs no Keras
+    from transfer import workflow  # lazy: --help needs no Keras
 
     model, config = workflow.load_run(args.run_dir)
     data = workflow.load_labelled_data(args.data, model, config)
@@ -116,7 +116,7 @@ def evaluate(args):
 
 
 def predict(args):
-    from transfer import workflow
+    from transfer import workflow  # lazy: --help needs no Keras
 
     model, _ = workflow.load_run(args.run_dir)
     modality = workflow.run_modality(model)
@@ -150,8 +150,8 @@ def before_export(args):
 
 
 def export(args):
-    from transfer import export as deploy
-    from transfer import workflow
+    from transfer import export as deploy  # lazy: --help needs no Keras
+    from transfer import workflow  # lazy: --help needs no Keras
 
     # Format, backend and quantization are checked before the model loads;
     # `export_model` checks the path again before converting.
@@ -172,7 +172,7 @@ def export(args):
 
 
 def backbones(args):
-    from transfer.cli import backbone_table as table
+    from transfer.cli import backbone_table as table  # lazy: --help needs no Keras
 
     rows = table.backbone_table(count_params=args.params)
     if args.format == "json":
@@ -193,7 +193,7 @@ def backbones(args):
 
 
 def weights_fetch(args):
-    from transfer.cli import backbone_table as table
+    from transfer.cli import backbone_table as table  # lazy: --help needs no Keras
 
     row = table.fetch(args.name)
     _out(args, row)
@@ -206,7 +206,7 @@ def weights_fetch(args):
 
 
 def weights_verify(args):
-    from transfer.cli import backbone_table as table
+    from transfer.cli import backbone_table as table  # lazy: --help needs no Keras
 
     rows = table.verify_weights(args.name)
     _out(args, rows)
@@ -220,8 +220,8 @@ def weights_verify(args):
 
 
 def report(args):
-    from transfer import run_report
-    from transfer import workflow
+    from transfer import run_report  # lazy: --help needs no Keras
+    from transfer import workflow  # lazy: --help needs no Keras
 
     model, config = workflow.load_run(args.run_dir)
     data, split = None, "validation"
