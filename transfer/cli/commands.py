@@ -172,7 +172,8 @@ def export(args):
 
 
 def backbones(args):
-    from transfer.cli import backbone_table as table  # lazy: --help needs no Keras
+    # lazy: --help needs no Keras
+    from transfer.cli import backbone_table as table
 
     rows = table.backbone_table(count_params=args.params)
     if args.format == "json":
@@ -193,7 +194,8 @@ def backbones(args):
 
 
 def weights_fetch(args):
-    from transfer.cli import backbone_table as table  # lazy: --help needs no Keras
+    # lazy: --help needs no Keras
+    from transfer.cli import backbone_table as table
 
     row = table.fetch(args.name)
     _out(args, row)
@@ -206,7 +208,8 @@ def weights_fetch(args):
 
 
 def weights_verify(args):
-    from transfer.cli import backbone_table as table  # lazy: --help needs no Keras
+    # lazy: --help needs no Keras
+    from transfer.cli import backbone_table as table
 
     rows = table.verify_weights(args.name)
     _out(args, rows)
