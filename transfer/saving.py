@@ -20,6 +20,8 @@ import zipfile
 import keras
 import numpy as np
 
+from transfer import _io
+
 logger = logging.getLogger(__name__)
 
 _ALLOWED_PACKAGES = ("keras", "keras_hub", "transfer")
@@ -77,17 +79,28 @@ def save_model(model, path):
             "Received: a model with non-finite weights"
         )
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
-    os.close(fd)
+    # The weights (and optimizer variables) dominate a .keras file's size.
+    size = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in model.weights + list(
+            getattr(getattr(model, "optimizer", None), "variables", None) or []
+        )
+    )
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras",
+                                   dir=directory)
+        os.close(fd)
         model.save(tmp)
         _make_portable(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise _io.write_error(e, path, size) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 
