@@ -13,6 +13,13 @@ a `keras.utils.Progbar`, and finds the files that would fail or mislead:
   has no decoder for) are converted to 8-bit RGB PNG copies in the cache;
   the decoder turns the others into RGB itself.
 
+Hidden files (names starting with `.`, macOS's `._*` resource forks
+included) and hidden folders are skipped and counted (`hidden`). One list
+of extensions, `IMAGE_EXTENSIONS`, decides what training, evaluation and
+prediction read; WebP, which `keras.utils.image_dataset_from_directory`
+does not list, is read through an 8-bit RGB copy made with Pillow, the way
+`read_image` reads every file for prediction.
+
 Results are cached as JSON in the user cache directory
 (`transfer.weights.cache.cache_dir("preflight")`), keyed by each file's
 relative path, size and modification time, so a later run on the same data
@@ -40,7 +47,10 @@ from transfer.weights.cache import cache_dir
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+# What `keras.utils.image_dataset_from_directory` reads; in the cache's view
+# of a folder, other image files (WebP) are linked as `<name>.png` copies.
+_KERAS_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 # Pillow's own default: 89.5 million pixels, about 268 MB as 8-bit RGB.
 MAX_IMAGE_PIXELS = 89_478_485
 # Formats `tf.io.decode_image` decodes (MPO is a multi-picture JPEG).
@@ -63,6 +73,9 @@ class PreflightReport:
         copies: `{file: path}` of the 8-bit RGB copies made in the cache.
         cache_hits: files answered from the cache without decoding.
         skip_bad_files: whether bad files are left out rather than an error.
+        stats: `{file: [size, mtime_ns]}`, as `transfer.data.fingerprint`
+            stores them.
+        hidden: hidden files skipped (`.name`, `._name`, hidden folders).
     """
 
     directory: str
@@ -72,6 +85,8 @@ class PreflightReport:
     copies: Dict[str, str]
     cache_hits: int
     skip_bad_files: bool = False
+    stats: Dict[str, list] = dataclasses.field(default_factory=dict)
+    hidden: int = 0
 
     @property
     def good_files(self):
@@ -93,6 +108,7 @@ class PreflightReport:
             "converted": dict(self.converted),
             "copies": len(self.copies),
             "cache_hits": self.cache_hits,
+            "hidden_skipped": self.hidden,
         }
 
     def raise_for_bad_files(self, describe=None):
@@ -118,24 +134,47 @@ class PreflightReport:
         )
 
 
-def list_image_files(directory):
-    """The image files `keras.utils.image_dataset_from_directory` reads.
+def is_hidden(name):
+    """Whether a file or folder name is hidden (`.name`, macOS `._name`)."""
+    return name.startswith(".")
 
-    Files with an image extension anywhere under the class folders (the
-    subfolders not starting with "."), relative to `directory`, in Keras's
-    order.
+
+def image_files(directory):
+    """`(files, hidden)`: the image files under `directory`'s class folders.
+
+    `files` are the paths, relative to `directory`, of files with an
+    extension in `IMAGE_EXTENSIONS` anywhere under the class folders (the
+    subfolders not starting with "."), in Keras's order; `hidden` counts
+    the image files skipped because they or a folder above them are hidden.
     """
-    files = []
+    files, hidden = [], 0
     for folder in sorted(os.listdir(directory)):
         root = os.path.join(directory, folder)
-        if folder.startswith(".") or not os.path.isdir(root):
+        if is_hidden(folder) or not os.path.isdir(root):
             continue
         for current, _, names in sorted(os.walk(root), key=lambda w: w[0]):
+            inside = os.path.relpath(current, root)
+            hidden_folder = inside != "." and any(
+                is_hidden(part) for part in inside.split(os.sep))
             for name in sorted(names):
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    path = os.path.join(current, name)
-                    files.append(os.path.relpath(path, directory))
-    return files
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                if hidden_folder or is_hidden(name):
+                    hidden += 1
+                    continue
+                path = os.path.join(current, name)
+                files.append(os.path.relpath(path, directory))
+    return files, hidden
+
+
+def list_image_files(directory):
+    """The image files `image_files` finds (hidden ones skipped).
+
+    Files with an extension in `IMAGE_EXTENSIONS` anywhere under the class
+    folders (the subfolders not starting with "."), relative to
+    `directory`, in Keras's order.
+    """
+    return image_files(directory)[0]
 
 
 def _bit_depth(path, image):
@@ -321,11 +360,15 @@ def check_images(
             f"Received: max_image_pixels={max_image_pixels!r}"
         )
     directory = os.path.realpath(directory)
-    files = list_image_files(directory) if files is None else list(files)
+    hidden = 0
+    if files is None:
+        files, hidden = image_files(directory)
+    else:
+        files = list(files)
     cache_path, digest = _cache_path(directory)
     cached = _load_cache(cache_path, directory, max_image_pixels)
     copy_dir = cache_dir("preflight", digest, "converted")
-    entries, todo = {}, []
+    entries, todo, stats = {}, [], {}
     for name in files:
         path = os.path.join(directory, name)
         try:
@@ -334,6 +377,7 @@ def check_images(
         except OSError as e:
             entries[name] = {"reason": f"cannot be read ({e.strerror})"}
             continue
+        stats[name] = [int(stat.st_size), int(stat.st_mtime_ns)]
         hit = cached.get(name)
         if (
             hit is not None
@@ -380,7 +424,14 @@ def check_images(
         },
         cache_hits=hits,
         skip_bad_files=skip_bad_files,
+        stats=stats,
+        hidden=hidden,
     )
+    if hidden:
+        logger.info(
+            "Skipped %d hidden image file(s) under '%s' (names starting with "
+            "'.', such as macOS '._' files).", hidden, directory,
+        )
     if report.bad:
         logger.warning(
             "%d bad image file(s) under '%s'%s", len(report.bad), directory,
@@ -391,6 +442,59 @@ def check_images(
     return report
 
 
+def read_image(path, image_size=None, *, max_image_pixels=MAX_IMAGE_PIXELS):
+    """One image file as training sees it: RGB `float32` in `[0, 255]`.
+
+    The prediction path. Decoded with Pillow and converted as the preflight
+    converts the files TensorFlow's decoder would get wrong (16-bit values
+    scaled, not clipped; CMYK, palette, grayscale and RGBA to RGB), then
+    resized bilinearly as `keras.utils.image_dataset_from_directory` does.
+
+    Args:
+        path: an image file.
+        image_size: square size to resize to, or `None` to keep the size.
+            Defaults to `None`.
+        max_image_pixels: larger images are refused from their header.
+            Defaults to `89_478_485`, Pillow's default.
+
+    Returns:
+        A `(height, width, 3)` `float32` array.
+
+    Raises:
+        ValueError: the file is not an image, is truncated, or too large.
+
+    Example:
+
+    >>> from PIL import Image
+    >>> Image.fromarray(np.zeros((8, 8), "uint16")).save("gray16.png")
+    >>> read_image("gray16.png", 4).shape
+    (4, 4, 3)
+    """
+    from PIL import Image
+
+    with _pillow_limits(max_image_pixels):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_image_pixels:
+                    raise ValueError(_bomb(
+                        f"{width}x{height} pixels, over max_image_pixels="
+                        f"{max_image_pixels:,}"))
+                bits = _bit_depth(path, image)
+                image.load()
+                array = np.asarray(_to_rgb(image, bits), dtype="uint8")
+        except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+            raise ValueError(
+                f"cannot be decoded ({type(e).__name__}: {e})") from None
+    if image_size is None or array.shape[:2] == (image_size, image_size):
+        return array.astype("float32")
+    import tensorflow as tf  # optional heavy dependency: tf.data's resize
+
+    resized = tf.image.resize(array, (image_size, image_size),
+                              method="bilinear")
+    return np.asarray(resized, dtype="float32")
+
+
 def _link(source, target):
     try:
         os.symlink(source, target)
@@ -399,6 +503,15 @@ def _link(source, target):
             os.link(source, target)
         except OSError:
             shutil.copyfile(source, target)
+
+
+def view_name(name):
+    """The name a file has in `usable_directory`'s view: the same, with
+    `.png` added when Keras would not read its extension (WebP, whose view
+    entry is an 8-bit RGB PNG copy)."""
+    if name.lower().endswith(_KERAS_EXTENSIONS):
+        return name
+    return name + ".png"
 
 
 def usable_directory(report, class_folders):
@@ -433,9 +546,9 @@ def usable_directory(report, class_folders):
             "images or remove the folder(s). Received: "
             f"{ {name: counts[name] for name in empty} }"
         )
-    if not report.bad and not report.copies:
+    if not report.bad and not report.copies and not report.hidden:
         return report.directory
-    links = [(name, report.path_for(name)) for name in good]
+    links = [(view_name(name), report.path_for(name)) for name in good]
     digest = hashlib.sha256(
         json.dumps([class_folders, links]).encode("utf-8")
     ).hexdigest()[:16]
