@@ -15,8 +15,9 @@ import keras
 import numpy as np
 
 from transfer.data import fingerprint
+from transfer.data import image_files
 from transfer.data import preflight
-from transfer.data.preflight import IMAGE_EXTENSIONS
+from transfer.data.image_files import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 FASHION_MNIST_CLASSES = (
@@ -48,7 +49,7 @@ def _class_folders(directory):
     folders = sorted(
         d for d in os.listdir(directory)
         if os.path.isdir(os.path.join(directory, d))
-        and not preflight.is_hidden(d)
+        and not image_files.is_hidden(d)
     )
     real = {d: os.path.realpath(os.path.join(directory, d)) for d in folders}
     # Sibling folders are distinct unless one is a symlink.
@@ -65,7 +66,7 @@ def _class_folders(directory):
                     f"of its own. Received: '{first}' -> '{real[first]}', "
                     f"'{second}' -> '{real[second]}'"
                 )
-    files, _ = preflight.image_files(directory)
+    files, _ = image_files.image_files(directory)
     counts = {folder: 0 for folder in folders}
     for name in files:
         counts[name.split(os.sep, 1)[0]] += 1
@@ -75,7 +76,7 @@ def _class_folders(directory):
 def _split_fingerprint(dataset, report, source, subset, settings):
     """The `transfer.data.fingerprint` of one subset of a folder."""
     names = {
-        preflight.view_name(name): name for name in report.good_files
+        image_files.view_name(name): name for name in report.good_files
     }
     files = {}
     for path in getattr(dataset, "file_paths", []):

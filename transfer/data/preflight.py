@@ -15,10 +15,11 @@ a `keras.utils.Progbar`, and finds the files that would fail or mislead:
 
 Hidden files (names starting with `.`, macOS's `._*` resource forks
 included) and hidden folders are skipped and counted (`hidden`). One list
-of extensions, `IMAGE_EXTENSIONS`, decides what training, evaluation and
-prediction read; WebP, which `keras.utils.image_dataset_from_directory`
-does not list, is read through an 8-bit RGB copy made with Pillow, the way
-`read_image` reads every file for prediction.
+of extensions (`transfer.data.image_files.IMAGE_EXTENSIONS`) decides what
+training, evaluation and prediction read; WebP, which
+`keras.utils.image_dataset_from_directory` does not list, is read through
+an 8-bit RGB copy made with Pillow, the way `image_files.read_image` reads
+every file for prediction.
 
 Results are cached as JSON in the user cache directory
 (`transfer.weights.cache.cache_dir("preflight")`), keyed by each file's
@@ -27,7 +28,6 @@ decodes only new or changed files.
 """
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,24 +35,25 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from typing import Dict
 from typing import Tuple
 
 import keras
-import numpy as np
 
 from transfer._io import atomic_write
+from transfer.data.image_files import IMAGE_EXTENSIONS  # noqa: F401 (kept public here)
+from transfer.data.image_files import MAX_IMAGE_PIXELS
+from transfer.data.image_files import bit_depth
+from transfer.data.image_files import bomb_reason
+from transfer.data.image_files import image_files
+from transfer.data.image_files import list_image_files  # noqa: F401 (kept public here)
+from transfer.data.image_files import pillow_limits
+from transfer.data.image_files import to_rgb
+from transfer.data.image_files import view_name
 from transfer.weights.cache import cache_dir
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
-# What `keras.utils.image_dataset_from_directory` reads; in the cache's view
-# of a folder, other image files (WebP) are linked as `<name>.png` copies.
-_KERAS_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-# Pillow's own default: 89.5 million pixels, about 268 MB as 8-bit RGB.
-MAX_IMAGE_PIXELS = 89_478_485
 # Formats `tf.io.decode_image` decodes (MPO is a multi-picture JPEG).
 _DECODER_FORMATS = ("BMP", "GIF", "JPEG", "MPO", "PNG")
 _CACHE_VERSION = 1
@@ -134,60 +135,6 @@ class PreflightReport:
         )
 
 
-def is_hidden(name):
-    """Whether a file or folder name is hidden (`.name`, macOS `._name`)."""
-    return name.startswith(".")
-
-
-def image_files(directory):
-    """`(files, hidden)`: the image files under `directory`'s class folders.
-
-    `files` are the paths, relative to `directory`, of files with an
-    extension in `IMAGE_EXTENSIONS` anywhere under the class folders (the
-    subfolders not starting with "."), in Keras's order; `hidden` counts
-    the image files skipped because they or a folder above them are hidden.
-    """
-    files, hidden = [], 0
-    for folder in sorted(os.listdir(directory)):
-        root = os.path.join(directory, folder)
-        if is_hidden(folder) or not os.path.isdir(root):
-            continue
-        for current, _, names in sorted(os.walk(root), key=lambda w: w[0]):
-            inside = os.path.relpath(current, root)
-            hidden_folder = inside != "." and any(
-                is_hidden(part) for part in inside.split(os.sep))
-            for name in sorted(names):
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                if hidden_folder or is_hidden(name):
-                    hidden += 1
-                    continue
-                path = os.path.join(current, name)
-                files.append(os.path.relpath(path, directory))
-    return files, hidden
-
-
-def list_image_files(directory):
-    """The image files `image_files` finds (hidden ones skipped).
-
-    Files with an extension in `IMAGE_EXTENSIONS` anywhere under the class
-    folders (the subfolders not starting with "."), relative to
-    `directory`, in Keras's order.
-    """
-    return image_files(directory)[0]
-
-
-def _bit_depth(path, image):
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        return 16 if image.mode.startswith("I;16") else 32
-    if image.format == "PNG":
-        with open(path, "rb") as f:
-            header = f.read(25)
-        if len(header) == 25 and header[12:16] == b"IHDR":
-            return header[24]
-    return 8
-
-
 def _kind(image, bits):
     """The conversion kind of an image, or `None` for plain 8-bit RGB."""
     mode = image.mode
@@ -217,45 +164,6 @@ def _needs_copy(image, bits, kind):
     )
 
 
-def _to_rgb(image, bits):
-    from PIL import Image
-
-    if image.mode.startswith("I") or image.mode == "F":
-        # Pillow's own convert("L") clips 16-bit values at 255; scale them.
-        array = np.asarray(image)
-        if bits == 16 or array.max(initial=0) > 255:
-            array = array.astype("float64") / 257.0  # 65535 -> 255
-        array = np.clip(np.round(array), 0, 255).astype("uint8")
-        return Image.fromarray(array).convert("RGB")
-    return image.convert("RGB")
-
-
-@contextlib.contextmanager
-def _pillow_limits(max_image_pixels):
-    """Pillow set to refuse bombs and truncated files, restored after."""
-    from PIL import Image
-    from PIL import ImageFile
-
-    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    # Pillow raises past twice this limit while reading the header; past the
-    # limit itself it only warns, and `_examine` refuses the file right after
-    # reading the header.
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
-
-
-def _bomb(detail):
-    return (
-        f"decompression bomb? {detail}; refused from its header, not decoded"
-    )
-
-
 def _examine(path, key, max_image_pixels, copy_dir):
     """Decodes one file; returns its cache entry."""
     from PIL import Image
@@ -268,11 +176,11 @@ def _examine(path, key, max_image_pixels, copy_dir):
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_image_pixels:
-                return dict(entry, reason=_bomb(
+                return dict(entry, reason=bomb_reason(
                     f"{width}x{height} = {width * height:,} pixels, over "
                     f"max_image_pixels={max_image_pixels:,}"
                 ))
-            bits = _bit_depth(path, image)
+            bits = bit_depth(path, image)
             image.load()  # every pixel: truncation shows here
             kind = _kind(image, bits)
             entry.update(kind=kind, format=image.format, mode=image.mode)
@@ -281,11 +189,11 @@ def _examine(path, key, max_image_pixels, copy_dir):
                     f"{path}|{key['size']}|{key['mtime_ns']}".encode()
                 ).hexdigest()[:24]
                 copy = os.path.join(copy_dir, f"{digest}.png")
-                rgb = _to_rgb(image, bits)
+                rgb = to_rgb(image, bits)
                 atomic_write(copy, lambda f: rgb.save(f, format="PNG"))
                 entry["copy"] = copy
     except Image.DecompressionBombError as e:
-        return dict(entry, reason=_bomb(str(e)))
+        return dict(entry, reason=bomb_reason(str(e)))
     except UnidentifiedImageError:
         return dict(entry, reason="not an image (Pillow cannot identify it)")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -392,7 +300,7 @@ def check_images(
     progress.update(hits)
     if todo:
         workers = max(1, min(8, os.cpu_count() or 1))
-        with _pillow_limits(max_image_pixels), \
+        with pillow_limits(max_image_pixels), \
                 concurrent.futures.ThreadPoolExecutor(workers) as pool:
             jobs = pool.map(
                 lambda job: _examine(job[1], job[2], max_image_pixels, copy_dir),
@@ -442,59 +350,6 @@ def check_images(
     return report
 
 
-def read_image(path, image_size=None, *, max_image_pixels=MAX_IMAGE_PIXELS):
-    """One image file as training sees it: RGB `float32` in `[0, 255]`.
-
-    The prediction path. Decoded with Pillow and converted as the preflight
-    converts the files TensorFlow's decoder would get wrong (16-bit values
-    scaled, not clipped; CMYK, palette, grayscale and RGBA to RGB), then
-    resized bilinearly as `keras.utils.image_dataset_from_directory` does.
-
-    Args:
-        path: an image file.
-        image_size: square size to resize to, or `None` to keep the size.
-            Defaults to `None`.
-        max_image_pixels: larger images are refused from their header.
-            Defaults to `89_478_485`, Pillow's default.
-
-    Returns:
-        A `(height, width, 3)` `float32` array.
-
-    Raises:
-        ValueError: the file is not an image, is truncated, or too large.
-
-    Example:
-
-    >>> from PIL import Image
-    >>> Image.fromarray(np.zeros((8, 8), "uint16")).save("gray16.png")
-    >>> read_image("gray16.png", 4).shape
-    (4, 4, 3)
-    """
-    from PIL import Image
-
-    with _pillow_limits(max_image_pixels):
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_image_pixels:
-                    raise ValueError(_bomb(
-                        f"{width}x{height} pixels, over max_image_pixels="
-                        f"{max_image_pixels:,}"))
-                bits = _bit_depth(path, image)
-                image.load()
-                array = np.asarray(_to_rgb(image, bits), dtype="uint8")
-        except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-            raise ValueError(
-                f"cannot be decoded ({type(e).__name__}: {e})") from None
-    if image_size is None or array.shape[:2] == (image_size, image_size):
-        return array.astype("float32")
-    import tensorflow as tf  # optional heavy dependency: tf.data's resize
-
-    resized = tf.image.resize(array, (image_size, image_size),
-                              method="bilinear")
-    return np.asarray(resized, dtype="float32")
-
-
 def _link(source, target):
     try:
         os.symlink(source, target)
@@ -503,15 +358,6 @@ def _link(source, target):
             os.link(source, target)
         except OSError:
             shutil.copyfile(source, target)
-
-
-def view_name(name):
-    """The name a file has in `usable_directory`'s view: the same, with
-    `.png` added when Keras would not read its extension (WebP, whose view
-    entry is an 8-bit RGB PNG copy)."""
-    if name.lower().endswith(_KERAS_EXTENSIONS):
-        return name
-    return name + ".png"
 
 
 def usable_directory(report, class_folders):
