@@ -162,6 +162,9 @@ def build_parser():
                    help="keep the frozen backbone's features of head-only "
                    "stages in DIR and reuse them when the run is repeated "
                    "(see README 'Performance'); deleting DIR is safe")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume an interrupted run although its data or "
+                   "settings changed (the differences are recorded)")
     p.set_defaults(handler=commands.train)
 
     p = _subparser(sub, "evaluate", "metrics and a report on labelled data",

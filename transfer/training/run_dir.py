@@ -6,12 +6,17 @@ run_dir/
   config.json        the resolved `transfer train` config (CLI runs)
   recipe.json        the recipe, as `Recipe.get_config()`
   manifest.json      written last: the run finished (see `finish_run`)
+  .transfer.lock     the PID of the process training into it
   model.keras        the trained model
   logs/              TensorBoard event files
   report/            `transfer.write_report`: PNGs and metrics.json
   checkpoints/       backups and best weights (`transfer.training.resume`)
   evaluation/, export/   written later by `transfer evaluate` / `export`
 ```
+
+`manifest.json` lists the files it refers to with their sha256 (`files`),
+the best epoch (`best`), and every attempt with its seconds
+(`attempt_log`; `seconds` is their sum).
 """
 
 import hashlib
@@ -25,7 +30,6 @@ from transfer.models import tasks
 from transfer.reporting.report import write_report
 from transfer.saving import save_model
 from transfer.tensorboard import summaries
-from transfer.training.checkpoints import BestWeightsCheckpoint
 
 CONFIG = "config.json"
 RECIPE = "recipe.json"
@@ -73,6 +77,9 @@ def stage_dirname(index, name):
 def check_run_dir(run_dir):
     """Refuses a finished run; checks that `run_dir` is writable.
 
+    Creates nothing: a missing `run_dir` is checked through the folder it
+    would be made in, and an existing one is left as it was.
+
     Raises:
         ValueError: `run_dir` holds `manifest.json`, or cannot be written.
     """
@@ -83,8 +90,13 @@ def check_run_dir(run_dir):
             "transfer.load_model). Pass a new run_dir so that two runs' logs "
             f"never mix. Received: run_dir={run_dir!r}"
         )
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(
+            f"run_dir '{run_dir}' is a file, not a directory. Pass a "
+            f"directory path. Received: run_dir={run_dir!r}"
+        )
     try:
-        _io.probe_writable(run_dir)
+        _io.probe_nearest(run_dir)
     except OSError as e:
         raise ValueError(
             f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
@@ -92,7 +104,47 @@ def check_run_dir(run_dir):
         ) from e
 
 
-def _manifest(context, stage_records, hparams, seconds, metadata):
+_OWNED = (RECIPE, MANIFEST, MODEL, LOGS, REPORT, CHECKPOINTS, EVALUATION,
+          EXPORT)
+
+
+def check_run_files(run_files):
+    """Checks `fit_recipe`'s `run_files`: `{file name: text}` for files
+    of the caller's (such as `config.json`) in the run directory.
+
+    Raises:
+        TypeError: not a mapping of names to strings.
+        ValueError: a name that is not a plain file name, or one of the
+            files `fit_recipe` writes itself.
+    """
+    if run_files is None:
+        return
+    if not isinstance(run_files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in run_files.items()
+    ):
+        raise TypeError(
+            "`run_files` must map file names to text. Received: "
+            f"run_files={type(run_files).__name__}"
+        )
+    for name in run_files:
+        if (not name or name != os.path.basename(name) or name.startswith(".")
+                or name in _OWNED):
+            raise ValueError(
+                "`run_files` names must be plain file names, not hidden and "
+                f"not one of {list(_OWNED)}. Received: {name!r}"
+            )
+
+
+def write_run_files(run_dir, run_files):
+    """Writes `run_files` into `run_dir` (the lock held, the state checked);
+    returns `{name: sha256}`."""
+    return {
+        name: _io.write_text(path(run_dir, name), text)
+        for name, text in (run_files or {}).items()
+    }
+
+
+def _manifest(context, stage_records, hparams, attempts, metadata, best):
     manifest = {
         "backend": _backend.backend(),
         "versions": _backend.framework_versions(),
@@ -100,9 +152,11 @@ def _manifest(context, stage_records, hparams, seconds, metadata):
         "batch_size": context.batch_size,
         "recipe": context.recipe.get_config(),
         "stages": stage_records,
-        "seconds": round(seconds, 2),
+        "seconds": round(sum(a["seconds"] for a in attempts), 2),
         "attempts": context.run.data["attempts"],
-        "checkpoint": BEST_WEIGHTS,
+        "attempt_log": attempts,
+        "best": best.summary(),
+        "checkpoint": BEST_WEIGHTS if best.record is not None else None,
         "model": MODEL,
         "logs": LOGS,
         "report": REPORT,
@@ -115,19 +169,27 @@ def _manifest(context, stage_records, hparams, seconds, metadata):
     return manifest
 
 
-def finish_run(context, histories, stage_records, hparams, seconds):
+def finish_run(context, histories, stage_records, hparams, attempts, best):
     """Writes model.keras, the best weights' .h5, the report, recipe.json
     and, last, manifest.json, whose presence means "finished".
 
-    `context` is the run's `transfer.training.context.StageContext`.
+    Args:
+        context: the run's `transfer.training.context.StageContext`.
+        histories: one `keras.callbacks.History` per stage.
+        stage_records: the stages' manifest records.
+        hparams: the run's HParams.
+        attempts: `RunState.attempt_log(...)`: every attempt's seconds.
+        best: the run's `transfer.training.best_weights.RunBest`.
     """
     model, run_dir = context.model, context.run.run_dir
     save_model(model, path(run_dir, MODEL))
-    # A run killed after its last epoch's backup but before `fit` ended
-    # resumes with nothing to train: write the best weights' .h5 here.
-    best = BestWeightsCheckpoint(path(run_dir, BEST_WEIGHTS))
-    best.set_model(model)
-    best.export()
+    files = {MODEL: _io.sha256_file(path(run_dir, MODEL))}
+    # From best.npz, rebuilt first if a failed write left it newer than the
+    # state; a run killed before `fit` ended has no .h5 yet either.
+    digest = best.export_h5(model, path(run_dir, BEST_WEIGHTS))
+    if digest is not None:
+        files[BEST_WEIGHTS] = digest
+        files[os.path.relpath(best.path, run_dir)] = best.record["sha256"]
     metadata = dict(_model_info.metadata(model))
     names = context.class_names
     metadata["class_names"] = list(names) if names else None
@@ -136,7 +198,8 @@ def finish_run(context, histories, stage_records, hparams, seconds):
         metadata["thresholds"] = tasks.choose_thresholds(
             model, context.validation_data
         )
-    manifest = _manifest(context, stage_records, hparams, seconds, metadata)
+    manifest = _manifest(context, stage_records, hparams, attempts, metadata,
+                         best)
     write_report(
         path(run_dir, REPORT), histories,
         stage_names=[s.name for s in context.recipe], model=model,
@@ -146,6 +209,10 @@ def finish_run(context, histories, stage_records, hparams, seconds):
     last_epoch = max([e for h in histories for e in h.epoch] or [0])
     summaries.write_manifest(path(run_dir, LOGS), manifest, step=last_epoch)
     _io.write_json(path(run_dir, RECIPE), context.recipe.get_config())
+    files[RECIPE] = _io.sha256_file(path(run_dir, RECIPE))
+    if os.path.exists(path(run_dir, CONFIG)):
+        files[CONFIG] = _io.sha256_file(path(run_dir, CONFIG))
+    manifest["files"] = files
     _io.write_json(path(run_dir, MANIFEST), manifest)
     context.run.finish()
     model.transfer_metadata = metadata
