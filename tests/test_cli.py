@@ -395,6 +395,8 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
         raise RuntimeError("stop after the split's arguments")
 
     monkeypatch.setattr(data_module, "load_image_folder", load_image_folder)
+    # workflow imports the function by name: patch its reference too.
+    monkeypatch.setattr(workflow, "load_image_folder", load_image_folder)
     monkeypatch.setattr(workflow, "run_class_names", lambda model: ["a", "b"])
     monkeypatch.setattr(workflow, "run_modality", lambda model: "image")
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()])

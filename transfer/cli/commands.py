@@ -60,8 +60,8 @@ def train(args):
     )
     run_dir = args.output or _default_run_dir(config)
     logger.info("Training into %s", run_dir)
-    workflow.train_run(config, run_dir, verbose=_keras_verbose(args),
-                       force_resume=args.force_resume)
+    extra = {"force_resume": True} if args.force_resume else {}
+    workflow.train_run(config, run_dir, verbose=_keras_verbose(args), **extra)
     with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     final = (manifest.get("stages") or [{}])[-1].get("metrics", {})

@@ -235,6 +235,12 @@ class RunState:
                 "%s", run_dir, "; ".join(differences),
             )
             entry["forced_differences"] = differences
+        if data.get("fingerprint_sha256") is None and not differences:
+            logger.warning(
+                "'%s' was started by an older transfer, which recorded no "
+                "data fingerprint: the data could not be checked. Recording "
+                "it now, for the next resume.", run_dir,
+            )
         if differences or data.get("fingerprint_sha256") is None:
             data.update(settings)
             data["fingerprint_sha256"] = _write_fingerprint(
