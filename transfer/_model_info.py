@@ -24,7 +24,7 @@ def model_task(model):
     """`"multilabel"`, `"regression"`, else `"classification"` (also for
     masked-LM models, which `fit_stages` handles apart)."""
     task = metadata(model).get("task")
-    return task if task in ("multilabel", "regression") else "classification"
+    return task if task in TASKS else "classification"
 
 
 def is_logits(model):

@@ -26,7 +26,6 @@ from transfer.models.freeze import backbone_blocks
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("classification", "multilabel", "regression")
 
 def block_depths(model, trainable_blocks):
     """`(layer, depth)` of the layers in trainable backbone blocks.
