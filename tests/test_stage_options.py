@@ -4,6 +4,7 @@ Covers: transfer.training.stage_options, transfer.training.recipe.
 """
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -57,9 +58,13 @@ def test_bad_option_values_name_key_and_allowed(tmp_path, key, value, allowed):
         transfer.Stage.from_config(config)
     path = tmp_path / "recipe.yaml"
     transfer.save_recipe([transfer.Stage("s", 1, 1e-3)], str(path))
-    path.write_text(path.read_text().replace("ema: false", f"{key}: {value!r}")
-                    if key != "ema" else path.read_text().replace(
-                        "ema: false", "ema: 'yes'"))
+    # The saved recipe names every field once: replace the key's own line
+    # (a second line with the key would be refused as a duplicate).
+    text, count = re.subn(rf"(?m)^(\s*){key}:.*$",
+                          lambda m: f"{m.group(1)}{key}: {value!r}",
+                          path.read_text())
+    assert count == 1
+    path.write_text(text)
     with pytest.raises(ValueError, match=f"recipe.yaml.*Received: {key}="):
         transfer.load_recipe(str(path))
 

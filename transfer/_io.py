@@ -7,6 +7,7 @@ through `atomic_write`: a temporary file in the same directory, fsync, then
 colleague can read a shared run.
 """
 
+import errno
 import hashlib
 import json
 import logging
@@ -95,11 +96,67 @@ def check_writable(path):
     os.remove(probe)
 
 
-def atomic_write(path, write_fn, mode="wb"):
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _free_bytes(directory):
+    try:
+        stat = os.statvfs(directory)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def write_error(error, path, size=None):
+    """`error` (an `OSError`) with a message that names `path` and the fix.
+
+    A full disk (`ENOSPC`, `EDQUOT`) or a refused write (`EACCES`, `EPERM`,
+    `EROFS`) comes back as an `OSError` with the same `errno`, whose message
+    says which file, how many bytes it needed (when `size` is known), how
+    many are free, and what to do; other errors come back unchanged.
+
+    Example:
+
+    >>> str(write_error(OSError(28, "No space left on device"), "a/b.npz", 10))
+    "[Errno 28] No space left on device: cannot write 'a/b.npz' (10 bytes ..."
+    """
+    if getattr(error, "transfer_explained", False) or error.errno not in (
+        _NO_SPACE + _NO_PERMISSION
+    ):
+        return error
+    directory = os.path.dirname(os.path.abspath(path))
+    if error.errno in _NO_SPACE:
+        free = _free_bytes(directory)
+        needed = f"{size:,} bytes needed" if size else "size unknown"
+        if free is not None:
+            needed += f", {free:,} bytes free there"
+        message = (
+            f"No space left on device: cannot write '{path}' ({needed}). "
+            f"Free space on the disk holding '{directory}', or write to "
+            "another disk; then run the same call again: the file that was "
+            "there before is intact, and an interrupted fit_recipe run "
+            "resumes from its last backup"
+        )
+    else:
+        message = (
+            f"{os.strerror(error.errno)}: cannot write '{path}'. Make "
+            f"'{directory}' writable for this user (e.g. chmod u+w), or write "
+            "somewhere else; then run the same call again"
+        )
+    explained = OSError(error.errno, message)
+    explained.filename = path
+    explained.transfer_explained = True
+    return explained
+
+
+def atomic_write(path, write_fn, mode="wb", size=None):
     """Writes `path` through a temporary file, fsync and `os.replace`.
 
     A crash or a full disk leaves the previous file untouched.
-    `write_fn(f)` receives the open temporary file.
+    `write_fn(f)` receives the open temporary file. A full disk or a
+    refused write raises `OSError` naming `path`, the bytes needed (`size`,
+    when given) and the fix (`write_error`).
 
     Example:
 
@@ -108,10 +165,13 @@ def atomic_write(path, write_fn, mode="wb"):
     'hello'
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as e:
+        raise write_error(e, path, size) from e
     try:
         # mkstemp creates 0600; give the file what open() would give it.
         os.fchmod(fd, file_mode())
@@ -120,9 +180,11 @@ def atomic_write(path, write_fn, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path, size) from e
         raise
     return path
 
@@ -151,11 +213,105 @@ def write_json(path, data):
     >>> read_json(path)
     {'epochs': 3}
     """
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)
     return atomic_write(
-        path,
-        lambda f: json.dump(data, f, indent=2, sort_keys=False, default=str),
-        mode="w",
+        path, lambda f: f.write(text), mode="w", size=len(text.encode())
     )
+
+
+def write_text(path, text):
+    """Writes `text` (UTF-8) atomically; returns its sha256.
+
+    Example:
+
+    >>> write_text("notes.txt", "hi")[:8]
+    '8f434346'
+    """
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data), size=len(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def probe_nearest(path):
+    """Checks that `path` could be written without creating anything.
+
+    Probes `path` itself when it is an existing directory (a probe file is
+    written and removed, so its contents stay as they were), else the
+    nearest existing folder above it, where `path` would be created.
+
+    Raises:
+        OSError: that folder cannot be written.
+    """
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        parent = os.path.dirname(current)
+        if parent == current or os.path.exists(current):
+            break
+        current = parent
+    probe_writable(current)
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON or YAML mapping names one key twice."""
+
+
+def _refuse_duplicates(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
+def loads_json_strict(text):
+    """`json.loads`, refusing a mapping that names one key twice.
+
+    Raises:
+        DuplicateKeyError: with the key (and `line`, the 1-based line of its
+            second occurrence when found).
+
+    Example:
+
+    >>> loads_json_strict('{"a": 1}')
+    {'a': 1}
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except DuplicateKeyError as e:
+        key = e.args[0]
+        lines = [
+            number for number, line in enumerate(text.splitlines(), 1)
+            if json.dumps(key) in line
+        ]
+        error = DuplicateKeyError(key)
+        error.line = lines[1] if len(lines) > 1 else None
+        error.lines = lines
+        raise error from None
+
+
+def read_json_checked(path):
+    """The JSON object at `path`; `None` when absent.
+
+    Raises:
+        ValueError: the file exists but is not a readable JSON object; the
+            message names it.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"'{path}' is unreadable ({type(e).__name__}: {e})"
+        ) from e
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"'{path}' does not hold a JSON object. Received: "
+            f"{type(data).__name__}"
+        )
+    return data
 
 
 def read_json(path):

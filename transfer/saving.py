@@ -20,7 +20,7 @@ import zipfile
 import keras
 import numpy as np
 
-from transfer._io import file_mode
+from transfer import _io
 
 logger = logging.getLogger(__name__)
 
@@ -95,20 +95,31 @@ def save_model(model, path):
             "Received: a model with non-finite weights"
         )
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
-    os.close(fd)
+    # The weights (and optimizer variables) dominate a .keras file's size.
+    size = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in model.weights + list(
+            getattr(getattr(model, "optimizer", None), "variables", None) or []
+        )
+    )
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras",
+                                   dir=directory)
+        os.close(fd)
         model.save(tmp)
         _make_portable(tmp)
         # mkstemp made it 0600 and Keras kept that: give the mode open()
         # would (0644 under umask 022), as every other run file has.
-        os.chmod(tmp, file_mode())
+        os.chmod(tmp, _io.file_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise _io.write_error(e, path, size) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 

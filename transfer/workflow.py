@@ -12,11 +12,13 @@ import numpy as np
 
 from transfer import _model_info
 from transfer import run_config
-from transfer._io import atomic_write
+from transfer._io import read_json_checked
 from transfer.backbones.resolve import get_backbone_spec
+from transfer.data import image_files
+from transfer.data.image_files import IMAGE_EXTENSIONS
 from transfer.data.images import default_augmentation
+from transfer.data.images import describe_augmentation
 from transfer.data.images import load_image_folder
-from transfer.data.preflight import IMAGE_EXTENSIONS
 from transfer.data.text import load_text_folder
 from transfer.models.classifier import build_classifier
 from transfer.models.text import build_text_classifier
@@ -24,6 +26,7 @@ from transfer.saving import load_model
 from transfer.training import run_dir as run_dir_lib
 from transfer.training.engines import distribution_scope
 from transfer.training.fit import fit_recipe
+from transfer.training.lock import check_free
 from transfer.training.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -43,9 +46,12 @@ def detect_modality(directory):
             f"subfolder per class. Received: data={directory!r}"
         )
     counts = {"image": 0, "text": 0}
-    for _, _, files in os.walk(directory):
+    for _, folders, files in os.walk(directory):
+        folders[:] = [d for d in folders if not image_files.is_hidden(d)]
         for name in files:
             lower = name.lower()
+            if image_files.is_hidden(name):
+                continue
             if lower.endswith(IMAGE_EXTENSIONS):
                 counts["image"] += 1
             elif lower.endswith(TEXT_EXTENSIONS):
@@ -67,6 +73,8 @@ def _augmented(train, seed):
     import tensorflow as tf
 
     layers = list(default_augmentation(seed).layers)
+    fingerprint = dict(train.transfer_fingerprint,
+                       augmentation=describe_augmentation(layers, seed))
 
     def augment(images, labels):
         for layer in layers:
@@ -76,21 +84,27 @@ def _augmented(train, seed):
     augmented = train.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     augmented.class_names = train.class_names
     augmented.transfer_preflight = train.transfer_preflight
+    augmented.transfer_fingerprint = fingerprint
     return augmented
 
 
-def train_run(config, run_dir, *, verbose=1):
+def train_run(config, run_dir, *, verbose=1, force_resume=False):
     """Trains a classifier on `config["data"]` as a resolved config says.
 
-    Checks the backbone name and the data folder first, then reads the data
-    (image preflight with a progress bar), builds the classifier (preparing
-    its weights), saves the config as `run_dir/config.json` and runs
-    `transfer.fit_recipe`. Rerunning an interrupted run resumes it.
+    Checks the backbone name, the data folder and the run directory first,
+    then reads the data (image preflight with a progress bar), builds the
+    classifier (preparing its weights) and runs `transfer.fit_recipe`,
+    which saves the config as `run_dir/config.json` once it holds the run
+    directory's lock and has checked the run's state: a refused call leaves
+    `run_dir` as it was. Rerunning an interrupted run resumes it, if its
+    data and settings are unchanged (see `fit_recipe`).
 
     Args:
         config: a config from `transfer.run_config.resolve_config`.
         run_dir: the run directory.
         verbose: `0` silent, `1` progress bars. Defaults to `1`.
+        force_resume: resume although the data or settings differ from
+            the interrupted run's (see `fit_recipe`). Defaults to `False`.
 
     Returns:
         The trained `keras.Model`.
@@ -124,6 +138,7 @@ def train_run(config, run_dir, *, verbose=1):
         modality = detect_modality(config["data"])
     spec = get_backbone_spec(config["backbone"], modality=modality)
     run_dir_lib.check_run_dir(run_dir)
+    check_free(run_dir)  # fail fast; fit_recipe checks again, locked
     recipe = Recipe.from_config({
         "stages": config["stages"],
         "jit_compile": config.get("jit_compile", "auto"),
@@ -165,20 +180,25 @@ def train_run(config, run_dir, *, verbose=1):
                 dropout=config["dropout"],
             )
     resolved["class_names"] = list(class_names)
-    text = run_config.dumps(resolved)
-    atomic_write(os.path.join(run_dir, run_config.CONFIG_FILE),
-                 lambda f: f.write(text), mode="w")
     fit_recipe(
         model, recipe, train, val, run_dir=run_dir,
         batch_size=config["batch_size"], class_names=class_names,
         verbose=verbose, distribute=config["distribute"],
         feature_cache_dir=resolved.get("feature_cache_dir"),
+        force_resume=force_resume,
+        run_files={run_config.CONFIG_FILE: run_config.dumps(resolved)},
     )
     return model
 
 
 def load_run(run_dir):
     """The trained model of a finished run, and the run's config.
+
+    The class names come from the run's `manifest.json`. When it is missing
+    or unreadable, they are rebuilt from the run's `config.json` (runs of
+    `train_run`), with a warning that names both files; with neither, the
+    call fails: a model never comes back labelling classes "0", "1"...
+    when its run knew their names.
 
     Args:
         run_dir: the run directory, holding `model.keras`.
@@ -189,6 +209,8 @@ def load_run(run_dir):
 
     Raises:
         FileNotFoundError: no `model.keras` in `run_dir`.
+        ValueError: `manifest.json` is missing or unreadable and
+            `config.json` names no classes (the message names the files).
 
     Example:
 
@@ -196,9 +218,10 @@ def load_run(run_dir):
     ...     "small_cnn", 2, weights=None, image_size=32)
     >>> transfer.save_model(model, "runs/a/model.keras")
     'runs/a/model.keras'
-    >>> loaded, config = transfer.workflow.load_run("runs/a")
-    >>> loaded.output_shape, config  # no config.json: not from train_run
-    ((None, 2), None)
+    >>> transfer.workflow.load_run("runs/a")  # no manifest.json: not a run
+    Traceback (most recent call last):
+        ...
+    ValueError: The class names of 'runs/a' are unknown: ...
     >>> transfer.workflow.load_run("runs/b")
     Traceback (most recent call last):
         ...
@@ -211,8 +234,42 @@ def load_run(run_dir):
             "directory of a finished `transfer train` run. "
             f"Received: run_dir={run_dir!r}"
         )
+    manifest_path = run_dir_lib.path(run_dir, run_dir_lib.MANIFEST)
+    config_path = run_dir_lib.path(run_dir, run_config.CONFIG_FILE)
+    try:
+        manifest = read_json_checked(manifest_path)
+        problem = None if manifest is not None else "is missing"
+    except ValueError as e:
+        manifest, problem = None, f"is unreadable ({e})"
     model = load_model(path)
-    return model, run_config.load_run_config(run_dir)
+    try:
+        config = read_json_checked(config_path)
+    except ValueError as e:
+        if problem is None:
+            raise
+        config, problem = None, f"{problem}, and '{config_path}' {e}"
+    if problem is None:  # the manifest is the source of truth
+        return model, config
+    names = (config or {}).get("class_names")
+    if not names:
+        raise ValueError(
+            f"The class names of '{run_dir}' are unknown: '{manifest_path}' "
+            f"{problem}, and '{config_path}' does not name them either. "
+            "Restore manifest.json from a copy of the run directory, or "
+            f"train the run again. Received: run_dir={run_dir!r}"
+        )
+    logger.warning(
+        "'%s' %s; the run's class names %s are taken from '%s'.",
+        manifest_path, problem, names, config_path,
+    )
+    metadata = dict(getattr(model, "transfer_metadata", None) or {})
+    metadata.update(
+        class_names=list(names),
+        modality=config.get("modality") or metadata.get("modality"),
+        backbone=metadata.get("backbone") or config.get("backbone"),
+    )
+    model.transfer_metadata = metadata
+    return model, config
 
 
 def run_modality(model):
@@ -231,11 +288,12 @@ def run_class_names(model):
 
 
 def _walk(folder):
-    return sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(folder)
-        for name in names
-    )
+    """The files under `folder`, sorted, hidden folders left out."""
+    files = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [d for d in folders if not image_files.is_hidden(d)]
+        files.extend(os.path.join(root, name) for name in names)
+    return sorted(files)
 
 
 def _extensions(modality):
@@ -245,32 +303,51 @@ def _extensions(modality):
 def expand_files(paths, modality="image"):
     """Files named by `paths`, directories expanded (recursively, sorted).
 
-    Inside a directory only files of the modality's kinds are taken (image
-    extensions, or `.txt` for text); `skipped_files` lists the others.
+    Directories give their files with the modality's extensions
+    (`transfer.data.image_files.IMAGE_EXTENSIONS`, the list training reads,
+    or `.txt`), hidden files and folders (`.name`, macOS `._name`) skipped;
+    a file named directly must have one of those extensions too. `skipped_files` lists the other files.
 
     Raises:
         FileNotFoundError: a path does not exist.
-        ValueError: a directory holds no file of the modality's kinds.
+        ValueError: a directory holds no file of the modality's kinds, or a
+            file has another extension.
     """
     extensions = _extensions(modality)
-    files = []
+    files, hidden = [], 0
     for path in paths:
         if os.path.isdir(path):
-            found = [f for f in _walk(path)
-                     if f.lower().endswith(extensions)]
+            found = []
+            for file in _walk(path):
+                if not file.lower().endswith(extensions):
+                    continue
+                if image_files.is_hidden(os.path.basename(file)):
+                    hidden += 1
+                else:
+                    found.append(file)
             if not found:
                 raise ValueError(
                     f"No {', '.join(extensions)} files in folder '{path}'. "
                     f"Received: {path!r}"
                 )
-            files.extend(found)
+            files.extend(sorted(found))
         elif os.path.isfile(path):
+            if not path.lower().endswith(extensions):
+                raise ValueError(
+                    f"'{path}' is not a file type this {modality} model "
+                    f"reads ({', '.join(extensions)}): training would not "
+                    "read it either. Convert it (e.g. to PNG). "
+                    f"Received: {path!r}"
+                )
             files.append(path)
         else:
             raise FileNotFoundError(
                 f"No such file or folder: '{path}'. Pass existing image "
                 f"files or folders. Received: {path!r}"
             )
+    if hidden:
+        logger.info("Skipped %d hidden file(s) (names starting with '.').",
+                    hidden)
     return files
 
 
@@ -287,12 +364,11 @@ def skipped_files(paths, modality="image"):
     """
     extensions = _extensions(modality)
     return [f for path in paths if os.path.isdir(path)
-            for f in _walk(path) if not f.lower().endswith(extensions)]
+            for f in _walk(path) if not f.lower().endswith(extensions)
+            and not image_files.is_hidden(os.path.basename(f))]
 
 
 def _load_inputs(files, modality, image_size):
-    import keras
-
     inputs = []
     for path in files:
         try:
@@ -300,16 +376,13 @@ def _load_inputs(files, modality, image_size):
                 with open(path, encoding="utf-8") as f:
                     inputs.append(f.read())
             else:
-                image = keras.utils.load_img(
-                    path, color_mode="rgb",
-                    target_size=(image_size, image_size),
-                )
-                inputs.append(keras.utils.img_to_array(image, dtype="float32"))
+                # Converted as training converts it (16-bit scaled, not
+                # clipped), resized as Keras resizes training images.
+                inputs.append(image_files.read_image(path, image_size))
         except Exception as e:
             kind = "UTF-8 text" if modality == "text" else "image"
-            # Pillow's message names its BytesIO object, not the file.
-            reason = ("not an image Pillow can identify"
-                      if type(e).__name__ == "UnidentifiedImageError"
+            # `read_image` says why in words (ValueError); others by type.
+            reason = (str(e) if isinstance(e, ValueError)
                       else f"{type(e).__name__}: {e}")
             raise ValueError(
                 f"Cannot read '{path}' as {kind} ({reason}). "

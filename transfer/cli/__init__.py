@@ -241,6 +241,9 @@ def build_parser():
                    help="Keras dtype policy of the image model (auto: mixed "
                    "bfloat16 on GPUs/TPUs that have it) "
                    f"(default: {d['precision']})")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume an interrupted run although its data or "
+                   "settings changed (the differences are recorded)")
     p.set_defaults(handler=commands.train)
 
     p = _subparser(sub, "evaluate", "metrics and a report on labelled data",

@@ -81,7 +81,9 @@ def train(args):
     logger.info("Training into %s", run_dir)
     created = missing_folders(run_dir)
     try:
-        workflow.train_run(config, run_dir, verbose=_keras_verbose(args))
+        extra = {"force_resume": True} if args.force_resume else {}
+        workflow.train_run(config, run_dir, verbose=_keras_verbose(args),
+                           **extra)
     except BaseException:
         # A run that failed before writing anything leaves no empty folder;
         # one with checkpoints or logs stays, so rerunning resumes it.

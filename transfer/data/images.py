@@ -14,8 +14,10 @@ import shutil
 import keras
 import numpy as np
 
+from transfer.data import fingerprint
+from transfer.data import image_files
 from transfer.data import preflight
-from transfer.data.preflight import IMAGE_EXTENSIONS
+from transfer.data.image_files import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 FASHION_MNIST_CLASSES = (
@@ -36,6 +38,8 @@ ArrayDataset = collections.namedtuple(
 
 
 def _class_folders(directory):
+    """`{class folder: number of images}`; refuses two class folders that
+    are one folder (a symlink to another class, or one inside another)."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"Image folder '{directory}' does not exist. Pass a directory "
@@ -44,15 +48,43 @@ def _class_folders(directory):
         )
     folders = sorted(
         d for d in os.listdir(directory)
-        if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")
+        if os.path.isdir(os.path.join(directory, d))
+        and not image_files.is_hidden(d)
     )
-    counts = {}
-    for folder in folders:
-        count = 0
-        for _, _, files in os.walk(os.path.join(directory, folder)):
-            count += sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
-        counts[folder] = count
+    real = {d: os.path.realpath(os.path.join(directory, d)) for d in folders}
+    # Sibling folders are distinct unless one is a symlink.
+    linked = any(os.path.islink(os.path.join(directory, d)) for d in folders)
+    for first in folders if linked else ():
+        for second in folders:
+            inside = real[second].startswith(real[first] + os.sep)
+            if (first < second and real[first] == real[second]) or inside:
+                raise ValueError(
+                    f"Class folders '{first}' and '{second}' in '{directory}' "
+                    "hold the same files (a symlink resolves one into the "
+                    "other): they would train as two classes of identical "
+                    "images. Remove the symlink, or give the class a folder "
+                    f"of its own. Received: '{first}' -> '{real[first]}', "
+                    f"'{second}' -> '{real[second]}'"
+                )
+    files, _ = image_files.image_files(directory)
+    counts = {folder: 0 for folder in folders}
+    for name in files:
+        counts[name.split(os.sep, 1)[0]] += 1
     return counts
+
+
+def _split_fingerprint(dataset, report, source, subset, settings):
+    """The `transfer.data.fingerprint` of one subset of a folder."""
+    names = {
+        image_files.view_name(name): name for name in report.good_files
+    }
+    files = {}
+    for path in getattr(dataset, "file_paths", []):
+        name = names.get(os.path.relpath(path, source), os.path.relpath(
+            path, source))
+        files[fingerprint.portable_name(name)] = report.stats.get(name)
+    return {"kind": "image_folder", **settings, "subset": subset,
+            "files": files}
 
 
 def load_image_folder(
@@ -78,7 +110,11 @@ def load_image_folder(
     into the manifest) and, as Keras's do, `file_paths`: the image files
     under `directory`, in the order the dataset yields them for the
     validation set and with `shuffle=False` (a shuffled training set is
-    shuffled again every epoch).
+    shuffled again every epoch), and
+    `transfer_fingerprint` (the files of the split and the settings, which
+    a resumed `fit_recipe` checks; see `transfer.data.fingerprint`). Hidden
+    files (`.name`, macOS `._name`) are skipped and counted; two class
+    folders that are one folder (a symlink) are refused.
 
     Args:
         directory: the root folder; class names are its subfolder names.
@@ -99,8 +135,9 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: no images, fewer than two classes, an empty class, or
-            bad image files (unless `skip_bad_files`).
+        ValueError: no images, fewer than two classes, an empty class, two
+            class folders that are one, or bad image files (unless
+            `skip_bad_files`).
 
     Example:
 
@@ -162,27 +199,42 @@ def load_image_folder(
         train = keras.utils.image_dataset_from_directory(source, **kwargs)
         val = None
     class_names = list(train.class_names)
+    settings = {
+        "directory": report.directory, "image_size": image_size,
+        "seed": seed, "validation_split": validation_split,
+        "skip_bad_files": skip_bad_files, "augmentation": None,
+    }
+    fingerprints = [
+        _split_fingerprint(dataset, report, source, subset, settings)
+        if dataset is not None else None
+        for dataset, subset in ((train, "training"), (val, "validation"))
+    ]
     train, val = (
         None if dataset is None else _prefetched(dataset, directory, source,
-                                                 class_names, report)
-        for dataset in (train, val)
+                                                 class_names, report, print_)
+        for dataset, print_ in zip((train, val), fingerprints, strict=True)
     )
     return train, val, class_names
 
 
-def _prefetched(dataset, directory, source, class_names, report):
+def _prefetched(dataset, directory, source, class_names, report, fingerprint):
     import tensorflow as tf
 
     # Keras lists the files it read under `source`; a preflight view keeps
     # the data's class folders and file names, so name them under
     # `directory`, where the user's files are.
-    file_paths = [
-        os.path.join(directory, os.path.relpath(path, source))
-        for path in dataset.file_paths
-    ]
+    # (A WebP file's view entry is a PNG copy named `<name>.png`.)
+    originals = {
+        image_files.view_name(name): name for name in report.good_files
+    }
+    file_paths = []
+    for path in dataset.file_paths:
+        name = os.path.relpath(path, source)
+        file_paths.append(os.path.join(directory, originals.get(name, name)))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.class_names = class_names
     dataset.transfer_preflight = report
+    dataset.transfer_fingerprint = fingerprint
     dataset.file_paths = file_paths
     return dataset
 
@@ -281,6 +333,20 @@ def load_dataset(name, *, labels_per_class=None, seed=0):
     )
 
 
+def describe_augmentation(layers, seed=None):
+    """A short name of augmentation layers for fingerprints, or `None`.
+
+    Example:
+
+    >>> describe_augmentation(default_augmentation(3).layers, 3)
+    'RandomFlip, RandomTranslation (seed 3)'
+    """
+    if not layers:
+        return None
+    names = ", ".join(type(layer).__name__ for layer in layers)
+    return names if seed is None else f"{names} (seed {seed})"
+
+
 def default_augmentation(seed=None):
     """Light, label-preserving augmentation from `keras.layers`."""
     return keras.Sequential(
@@ -354,7 +420,15 @@ def make_dataset(
         return (images, *labels) if labels else images
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.transfer_fingerprint = {
+        "kind": "arrays", "x": fingerprint.array_fingerprint(x),
+        **({} if y is None else {"y": fingerprint.array_fingerprint(y)}),
+        "image_size": image_size, "batch_size": batch_size,
+        "shuffle": shuffle, "seed": seed,
+        "augmentation": describe_augmentation(augment_layers, seed),
+    }
+    return ds
 
 
 def synthetic_images(num_samples=16, image_size=32, num_classes=2, seed=0):

@@ -13,6 +13,14 @@ a `keras.utils.Progbar`, and finds the files that would fail or mislead:
   has no decoder for) are converted to 8-bit RGB PNG copies in the cache;
   the decoder turns the others into RGB itself.
 
+Hidden files (names starting with `.`, macOS's `._*` resource forks
+included) and hidden folders are skipped and counted (`hidden`). One list
+of extensions (`transfer.data.image_files.IMAGE_EXTENSIONS`) decides what
+training, evaluation and prediction read; WebP, which
+`keras.utils.image_dataset_from_directory` does not list, is read through
+an 8-bit RGB copy made with Pillow, the way `image_files.read_image` reads
+every file for prediction.
+
 Results are cached as JSON in the user cache directory
 (`transfer.weights.cache.cache_dir("preflight")`), keyed by each file's
 relative path, size and modification time, so a later run on the same data
@@ -20,7 +28,6 @@ decodes only new or changed files.
 """
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,21 +35,25 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from typing import Dict
 from typing import Tuple
 
 import keras
-import numpy as np
 
 from transfer._io import atomic_write
+from transfer.data.image_files import IMAGE_EXTENSIONS  # noqa: F401 (kept public here)
+from transfer.data.image_files import MAX_IMAGE_PIXELS
+from transfer.data.image_files import bit_depth
+from transfer.data.image_files import bomb_reason
+from transfer.data.image_files import image_files
+from transfer.data.image_files import list_image_files  # noqa: F401 (kept public here)
+from transfer.data.image_files import pillow_limits
+from transfer.data.image_files import to_rgb
+from transfer.data.image_files import view_name
 from transfer.weights.cache import cache_dir
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-# Pillow's own default: 89.5 million pixels, about 268 MB as 8-bit RGB.
-MAX_IMAGE_PIXELS = 89_478_485
 # Formats `tf.io.decode_image` decodes (MPO is a multi-picture JPEG).
 _DECODER_FORMATS = ("BMP", "GIF", "JPEG", "MPO", "PNG")
 _CACHE_VERSION = 1
@@ -63,6 +74,9 @@ class PreflightReport:
         copies: `{file: path}` of the 8-bit RGB copies made in the cache.
         cache_hits: files answered from the cache without decoding.
         skip_bad_files: whether bad files are left out rather than an error.
+        stats: `{file: [size, mtime_ns]}`, as `transfer.data.fingerprint`
+            stores them.
+        hidden: hidden files skipped (`.name`, `._name`, hidden folders).
     """
 
     directory: str
@@ -72,6 +86,8 @@ class PreflightReport:
     copies: Dict[str, str]
     cache_hits: int
     skip_bad_files: bool = False
+    stats: Dict[str, list] = dataclasses.field(default_factory=dict)
+    hidden: int = 0
 
     @property
     def good_files(self):
@@ -93,6 +109,7 @@ class PreflightReport:
             "converted": dict(self.converted),
             "copies": len(self.copies),
             "cache_hits": self.cache_hits,
+            "hidden_skipped": self.hidden,
         }
 
     def raise_for_bad_files(self, describe=None):
@@ -116,37 +133,6 @@ class PreflightReport:
             "them out (the manifest then lists them). "
             f"Received: {len(self.bad)} bad file(s)"
         )
-
-
-def list_image_files(directory):
-    """The image files `keras.utils.image_dataset_from_directory` reads.
-
-    Files with an image extension anywhere under the class folders (the
-    subfolders not starting with "."), relative to `directory`, in Keras's
-    order.
-    """
-    files = []
-    for folder in sorted(os.listdir(directory)):
-        root = os.path.join(directory, folder)
-        if folder.startswith(".") or not os.path.isdir(root):
-            continue
-        for current, _, names in sorted(os.walk(root), key=lambda w: w[0]):
-            for name in sorted(names):
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    path = os.path.join(current, name)
-                    files.append(os.path.relpath(path, directory))
-    return files
-
-
-def _bit_depth(path, image):
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        return 16 if image.mode.startswith("I;16") else 32
-    if image.format == "PNG":
-        with open(path, "rb") as f:
-            header = f.read(25)
-        if len(header) == 25 and header[12:16] == b"IHDR":
-            return header[24]
-    return 8
 
 
 def _kind(image, bits):
@@ -178,45 +164,6 @@ def _needs_copy(image, bits, kind):
     )
 
 
-def _to_rgb(image, bits):
-    from PIL import Image
-
-    if image.mode.startswith("I") or image.mode == "F":
-        # Pillow's own convert("L") clips 16-bit values at 255; scale them.
-        array = np.asarray(image)
-        if bits == 16 or array.max(initial=0) > 255:
-            array = array.astype("float64") / 257.0  # 65535 -> 255
-        array = np.clip(np.round(array), 0, 255).astype("uint8")
-        return Image.fromarray(array).convert("RGB")
-    return image.convert("RGB")
-
-
-@contextlib.contextmanager
-def _pillow_limits(max_image_pixels):
-    """Pillow set to refuse bombs and truncated files, restored after."""
-    from PIL import Image
-    from PIL import ImageFile
-
-    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    # Pillow raises past twice this limit while reading the header; past the
-    # limit itself it only warns, and `_examine` refuses the file right after
-    # reading the header.
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
-
-
-def _bomb(detail):
-    return (
-        f"decompression bomb? {detail}; refused from its header, not decoded"
-    )
-
-
 def _examine(path, key, max_image_pixels, copy_dir):
     """Decodes one file; returns its cache entry."""
     from PIL import Image
@@ -229,11 +176,11 @@ def _examine(path, key, max_image_pixels, copy_dir):
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_image_pixels:
-                return dict(entry, reason=_bomb(
+                return dict(entry, reason=bomb_reason(
                     f"{width}x{height} = {width * height:,} pixels, over "
                     f"max_image_pixels={max_image_pixels:,}"
                 ))
-            bits = _bit_depth(path, image)
+            bits = bit_depth(path, image)
             image.load()  # every pixel: truncation shows here
             kind = _kind(image, bits)
             entry.update(kind=kind, format=image.format, mode=image.mode)
@@ -242,11 +189,11 @@ def _examine(path, key, max_image_pixels, copy_dir):
                     f"{path}|{key['size']}|{key['mtime_ns']}".encode()
                 ).hexdigest()[:24]
                 copy = os.path.join(copy_dir, f"{digest}.png")
-                rgb = _to_rgb(image, bits)
+                rgb = to_rgb(image, bits)
                 atomic_write(copy, lambda f: rgb.save(f, format="PNG"))
                 entry["copy"] = copy
     except Image.DecompressionBombError as e:
-        return dict(entry, reason=_bomb(str(e)))
+        return dict(entry, reason=bomb_reason(str(e)))
     except UnidentifiedImageError:
         return dict(entry, reason="not an image (Pillow cannot identify it)")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -330,11 +277,15 @@ def check_images(
             f"Received: max_image_pixels={max_image_pixels!r}"
         )
     directory = os.path.realpath(directory)
-    files = list_image_files(directory) if files is None else list(files)
+    hidden = 0
+    if files is None:
+        files, hidden = image_files(directory)
+    else:
+        files = list(files)
     cache_path, digest = _cache_path(directory)
     cached = _load_cache(cache_path, directory, max_image_pixels)
     copy_dir = cache_dir("preflight", digest, "converted")
-    entries, todo = {}, []
+    entries, todo, stats = {}, [], {}
     for name in files:
         path = os.path.join(directory, name)
         try:
@@ -343,6 +294,7 @@ def check_images(
         except OSError as e:
             entries[name] = {"reason": f"cannot be read ({e.strerror})"}
             continue
+        stats[name] = [int(stat.st_size), int(stat.st_mtime_ns)]
         hit = cached.get(name)
         if (
             hit is not None
@@ -357,7 +309,7 @@ def check_images(
     progress.update(hits)
     if todo:
         workers = max(1, min(8, os.cpu_count() or 1))
-        with _pillow_limits(max_image_pixels), \
+        with pillow_limits(max_image_pixels), \
                 concurrent.futures.ThreadPoolExecutor(workers) as pool:
             jobs = pool.map(
                 lambda job: _examine(job[1], job[2], max_image_pixels, copy_dir),
@@ -389,7 +341,14 @@ def check_images(
         },
         cache_hits=hits,
         skip_bad_files=skip_bad_files,
+        stats=stats,
+        hidden=hidden,
     )
+    if hidden:
+        logger.info(
+            "Skipped %d hidden image file(s) under '%s' (names starting with "
+            "'.', such as macOS '._' files).", hidden, directory,
+        )
     if report.bad:
         logger.warning(
             "%d bad image file(s) under '%s'%s", len(report.bad), directory,
@@ -442,9 +401,9 @@ def usable_directory(report, class_folders):
             "images or remove the folder(s). Received: "
             f"{ {name: counts[name] for name in empty} }"
         )
-    if not report.bad and not report.copies:
+    if not report.bad and not report.copies and not report.hidden:
         return report.directory
-    links = [(name, report.path_for(name)) for name in good]
+    links = [(view_name(name), report.path_for(name)) for name in good]
     digest = hashlib.sha256(
         json.dumps([class_folders, links]).encode("utf-8")
     ).hexdigest()[:16]

@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from transfer.data import fingerprint
 from transfer.data import preflight
 
 logger = logging.getLogger(__name__)
@@ -265,10 +266,24 @@ def load_image_csv(
                  False, seed)
         if split else None
     )
-    for dataset in (train, val):
+    settings = {
+        "csv": os.path.abspath(path), "csv_stats": fingerprint.file_stats(path),
+        "directory": report.directory, "image_size": image_size, "seed": seed,
+        "validation_split": validation_split,
+        "skip_bad_files": skip_bad_files, "augmentation": None,
+    }
+    subsets = (("training", order[split:]), ("validation", order[:split]))
+    for dataset, (subset, rows) in zip((train, val), subsets, strict=True):
         if dataset is not None:
             dataset.class_names = class_names
             dataset.transfer_preflight = report
+            dataset.transfer_fingerprint = {
+                "kind": "image_csv", **settings, "subset": subset,
+                "files": {
+                    fingerprint.portable_name(files[i]):
+                        report.stats.get(files[i]) for i in rows
+                },
+            }
     return train, val, class_names
 
 

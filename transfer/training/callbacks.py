@@ -102,11 +102,12 @@ def trial_id(log_dir):
     return os.path.basename(run_dir) or None
 
 
-def stage_callbacks(context, stage, stage_number, freeze_plan, *,
-                    hparams, best_so_far, monitor):
+def stage_callbacks(context, stage, stage_number, freeze_plan, *, hparams):
     """The callbacks `fit_recipe` gives one stage, after its backup ones.
 
-    `default_callbacks` (TensorBoard, best weights), then the dashboard
+    `default_callbacks` (TensorBoard; the best weights are kept by
+    `transfer.training.resume.StageBackup`, which writes them before the
+    stage state that names them), then the dashboard
     panels: `StageLogger` always; `ConfusionMatrixLogger` and
     `TopLossesLogger` with validation data; `HParamsLogger` (its trial
     named after the run directory, see `trial_id`) and `InputImagesLogger`
@@ -121,19 +122,13 @@ def stage_callbacks(context, stage, stage_number, freeze_plan, *,
         freeze_plan: the stage's `FreezePlan`.
         hparams: the run's HParams in the run's very first epoch (they and
             the input images are logged then), else `None`.
-        best_so_far: the best `monitor` value of earlier stages, or `None`.
-        monitor: `(metric, mode)` that picks the best weights.
 
     Returns:
         A list of `keras.callbacks.Callback`.
     """
     log_dir = context.log_dir
-    metric, mode = monitor
     callbacks = default_callbacks(
-        log_dir, checkpoint=context.best_weights_path, monitor=metric,
-        best_so_far=best_so_far, mode=mode,
-        profile_batch=context.profile_batch,
-    )
+        log_dir, profile_batch=context.profile_batch)
     callbacks.append(StageLogger(log_dir, stage, stage_number, freeze_plan))
     if hparams is not None:
         callbacks.append(

@@ -27,6 +27,7 @@ import numpy as np
 
 from transfer._io import atomic_write
 from transfer._io import sha256_file
+from transfer._io import write_error
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ def write_checkpoint(path, model, *, optimizer=True):
         return None
     if optimizer and getattr(model, "optimizer", None) is not None:
         arrays.update(_arrays(model.optimizer.variables, "o"))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # The zip's own overhead is small: the arrays' bytes, plus 1%.
+    size = int(sum(a.nbytes for a in arrays.values()) * 1.01) + 4096
+    atomic_write(path, lambda f: np.savez(f, **arrays), size=size)
     return sha256_file(path)
 
 
@@ -239,25 +242,39 @@ class BestWeightsCheckpoint(keras.callbacks.Callback):
         if (os.path.exists(self.filepath) and os.path.getmtime(self.filepath)
                 >= os.path.getmtime(self.array_path)):
             return
-        current = [keras.ops.convert_to_numpy(v) for v in self.model.weights]
         try:
-            read_checkpoint(self.array_path, self.model, optimizer=False)
+            export_weights_h5(self.model, self.array_path, self.filepath)
         except ValueError as e:  # left untouched: the model keeps its weights
             logger.warning(
                 "Not writing '%s': %s The previous file, if any, stays.",
                 self.filepath, e,
             )
-            return
-        directory, name = os.path.split(self.filepath)
-        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-        try:
-            self.model.save_weights(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.filepath)
-        finally:
-            for variable, array in zip(self.model.weights, current,
-                                       strict=True):
-                variable.assign(array)
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+
+def export_weights_h5(model, array_path, filepath):
+    """Writes `filepath` (`.weights.h5`) with the weights of `array_path`
+    (a `write_checkpoint` file), atomically; the model's own weights are
+    put back after.
+
+    Raises:
+        ValueError: `array_path` is unreadable or does not fit the model.
+        OSError: the file cannot be written (the message names it and the
+            fix, see `transfer._io.write_error`).
+    """
+    current = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    read_checkpoint(array_path, model, optimizer=False)
+    directory, name = os.path.split(filepath)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    try:
+        model.save_weights(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+    except OSError as e:
+        size = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+        raise write_error(e, filepath, size) from e
+    finally:
+        for variable, array in zip(model.weights, current, strict=True):
+            variable.assign(array)
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -14,6 +14,8 @@ from transfer.models import tasks
 from transfer.models.classifier import check_head_classes
 from transfer.reporting.plots import require_matplotlib
 from transfer.training import engines
+from transfer.training import fingerprint as fingerprint_lib
+from transfer.training import lock
 from transfer.training import resume
 from transfer.training import run_dir as run_dir_lib
 from transfer.training import stage_options
@@ -21,7 +23,6 @@ from transfer.training import stages
 from transfer.training.context import StageContext
 from transfer.training.feature_cache import check_cache_features
 from transfer.training.feature_store import check_feature_cache_dir
-from transfer.training.lock import RunDirLock
 from transfer.training.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def fit_recipe(
     distribute=None,
     cache_features="auto",
     feature_cache_dir=None,
+    force_resume=False,
+    run_files=None,
 ):
     """Trains `model` stage by stage, logging and saving into `run_dir`.
 
@@ -60,11 +63,19 @@ def fit_recipe(
 
     A crash loses at most the epoch in progress: model and optimizer are
     backed up at every epoch end in `run_dir/checkpoints/<stage>/`
-    (`transfer.training.resume`). Rerun the same command and the run resumes:
-    finished stages are not retrained, the interrupted one continues from
-    its last finished epoch with its optimizer state, and later stages run.
-    A finished run (`manifest.json`) is never reused, and a second process
-    pointed at a run directory in use is refused (`RunDirInUseError`).
+    (`transfer.training.resume`), each file before the state that names
+    it, so a failed write (a full disk) never leaves a state pointing at a
+    missing file. Rerun the same command and the run resumes: finished
+    stages are not retrained, the interrupted one continues from its last
+    finished epoch with its optimizer state, and later stages run. A rerun
+    with other data or settings (files added, removed or changed, another
+    split, seed, image size, augmentation, recipe, batch size or classes;
+    see `transfer.training.fingerprint`) is refused with the differences
+    listed, unless `force_resume=True`. A finished run (`manifest.json`) is
+    never reused, and a second process pointed at a run directory in use is
+    refused (`RunDirInUseError`). A refused call writes nothing into
+    `run_dir`: every check runs before the lock is taken and the first file
+    written.
     Labels outside `[0, num_classes)` are refused on every backend. A NaN or
     Inf loss stops the run with `NonFiniteLossError`, the model holding the
     last good weights; NaN weights are never saved.
@@ -114,6 +125,13 @@ def fit_recipe(
             not, with the entry `key`; see `transfer.training.feature_store`.
             Deleting the directory is safe. Defaults to `None` (no disk
             cache).
+        force_resume: resume an unfinished run although its data or
+            settings differ from those it started with (the differences are
+            logged and recorded in `run.json`). Defaults to `False`.
+        run_files: `{file name: text}` written into `run_dir` once the lock
+            is held and the run's state checked, such as the `config.json`
+            of `transfer.workflow.train_run`, so that a refused call leaves
+            `run_dir` as it was. Defaults to `None`.
 
     Returns:
         A list with one `keras.callbacks.History` per stage (for a resumed
@@ -121,9 +139,9 @@ def fit_recipe(
 
     Raises:
         ValueError: bad arguments or data, a finished `run_dir`, an
-            unfinished one of another recipe, or a model not built in the
-            `distribution_scope` that `distribute` asks for; raised before
-            training.
+            unfinished one of another recipe or other data (each difference
+            listed), or a model not built in the `distribution_scope` that
+            `distribute` asks for; raised before training.
         RunDirInUseError: another live process trains into `run_dir`.
         NonFiniteLossError: the loss became NaN or Inf.
 
@@ -152,6 +170,7 @@ def fit_recipe(
         model, recipe, (train_data, validation_data), class_names,
         (cache_features, feature_cache_dir),
     )
+    run_dir_lib.check_run_files(run_files)
     plan = engines.plan_for_model(
         model, recipe.distribute if distribute is None else distribute
     )
@@ -166,12 +185,21 @@ def fit_recipe(
     engines.barrier(plan, "transfer.fit_recipe")
     if plan.is_chief:
         run_dir_lib.check_run_dir(run_dir)
-    # Read before the label checks wrap the data in a new pipeline.
+    # Before the label checks wrap the datasets (`map` drops attributes).
     preflight = getattr(train_data, "transfer_preflight", None)
+    settings, fingerprint = fingerprint_lib.run_fingerprint(
+        model, recipe, train_data, validation_data, batch_size=batch_size,
+        class_names=class_names,
+    )
     train_data, validation_data = _checked_targets(
         model, train_data, validation_data)
     _backend.require_tensorboard()
     require_matplotlib()
+    if plan.is_chief:
+        # Reading only: a call refused here leaves run_dir as it was.
+        lock.check_free(run_dir)
+        resume.check_resume(run_dir, settings, fingerprint,
+                            force_resume=force_resume)
     context = dict(
         train_data=train_data, validation_data=validation_data,
         batch_size=batch_size, callbacks=callbacks, class_names=class_names,
@@ -179,16 +207,20 @@ def fit_recipe(
         feature_cache_dir=feature_cache_dir,
     )
     if not plan.is_chief:
-        histories = _fit_as_worker(plan, scratch, model, recipe, context)
+        histories = _fit_as_worker(
+            plan, scratch, (model, recipe),
+            (settings, fingerprint, force_resume), context)
     else:
         distribution = {**plan.to_dict(), **batch_plan}
         if plan.handle is not None:
             logger.info("Distribution: %s", distribution)
-        with RunDirLock(run_dir), plan.scope():
+        os.makedirs(run_dir, exist_ok=True)
+        with lock.RunDirLock(run_dir), plan.scope():
             run = resume.RunState.open(
-                run_dir, model, recipe, batch_size=batch_size,
-                class_names=class_names,
+                run_dir, model, settings, fingerprint,
+                force_resume=force_resume,
             )
+            run_dir_lib.write_run_files(run_dir, run_files)
             histories = stages.fit_stages(StageContext(
                 model, recipe, run, **context,
                 profile_batch=_backend.supported_profile_batch(profile_batch),
@@ -242,7 +274,7 @@ def _checked_targets(model, train_data, validation_data):
     return train_data, validation_data
 
 
-def _fit_as_worker(plan, scratch, model, recipe, context):
+def _fit_as_worker(plan, scratch, run, resume_check, context):
     """Trains a non-chief process's share without writing `run_dir`.
 
     Every process must run the same computations (stages, epochs, callback
@@ -251,13 +283,14 @@ def _fit_as_worker(plan, scratch, model, recipe, context):
     """
     try:
         with plan.scope():
-            run = resume.RunState.open(
-                os.path.join(scratch, "run"), model, recipe,
-                batch_size=context["batch_size"],
-                class_names=context["class_names"],
+            model, recipe = run
+            settings, fingerprint, force_resume = resume_check
+            state = resume.RunState.open(
+                os.path.join(scratch, "run"), model, settings, fingerprint,
+                force_resume=force_resume,
             )
             return stages.fit_stages(StageContext(
-                model, recipe, run, **context, profile_batch=0,
+                model, recipe, state, **context, profile_batch=0,
                 # The chief's mode: the same choices (no feature cache).
                 distribution=plan.to_dict(),
             ))

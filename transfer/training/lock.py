@@ -94,6 +94,33 @@ def _read(fd):
     return holder if isinstance(holder, dict) else None
 
 
+def check_free(run_dir):
+    """Raises `RunDirInUseError` when a live process holds `run_dir`'s lock.
+
+    Reads only: nothing is created or written, so a run refused here leaves
+    `run_dir` as it was. `RunDirLock` checks again when it takes the lock.
+    """
+    path = os.path.join(run_dir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody ever trained here
+    try:
+        holder = _read(fd)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                RunDirLock(run_dir)._refuse(holder)
+            return  # closing the file below drops the shared lock
+        if holder and holder.get("pid") != os.getpid() and process_alive(
+            holder.get("pid"), holder.get("start")
+        ):
+            RunDirLock(run_dir)._refuse(holder)
+    finally:
+        os.close(fd)
+
+
 class RunDirLock:
     """Holds `run_dir/.transfer.lock` while a run trains into `run_dir`.
 

@@ -7,7 +7,9 @@
 import json
 import os
 
+from transfer._io import DuplicateKeyError
 from transfer._io import atomic_write
+from transfer._io import loads_json_strict
 from transfer.training.recipe import Recipe
 
 SUFFIXES = (".json", ".yaml", ".yml")
@@ -22,16 +24,44 @@ def _format(path, what):
     return "json" if suffix == ".json" else "yaml"
 
 
+def _strict_yaml_loader():
+    """A `yaml.SafeLoader` that refuses a mapping naming one key twice
+    (PyYAML keeps the last silently)."""
+    import yaml  # optional dependency: config files only
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: PyYAML's own error
+                    break
+                if first is not None:
+                    error = DuplicateKeyError(key)
+                    error.line, error.lines = line, [first, line]
+                    raise error
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def read_mapping(path, what="Recipe"):
     """Reads a JSON or YAML file that must hold a mapping (empty: `{}`).
+
+    A key given twice in one mapping is an error naming it and its lines
+    (YAML and JSON parsers would keep the last one silently).
 
     Args:
         path: a `.json`, `.yaml` or `.yml` file.
         what: what the file is, for the messages (`"Recipe"`, `"Config"`).
 
     Raises:
-        ValueError: another suffix, a missing file, a parse error, or not a
-            mapping; the message names the file.
+        ValueError: another suffix, a missing file, a parse error, a
+            duplicate key, or not a mapping; the message names the file.
     """
     fmt = _format(path, what)
     if not os.path.isfile(path):
@@ -40,11 +70,20 @@ def read_mapping(path, what="Recipe"):
         text = f.read()
     try:
         if fmt == "json":
-            config = json.loads(text)
+            config = loads_json_strict(text)
         else:
-            import yaml
+            import yaml  # optional dependency: config files only
 
-            config = yaml.safe_load(text)
+            config = yaml.load(text, Loader=_strict_yaml_loader())  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as e:
+        lines = " and ".join(str(n) for n in getattr(e, "lines", []) or [])
+        where = f" on lines {lines}" if lines else ""
+        raise ValueError(
+            f"{what} file {path} gives the key {e.args[0]!r} twice{where}; "
+            "only one value can hold. Keep one of them. Received: "
+            f"duplicate key {e.args[0]!r}" + (
+                f" at line {e.line}" if getattr(e, "line", None) else "")
+        ) from None
     except Exception as e:
         raise ValueError(
             f"Cannot parse {what.lower()} file {path}: {e}"

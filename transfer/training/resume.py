@@ -4,22 +4,34 @@
 
 ```
 run.json                run id, recipe, batch size, class names, model
-                        fingerprint, number of attempts
+                        fingerprint, the attempts (number, start time)
+fingerprint.json        the model's input and the data: files of each split
+                        with sizes and mtimes, or arrays' sha256; image size,
+                        seed, augmentation (`transfer.training.fingerprint`)
 initial.npz             the model's weights when the run first started
                         (removed when the run finishes)
 <stage>/state.json      stage index, last completed epoch, best metric,
                         epochs done with their logs, the last two backups
-                        (with sha256), and "done"
+                        (with sha256), the run's best weights (with sha256),
+                        seconds per attempt, and "done"
 <stage>/epoch-0004.npz  model weights and optimizer variables after an epoch
-                        (the last two; a finished run keeps the last)
-best.npz                the best weights so far (BestWeightsCheckpoint)
+                        (the last two, and the best's; a finished run keeps
+                        the last)
+best.npz                the best weights so far (`transfer.training.best_weights`)
 best.weights.h5         the same, for `model.load_weights`, written when a
                         stage ends
 ```
 
+A rerun resumes only the same run: the recipe, batch size, class names,
+model and data (`fingerprint.json`) must match, or it is refused before
+anything is written, with the differences listed (`force_resume=True`
+resumes anyway and records the new fingerprint).
+
 Every file is written atomically (temporary file, fsync, `os.replace`) at
-every epoch end; the previous backup is kept, so a truncated or corrupt
-latest backup (its sha256 no longer matches) falls back to the one before.
+every epoch end, the files before the state that names them: the epoch
+backup, then the best weights, then `state.json`; the previous backup is
+kept, so a truncated or corrupt latest backup (its sha256 no longer
+matches) falls back to the one before.
 On a rerun, finished stages are skipped, the interrupted stage restores its
 latest good backup (weights and optimizer state) and continues from the
 epoch after it, and later stages run as usual. Only files this module
@@ -51,233 +63,111 @@ compiled optimizer:
 shows the first three on every backend.
 """
 
-import hashlib
 import json
 import logging
 import os
-import re
 import time
 import uuid
-
-import keras
 
 from transfer._io import read_json
 from transfer._io import sha256_file
 from transfer._io import write_json
+from transfer._io import write_text
 from transfer.tensorboard import summaries
+from transfer.training import fingerprint as fingerprint_lib
 from transfer.training import run_dir as run_dir_lib
-from transfer.training.checkpoints import finite_logs
 from transfer.training.checkpoints import read_checkpoint
 from transfer.training.checkpoints import write_checkpoint
+from transfer.training.stage_state import StageBackup  # noqa: F401 (public here)
+from transfer.training.stage_state import StageState
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = run_dir_lib.CHECKPOINTS
-_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.npz$")
-_KEEP = 2
 
 
-def model_fingerprint(model):
-    """A hash of the model's weight shapes, to tell another model apart."""
-    shapes = [list(map(int, w.shape)) for w in model.weights]
-    return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+model_fingerprint = fingerprint_lib.model_fingerprint
 
 
-class StageState:
-    """Backups and progress of one stage in `checkpoints/<stage>/`.
+def _paths(run_dir):
+    directory = os.path.join(run_dir, CHECKPOINTS)
+    return (os.path.join(directory, "run.json"),
+            os.path.join(directory, fingerprint_lib.FILE))
 
-    Args:
-        directory: the stage's checkpoint directory.
-        run_id: the run's id; a state file of another run is ignored.
-        index: the stage's position in the recipe, from 0.
-        name: the stage's name.
-    """
 
-    def __init__(self, directory, run_id, index, name):
-        self.directory = directory
-        self.run_id = run_id
-        self.index = index
-        self.name = name
-        self.path = os.path.join(directory, "state.json")
-        state = read_json(self.path)
-        if state is not None and (
-            state.get("run_id") != run_id or state.get("name") != name
-        ):
-            state = None
-        self.state = state or {
-            "run_id": run_id,
-            "name": name,
-            "index": index,
-            "done": False,
-            "last_epoch": None,
-            "best": None,
-            "epochs": [],
-            "history": {},
-            "backups": [],
-            "seconds": 0.0,
-            "record": None,
-        }
-        self.non_finite = None
-
-    @property
-    def done(self):
-        return bool(self.state["done"])
-
-    @property
-    def last_epoch(self):
-        epochs = self.state["epochs"]
-        return epochs[-1] if epochs else None
-
-    def _save(self):
-        write_json(self.path, self.state)
-
-    def record_epoch(self, model, epoch, logs, seconds):
-        """Backs up the model after `epoch`, unless its loss or weights are
-        not finite; then updates and saves the state."""
-        self.non_finite = None
-        if not finite_logs(logs):
-            self.non_finite = {"epoch": epoch, "loss": logs.get("loss"),
-                               "what": "loss"}
-            return False
-        name = f"epoch-{epoch:04d}.npz"
-        path = os.path.join(self.directory, name)
-        digest = write_checkpoint(path, model, optimizer=True)
-        if digest is None:
-            self.non_finite = {"epoch": epoch, "loss": logs.get("loss"),
-                               "what": "weights"}
-            return False
-        state = self.state
-        state["epochs"] = [e for e in state["epochs"] if e < epoch] + [epoch]
-        count = len(state["epochs"])
-        for key, value in (logs or {}).items():
-            values = state["history"].setdefault(key, [])
-            state["history"][key] = values[: count - 1] + [float(value)]
-        backups = [b for b in state["backups"] if b["epoch"] < epoch]
-        state["backups"] = [
-            {"epoch": epoch, "file": name, "sha256": digest}
-        ] + backups[: _KEEP - 1]
-        state["seconds"] = round(state["seconds"] + seconds, 2)
-        state["last_epoch"] = epoch
-        monitor = next(
-            (m for m in ("val_accuracy", "accuracy") if m in state["history"]),
-            None,
-        )
-        state["best"] = (
-            {"monitor": monitor, "value": max(state["history"][monitor])}
-            if monitor else None
-        )
-        self._save()
-        self._prune()
-        return True
-
-    def _prune(self):
-        """Deletes this stage's `epoch-*.npz` files no longer listed."""
-        keep = {b["file"] for b in self.state["backups"]}
-        for name in os.listdir(self.directory):
-            if _EPOCH_FILE.match(name) and name not in keep:
-                try:
-                    os.remove(os.path.join(self.directory, name))
-                except OSError as e:
-                    logger.warning("Could not remove old backup %s: %s", name, e)
-
-    def restore(self, model, *, optimizer=True):
-        """Loads the newest good backup into `model`.
-
-        A backup whose sha256 does not match (truncated, corrupt) or that
-        does not load is skipped for the one before it.
-
-        Returns:
-            The epoch restored, or `None` when there is no good backup.
-        """
-        for backup in self.state["backups"]:
-            path = os.path.join(self.directory, backup["file"])
-            try:
-                if sha256_file(path) != backup["sha256"]:
-                    raise ValueError("its sha256 does not match")
-                read_checkpoint(path, model, optimizer=optimizer)
-            except (OSError, ValueError) as e:
-                logger.warning(
-                    "Stage '%s': backup '%s' is unusable (%s); trying the "
-                    "one before.", self.name, path, e,
-                )
-                continue
-            return backup["epoch"]
+def _stored_fingerprint(run_dir, stored, path, force_resume):
+    """The run's `fingerprint.json`; `None` for runs from before it (or
+    with `force_resume`, when it is missing or was changed)."""
+    expected = stored.get("fingerprint_sha256")
+    if expected is None:
         return None
-
-    def history(self, model=None):
-        """The stage's epochs so far, as a `keras.callbacks.History`."""
-        history = keras.callbacks.History()
-        history.epoch = list(self.state["epochs"])
-        history.history = {k: list(v) for k, v in self.state["history"].items()}
-        if model is not None:
-            history.set_model(model)
-        return history
-
-    def keep_latest_only(self):
-        self.state["backups"] = self.state["backups"][:1]
-        self._save()
-        self._prune()
-
-    def finish_early(self, model, summary):
-        """Records that the stage stopped early: the model holds the
-        stage's best weights, backed up (with its optimizer) as the
-        stage's newest backup, so a later stage or a resumed run starts
-        from them."""
-        name = "final.npz"
-        digest = write_checkpoint(
-            os.path.join(self.directory, name), model, optimizer=True)
-        if digest is not None:
-            backups = [b for b in self.state["backups"] if b["file"] != name]
-            self.state["backups"] = [
-                {"epoch": self.last_epoch, "file": name, "sha256": digest}
-            ] + backups[: _KEEP - 1]
-        self.state["early_stop"] = summary
-        self._save()
-
-    def mark_done(self, record):
-        self.state["done"] = True
-        self.state["record"] = record
-        self._save()
-
-    @property
-    def record(self):
-        return self.state["record"]
+    try:
+        digest = sha256_file(path)
+    except OSError:
+        digest = None
+    if digest == expected:
+        return read_json(path)
+    if force_resume:
+        return None
+    raise ValueError(
+        f"'{path}' is missing or was changed since the run started (its "
+        "sha256 no longer matches run.json), so whether the data changed "
+        "cannot be checked. Restore the file, pass a new run_dir to start "
+        "over, or pass force_resume=True to resume without the check (the "
+        f"current fingerprint is then recorded). Received: run_dir={run_dir!r}"
+    )
 
 
-class StageBackup(keras.callbacks.Callback):
-    """Backs up model and optimizer at every epoch end (see `StageState`).
+def check_resume(run_dir, settings, fingerprint, *, force_resume=False):
+    """Checks, reading only, that a call may train into `run_dir`.
 
-    `fit_recipe` puts it first among a stage's callbacks. An epoch whose
-    loss or weights are NaN or Inf is not backed up.
+    `fit_recipe` calls it before it takes the run directory's lock (so a
+    refused call changes nothing there) and, through `RunState.open`, again
+    while holding it.
 
     Args:
-        stage_state: the `StageState` to record into.
+        run_dir: the run directory.
+        settings: `transfer.training.fingerprint.run_fingerprint(...)[0]`.
+        fingerprint: `run_fingerprint(...)[1]`.
+        force_resume: resume despite differences. Defaults to `False`.
+
+    Returns:
+        `None` for a new run; else `(stored, differences)`: the run's
+        `run.json` and the differences accepted by `force_resume` (empty
+        without it).
+
+    Raises:
+        ValueError: `run_dir` is finished or not writable, or holds an
+            unfinished run with other settings or data (each difference
+            listed).
     """
+    run_dir_lib.check_run_dir(run_dir)
+    run_path, fingerprint_path = _paths(run_dir)
+    stored = read_json(run_path)
+    if stored is None:
+        return None
+    stored_fingerprint = _stored_fingerprint(
+        run_dir, stored, fingerprint_path, force_resume)
+    topics, details = fingerprint_lib.differences(
+        stored, stored_fingerprint, settings, fingerprint)
+    if details and not force_resume:
+        raise fingerprint_lib.mismatch_error(
+            run_dir, topics, details, fingerprint_path)
+    return stored, details
 
-    def __init__(self, stage_state):
-        super().__init__()
-        self.stage_state = stage_state
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
-        if not self.stage_state.record_epoch(self.model, epoch, logs or {}, seconds):
-            # The loss can stay finite while the weights are not (on JAX,
-            # NaN inputs pass ReLU as 0), which TerminateOnNaN misses.
-            self.model.stop_training = True
-            logger.warning(
-                "Epoch %d of stage '%s': loss or weights are NaN or Inf "
-                "(loss %s); no backup written, the last good one stays.",
-                epoch, self.stage_state.name, (logs or {}).get("loss"),
-            )
+def _write_fingerprint(path, fingerprint):
+    return write_text(path, json.dumps(fingerprint, indent=1) + "\n")
 
 
 class RunState:
     """What `fit_recipe` knows about a run directory, fresh or resumed.
 
     Use `RunState.open`, holding the run directory's lock.
+
+    Attributes:
+        attempt: this attempt's number, from 1.
+        started: `time.perf_counter()` when this attempt opened the run.
     """
 
     def __init__(self, run_dir, data, resumed):
@@ -286,6 +176,8 @@ class RunState:
         self.data = data
         self.resumed = resumed
         self.run_id = data["run_id"]
+        self.attempt = int(data.get("attempts", 1))
+        self.started = time.perf_counter()
         self._stages = {}
 
     @property
@@ -293,53 +185,87 @@ class RunState:
         return os.path.join(self.directory, "initial.npz")
 
     @classmethod
-    def open(cls, run_dir, model, recipe, *, batch_size, class_names):
+    def open(cls, run_dir, model, settings, fingerprint, *,
+             force_resume=False):
         """Starts a new run in `run_dir`, or picks up its unfinished one.
+
+        Args:
+            run_dir: the run directory.
+            model: the model (its weights are the new run's start).
+            settings: `transfer.training.fingerprint.run_fingerprint(...)[0]`.
+            fingerprint: `run_fingerprint(...)[1]`.
+            force_resume: resume despite differences, recording them and
+                the new fingerprint. Defaults to `False`.
 
         Raises:
             ValueError: `run_dir` is finished, holds logs of another run, or
-                holds an unfinished run of another recipe, model, batch size
-                or class list.
+                holds an unfinished run of another recipe, model, batch
+                size, class list or data (see `check_resume`).
         """
-        run_dir_lib.check_run_dir(run_dir)
+        checked = check_resume(run_dir, settings, fingerprint,
+                               force_resume=force_resume)
         log_dir = run_dir_lib.path(run_dir, run_dir_lib.LOGS)
-        path = os.path.join(run_dir, CHECKPOINTS, "run.json")
-        expected = {
-            "recipe": recipe.get_config(),
-            "batch_size": batch_size,
-            "class_names": list(class_names) if class_names is not None else None,
-            "model": model_fingerprint(model),
-        }
-        data = read_json(path)
-        if data is None:
+        path, fingerprint_path = _paths(run_dir)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        if checked is None:
             summaries.check_new_log_dir(log_dir, run_dir)
-            data = {"run_id": uuid.uuid4().hex, **expected, "attempts": 1}
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            data = {"run_id": uuid.uuid4().hex, **settings, "attempts": 1,
+                    "attempt_log": [{"attempt": 1, "started": started}]}
             state = cls(run_dir, data, resumed=False)
             if write_checkpoint(state.initial_path, model, optimizer=False) is None:
                 raise ValueError(
                     "The model's weights hold NaN or Inf values before "
                     "training. Rebuild the model. Received: non-finite weights"
                 )
+            data["fingerprint_sha256"] = _write_fingerprint(
+                fingerprint_path, fingerprint)
             summaries.claim_log_dir(log_dir, data["run_id"])
-            write_json(path, data)
+            write_json(path, data)  # last: its presence means "started"
             return state
-        differences = [
-            key for key, value in expected.items()
-            if json.loads(json.dumps(data.get(key))) != json.loads(json.dumps(value))
-        ]
-        if differences:
-            raise ValueError(
-                f"'{run_dir}' holds an unfinished run with another "
-                f"{', '.join(differences)} (it was started with "
-                f"{ {k: data.get(k) for k in differences} }). Rerun the same "
-                "command to resume it, or pass a new run_dir. Received: "
-                f"{ {k: expected[k] for k in differences} }"
-            )
+        data, differences = checked
         summaries.check_resumed_log_dir(log_dir, run_dir, data["run_id"])
-        data["attempts"] = int(data.get("attempts", 1)) + 1
+        attempt = int(data.get("attempts", 1)) + 1
+        log = data.get("attempt_log") or [
+            {"attempt": number} for number in range(1, attempt)
+        ]
+        entry = {"attempt": attempt, "started": started}
+        if differences:
+            logger.warning(
+                "Resuming '%s' with force_resume=True although it differs: "
+                "%s", run_dir, "; ".join(differences),
+            )
+            entry["forced_differences"] = differences
+        if data.get("fingerprint_sha256") is None and not differences:
+            logger.warning(
+                "'%s' was started by an older transfer, which recorded no "
+                "data fingerprint: the data could not be checked. Recording "
+                "it now, for the next resume.", run_dir,
+            )
+        if differences or data.get("fingerprint_sha256") is None:
+            data.update(settings)
+            data["fingerprint_sha256"] = _write_fingerprint(
+                fingerprint_path, fingerprint)
+        data["attempts"] = attempt
+        data["attempt_log"] = log + [entry]
         write_json(path, data)
         return cls(run_dir, data, resumed=True)
+
+    def attempt_log(self, states, seconds):
+        """The attempts with their seconds: this one's `seconds`, earlier
+        ones' up to their last recorded epoch (a killed process says no
+        more)."""
+        log = []
+        for entry in self.data.get("attempt_log") or []:
+            number = entry["attempt"]
+            if number == self.attempt:
+                spent = seconds
+            else:
+                spent = max(
+                    (s.state.get("attempt_seconds", {}).get(str(number), 0.0)
+                     for s in states), default=0.0)
+            log.append({**entry, "seconds": round(spent, 2),
+                        "finished": number == self.attempt})
+        return log
 
     def stage(self, index, stage):
         """The `StageState` of the recipe's `index`-th stage."""
@@ -347,7 +273,6 @@ class RunState:
             directory = os.path.join(
                 self.directory, run_dir_lib.stage_dirname(index, stage.name)
             )
-            os.makedirs(directory, exist_ok=True)
             self._stages[index] = StageState(
                 directory, self.run_id, index, stage.name
             )

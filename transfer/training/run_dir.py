@@ -8,12 +8,17 @@ run_dir/
   recipe.json        the recipe, as `Recipe.get_config()`
   manifest.json      written last: the run finished
                      (`transfer.training.finish.finish_run`)
+  .transfer.lock     the PID of the process training into it
   model.keras        the trained model
   logs/              TensorBoard event files
   report/            `transfer.write_report`: PNGs and metrics.json
   checkpoints/       backups and best weights (`transfer.training.resume`)
   evaluation/, export/   written later by `transfer evaluate` / `export`
 ```
+
+`manifest.json` lists the files it refers to with their sha256 (`files`),
+the best epoch (`best`), and every attempt with its seconds
+(`attempt_log`; `seconds` is their sum).
 """
 
 import hashlib
@@ -68,6 +73,9 @@ def stage_dirname(index, name):
 def check_run_dir(run_dir):
     """Refuses a finished run; checks that `run_dir` is writable.
 
+    Creates nothing: a missing `run_dir` is checked through the folder it
+    would be made in, and an existing one is left as it was.
+
     Raises:
         ValueError: `run_dir` holds `manifest.json`, or cannot be written.
     """
@@ -78,10 +86,55 @@ def check_run_dir(run_dir):
             "transfer.load_model). Pass a new run_dir so that two runs' logs "
             f"never mix. Received: run_dir={run_dir!r}"
         )
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(
+            f"run_dir '{run_dir}' is a file, not a directory. Pass a "
+            f"directory path. Received: run_dir={run_dir!r}"
+        )
     try:
-        _io.probe_writable(run_dir)
+        _io.probe_nearest(run_dir)
     except OSError as e:
         raise ValueError(
             f"Cannot write to run directory '{run_dir}' ({e.strerror}). "
             f"Choose a writable run_dir. Received: run_dir={run_dir!r}"
         ) from e
+
+
+_OWNED = (RECIPE, MANIFEST, MODEL, LOGS, REPORT, CHECKPOINTS, EVALUATION,
+          EXPORT)
+
+
+def check_run_files(run_files):
+    """Checks `fit_recipe`'s `run_files`: `{file name: text}` for files
+    of the caller's (such as `config.json`) in the run directory.
+
+    Raises:
+        TypeError: not a mapping of names to strings.
+        ValueError: a name that is not a plain file name, or one of the
+            files `fit_recipe` writes itself.
+    """
+    if run_files is None:
+        return
+    if not isinstance(run_files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in run_files.items()
+    ):
+        raise TypeError(
+            "`run_files` must map file names to text. Received: "
+            f"run_files={type(run_files).__name__}"
+        )
+    for name in run_files:
+        if (not name or name != os.path.basename(name) or name.startswith(".")
+                or name in _OWNED):
+            raise ValueError(
+                "`run_files` names must be plain file names, not hidden and "
+                f"not one of {list(_OWNED)}. Received: {name!r}"
+            )
+
+
+def write_run_files(run_dir, run_files):
+    """Writes `run_files` into `run_dir` (the lock held, the state checked);
+    returns `{name: sha256}`."""
+    return {
+        name: _io.write_text(path(run_dir, name), text)
+        for name, text in (run_files or {}).items()
+    }

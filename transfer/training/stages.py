@@ -7,7 +7,7 @@ then stop with `NonFiniteLossError` if the loss or the weights went NaN or
 Inf. A head-only stage fits the head on backbone features computed once,
 where `transfer.training.feature_cache` allows it (same callbacks, same
 files). Finished stages of an earlier attempt are skipped. At the end,
-`transfer.training.run_dir.finish_run` writes the finished run's files.
+`transfer.training.finish.finish_run` writes the finished run's files.
 """
 
 import functools
@@ -21,6 +21,7 @@ import numpy as np
 from transfer.data import labels
 from transfer.models.freeze import set_trainable_blocks
 from transfer.tensorboard import summaries
+from transfer.training import best_weights
 from transfer.training import feature_cache
 from transfer.training import resume
 from transfer.training import stage_options
@@ -30,13 +31,6 @@ from transfer.training.early_stopping import StageEarlyStopping
 from transfer.training.finish import finish_run
 
 logger = logging.getLogger(__name__)
-
-
-def _best(monitor, states, mode="max"):
-    seen = [v for s in states for v in s.state["history"].get(monitor, [])]
-    if not seen:
-        return None
-    return min(seen) if mode == "min" else max(seen)
 
 
 class _Progress:
@@ -52,6 +46,20 @@ class _Progress:
         # starts from; a resumed run loads them from the run directory.
         self.in_memory = not context.run.resumed
         self.model = context.model
+        # The best weights so far: the last one a stage state recorded,
+        # never a value whose file a failed write did not leave. Each stage
+        # sets the monitor it uses (`RunBest.use`).
+        recorded = [
+            context.run.stage(i, stage)
+            for i, stage in enumerate(context.recipe)
+        ]
+        monitor, mode = stage_options.monitor_for(
+            context.model, context.validation_data, context.recipe.stages[0])
+        self.best = best_weights.RunBest(
+            context.run.directory, monitor, mode,
+            record=best_weights.latest_record(recorded),
+        )
+        self.best.verify()
         self.hparams = summaries.recipe_hparams(
             context.model, context.recipe, context.train_data,
             context.batch_size,
@@ -72,7 +80,6 @@ def fit_stages(context):
     Args:
         context: a `transfer.training.context.StageContext`.
     """
-    started = time.perf_counter()
     progress = _Progress(context)
     model = context.model
     for number, stage in enumerate(context.recipe, start=1):
@@ -90,24 +97,27 @@ def fit_stages(context):
         progress.offset += stage.epochs
         progress.previous = state
     if not progress.in_memory:  # every stage had finished in earlier attempts
-        progress.previous.restore(model, optimizer=False)
-    elif context.task == "classification" and stage_options.one_hot_labels(
+        # As the last stage left it: frozen and compiled as it trained, with
+        # its optimizer's state, so that model.keras holds that state too.
+        _prepare(context, stage)
+        progress.previous.restore(model, optimizer=True)
+    if context.task == "classification" and stage_options.one_hot_labels(
         stage
     ):
         # Leave the model compiled for integer labels, as users evaluate it.
         stage_options.compile_model(
             model, model.optimizer, jit_compile=context.jit_compile)
+    seconds = time.perf_counter() - context.run.started
     finish_run(
         context, progress.histories, progress.records, progress.hparams,
-        time.perf_counter() - started,
+        context.run.attempt_log(progress.states, seconds), progress.best,
     )
     return progress.histories
 
 
-def _run_stage(context, progress, number, stage, state):
-    """Freezes, compiles, restores, fits and records one unfinished stage."""
+def _prepare(context, stage):
+    """Freezes and compiles the model for `stage`; returns the freeze plan."""
     model = context.model
-    start = progress.starting_point(context)
     plan = set_trainable_blocks(
         model, stage.trainable_blocks, train_batchnorm=stage.train_batchnorm
     )
@@ -116,6 +126,14 @@ def _run_stage(context, progress, number, stage, state):
         stage_options.build_optimizer(model, stage, context.steps_per_epoch),
         stage, jit_compile=context.jit_compile,
     )
+    return plan
+
+
+def _run_stage(context, progress, number, stage, state):
+    """Freezes, compiles, restores, fits and records one unfinished stage."""
+    model = context.model
+    start = progress.starting_point(context)
+    plan = _prepare(context, stage)
     data = stage_options.stage_data(
         stage, context.fit_kwargs, context.validation_data,
         context.num_classes, is_image=context.is_image, task=context.task,
@@ -130,19 +148,21 @@ def _run_stage(context, progress, number, stage, state):
     )
     monitor, mode = stage_options.monitor_for(
         model, context.validation_data, stage)
+    progress.best.use(monitor, mode)
     early = _early_stopping(stage, state, monitor, mode)
     callbacks = (
         stage_options.stage_callbacks(stage)
-        + [resume.StageBackup(state), keras.callbacks.TerminateOnNaN()]
+        + [resume.StageBackup(state, best=progress.best, run=context.run),
+           keras.callbacks.TerminateOnNaN()]
         + ([early] if early is not None else [])
         + stage_callbacks(
             context, stage, number, plan,
             hparams=progress.hparams if first == 0 and number == 1 else None,
-            best_so_far=_best(monitor, progress.states, mode),
-            monitor=(monitor, mode),
         )
     )
     cache_record = _fit(context, stage, callbacks, (first, end), data)
+    if first >= end:  # nothing left to fit: no on_train_end exported it
+        progress.best.export_h5(model, context.best_weights_path)
     _check_finite(model, stage, state, start)
     if early is not None and early.stopped_epoch is not None:
         state.finish_early(model, early.summary())
