@@ -6,7 +6,8 @@ scikit-learn and a brute-force top-k), transfer.reporting.report
 iter_predictions, predict_files with bad files in the middle of the
 stream), transfer.run_report on streamed data, `transfer predict` (json,
 jsonl and csv rows written as batches finish, --skip-bad-files) and
-`transfer evaluate`, on a folder of 24 synthetic 32-pixel PNGs.
+`transfer evaluate`, on a folder of 24 synthetic 32-pixel PNGs; and
+the short repr of transfer.data.preflight.PreflightReport (60,000 files).
 """
 
 import csv
@@ -258,3 +259,50 @@ def test_cli_evaluate_streams(run, folder, tmp_path, capsys):
     x, y = workflow.load_labelled_data(str(folder), model)
     predicted = np.asarray(model.predict(x, verbose=0)).argmax(-1)
     assert metrics["accuracy"] == float(np.mean(predicted == y))
+
+
+def test_preflight_repr_is_a_summary():
+    from transfer.data.preflight import PreflightReport
+
+    files = tuple(f"c{i % 10}/{i:05d}.png" for i in range(60_000))
+    bad = tuple((name, "empty file (0 bytes)") for name in files[:50])
+    report = PreflightReport("/data", files, bad, {"grayscale": 2}, {}, 7)
+    text = repr(report)
+    assert len(text) < 400, text
+    assert "files=60000" in text and "bad=50 (c0/00000.png: empty" in text
+    assert "and 47 more" in text and files[-1] not in text
+    assert "bad=0," in repr(PreflightReport("/d", files[:2], (), {}, {}, 0))
+
+
+@pytest.mark.parametrize("count", [5, 8])
+def test_worst_grid_titles_readable_in_every_row(count):
+    from transfer.reporting import plots
+
+    rng = np.random.default_rng(count)
+    names = ["ankle boot", "a class name far too long for one tile's line"]
+    paths = [f"{names[i % 2]}/deep/folder/image_{i:05d}.jpeg"
+             for i in range(count)]
+    figure = plots.top_losses_figure(
+        rng.uniform(0, 255, (count, 32, 32, 3)), np.arange(count) % 2,
+        rng.dirichlet(np.ones(2), count), rng.uniform(0, 5, count), names,
+        file_paths=paths, title="Worst examples")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    tiles = figure.texts[1:]  # the first is the figure's title
+    assert len(tiles) == count
+    for i, text in enumerate(tiles):
+        lines = text.get_text().splitlines()
+        # Class line(s) with both classes and p, the loss, the file.
+        loss = [n for n, line in enumerate(lines) if line.startswith("loss ")]
+        assert len(loss) == 1 and loss[0] <= 2, lines
+        classes = " ".join(lines[: loss[0]])
+        assert " / " in classes and classes.endswith(")"), lines
+        assert "(p\u00a0=" in classes, lines
+        assert lines[-1].endswith(f"image_{i:05d}.jpeg"), lines
+    boxes = [t.get_window_extent(renderer) for t in figure.texts]
+    images = [a.get_window_extent(renderer) for a in figure.axes]
+    for i, box in enumerate(boxes):
+        assert figure.bbox.contains(box.x0, box.y0)
+        assert figure.bbox.contains(box.x1, box.y1)
+        assert not any(box.overlaps(other) for other in boxes[i + 1:])
+        assert not any(box.overlaps(image) for image in images)
