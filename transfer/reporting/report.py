@@ -91,10 +91,10 @@ def evaluate_data(model, data, class_names=None, *, max_examples=0,
 
     Memory holds a few batches and the `max_examples` worst examples, not
     the data: pass a `tf.data.Dataset` (such as `load_image_folder`'s) to
-    evaluate a folder of any size. When `data` has `file_paths` (one file
-    per example, in the order it yields them, as
-    `transfer.workflow.labelled_dataset` gives them), the worst examples
-    keep their files.
+    evaluate a folder of any size. When `data` has `directory` and
+    `file_paths` (one file per example, relative to `directory`, in the
+    order it yields them, as `transfer.workflow.labelled_dataset` gives
+    them), the worst examples keep their files.
 
     Args:
         model: the classifier.
@@ -114,7 +114,12 @@ def evaluate_data(model, data, class_names=None, *, max_examples=0,
     evaluation = StreamingEvaluation(
         class_names_for(model, class_names), max_examples=max_examples
     )
-    file_paths = getattr(data, "file_paths", None)
+    # Files only from data that names its folder (`LabelledDataset`,
+    # `LabelledData`): a shuffled training set's `file_paths` are not in
+    # the order it yields.
+    file_paths = None
+    if getattr(data, "directory", None) is not None:
+        file_paths = getattr(data, "file_paths", None)
     total = len(file_paths) if file_paths is not None else None
     if total is None and isinstance(data, tuple) and len(data) == 2:
         total = len(data[0])
