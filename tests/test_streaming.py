@@ -2,9 +2,9 @@
 
 Covers: transfer.reporting.streaming (StreamingEvaluation against
 scikit-learn and a brute-force top-k), transfer.reporting.report
-(evaluate_data), transfer.workflow (labelled_dataset, LabelledDataset,
-iter_predictions, predict_files with bad files in the middle of the
-stream), transfer.run_report on streamed data, `transfer predict` (json,
+(evaluate_data), transfer.data.streams (LabelledDataset, read_batches)
+through transfer.workflow (labelled_dataset, iter_predictions,
+predict_files with bad files in the middle of the stream), transfer.run_report on streamed data, `transfer predict` (json,
 jsonl and csv rows written as batches finish, --skip-bad-files) and
 `transfer evaluate`, on a folder of 24 synthetic 32-pixel PNGs; and
 the short repr of transfer.data.preflight.PreflightReport (60,000 files).

@@ -6,12 +6,9 @@ a plain `keras.Model`.
 """
 
 import collections
-import concurrent.futures
-import itertools
 import logging
 import os
 
-import keras
 import numpy as np
 
 from transfer import _backend
@@ -20,10 +17,12 @@ from transfer import run_config
 from transfer._io import read_json_checked
 from transfer.backbones.resolve import get_backbone_spec
 from transfer.data import image_files
+from transfer.data import streams
 from transfer.data.image_files import IMAGE_EXTENSIONS
 from transfer.data.images import default_augmentation
 from transfer.data.images import describe_augmentation
 from transfer.data.images import load_image_folder
+from transfer.data.streams import LabelledDataset  # noqa: F401 (public here)
 from transfer.data.text import load_text_folder
 from transfer.models.classifier import build_classifier
 from transfer.models.text import build_text_classifier
@@ -373,49 +372,6 @@ def skipped_files(paths, modality="image"):
             and not image_files.is_hidden(os.path.basename(f))]
 
 
-def _read_input(path, modality, image_size):
-    """`(input, None)` for a readable file, `(None, reason)` otherwise."""
-    try:
-        if modality == "text":
-            with open(path, encoding="utf-8") as f:
-                return f.read(), None
-        # Converted as training converts it (16-bit scaled, not clipped),
-        # resized as Keras resizes training images.
-        return image_files.read_image(path, image_size), None
-    except Exception as e:  # noqa: BLE001 (every reason names the file)
-        # `read_image` says why in words (ValueError); others by type.
-        return None, (str(e) if isinstance(e, ValueError)
-                      else f"{type(e).__name__}: {e}")
-
-
-def _read_batches(files, modality, image_size, batch_size):
-    """Yields `(paths, [(input, reason), ...])`, one batch at a time.
-
-    Files are decoded in a thread pool (Pillow and TensorFlow's resize
-    release the GIL), the next two batches while the caller predicts the
-    current one: memory holds three batches, whatever the number of files.
-    """
-    workers = max(1, min(8, os.cpu_count() or 1))
-    starts = iter(range(0, len(files), batch_size))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-
-        def submit(start):
-            paths = files[start : start + batch_size]
-            return paths, [pool.submit(_read_input, path, modality,
-                                       image_size) for path in paths]
-
-        pending = collections.deque(
-            submit(start) for start in itertools.islice(starts, 2)
-        )
-        while pending:
-            paths, futures = pending.popleft()
-            results = [future.result() for future in futures]
-            following = next(starts, None)
-            if following is not None:
-                pending.append(submit(following))
-            yield paths, results
-
-
 def probabilities(model, inputs, batch_size=32):
     """Class probabilities of `model` on `inputs` (softmax of logits)."""
 
@@ -514,7 +470,7 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
     files = expand_files(paths, modality)
     image_size = None if modality == "text" else int(model.input_shape[1])
     kind = "UTF-8 text" if modality == "text" else "image"
-    for batch, reads in _read_batches(files, modality, image_size,
+    for batch, reads in streams.read_batches(files, modality, image_size,
                                       batch_size):
         good, inputs, skipped, failure = [], [], [], None
         for path, (value, reason) in zip(batch, reads, strict=True):
@@ -639,88 +595,6 @@ class LabelledData(tuple):
         return data
 
 
-class LabelledDataset:
-    """Labelled images streamed from a folder, in a fixed order.
-
-    What `labelled_dataset` returns for image runs: iterating it yields
-    `(images, labels)` batches of its `dataset` (a `tf.data.Dataset` that
-    decodes in parallel and prefetches), with `file_paths[i]` naming the
-    file of the `i`-th example. Pass it wherever labelled data is taken
-    (`transfer.write_report`, `transfer.run_report.write_run_report`);
-    `model.evaluate(data.dataset)` takes its dataset.
-
-    A file that cannot be decoded when the stream reaches it (deleted or
-    changed since the preflight checked it) stops the iteration with a
-    `ValueError` naming it.
-
-    Args:
-        dataset: the batched `tf.data.Dataset` of `(images, labels)`.
-        directory: the data folder.
-        file_paths: one path per example, relative to `directory`, in the
-            order `dataset` yields them.
-        class_names: the class names.
-        verbose: `1` shows a `keras.utils.Progbar` while iterating.
-            Defaults to `0`.
-    """
-
-    def __init__(self, dataset, directory, file_paths, class_names,
-                 verbose=0):
-        self.dataset = dataset
-        self.directory = directory
-        self.file_paths = file_paths
-        self.class_names = class_names
-        self.verbose = verbose
-
-    def __len__(self):
-        """The number of batches."""
-        return int(self.dataset.cardinality())
-
-    def __iter__(self):
-        import tensorflow as tf  # optional heavy dependency: tf.data errors
-
-        progress = keras.utils.Progbar(
-            len(self.file_paths), verbose=self.verbose, unit_name="image")
-        seen = 0
-        iterator = iter(self.dataset)
-        while True:
-            try:
-                images, labels = next(iterator)
-            except StopIteration:
-                break
-            except tf.errors.OpError as e:
-                raise self._read_error(seen, e) from None
-            seen += int(labels.shape[0])
-            progress.update(seen)
-            yield images, labels
-
-    def _read_error(self, seen, error):
-        """The error for a batch that failed to decode after `seen`."""
-        batch = self.file_paths[seen : seen + _batch_size(self.dataset)]
-        for name in batch:
-            _, reason = _read_input(
-                os.path.join(self.directory, name), "image", None)
-            if reason is not None:
-                return ValueError(
-                    f"Cannot read '{os.path.join(self.directory, name)}' as "
-                    f"an image ({reason}): it changed after the preflight "
-                    f"checked the folder. Restore or remove it, and run "
-                    f"again. Received: file={name!r}"
-                )
-        first = os.path.join(self.directory, batch[0]) if batch else "?"
-        return ValueError(
-            f"Cannot read the images from '{first}' on in "
-            f"'{self.directory}' ({type(error).__name__}: "
-            f"{' '.join(str(error).split())[:300]}). A file changed after "
-            "the preflight checked the folder: check them and run again. "
-            f"Received: data={self.directory!r}"
-        )
-
-
-def _batch_size(dataset):
-    spec = dataset.element_spec[0]
-    return int(spec.shape[0] or 32)
-
-
 def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
                      batch_size=32, verbose=0):
     """Labelled evaluation data for a run's model, streamed from disk.
@@ -789,7 +663,7 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
             shuffle=bool(split),
         )
         dataset = val if split else train
-        data = LabelledDataset(
+        data = streams.LabelledDataset(
             dataset, data_dir,
             [os.path.relpath(path, data_dir) for path in dataset.file_paths],
             list(names), verbose=verbose,
