@@ -48,7 +48,7 @@ EPILOG = """examples:
   transfer weights verify
 
 The backend is chosen by KERAS_BACKEND (tensorflow, jax, torch).
-Results go to stdout (one JSON line, or CSV/a table); progress to stderr.
+Results go to stdout (one JSON line, or CSV/JSON lines/a table); progress to stderr.
 Exit codes: 0 success, 2 usage error or bad input, 1 failure while running.
 """
 

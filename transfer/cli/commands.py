@@ -1,6 +1,7 @@
 """One function per `transfer` command: turn flags into library calls.
 
-Results go to `args.stdout` (JSON, CSV or a table: `main` runs each command
+Results go to `args.stdout` (JSON, JSON lines, CSV or a table: `predict`
+writes its rows as each batch finishes; `main` runs each command
 with `sys.stdout` pointed at stderr, where Keras's progress bars then go);
 notes for people go to stderr.
 """
