@@ -21,6 +21,8 @@ MODULE_FUNCTIONS = (
     "workflow.load_run",
     "workflow.predict_files",
     "workflow.load_labelled_data",
+    "workflow.labelled_dataset",
+    "workflow.iter_predictions",
     "run_config.resolve_config",
     "run_report.write_run_report",
     "export.export_model",

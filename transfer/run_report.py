@@ -16,7 +16,7 @@ import keras
 from transfer import _model_info
 from transfer._version import __version__
 from transfer.reporting import plots
-from transfer.reporting.report import top_losses
+from transfer.reporting.report import evaluate_data
 from transfer.reporting.report import write_report
 from transfer.training import resume
 
@@ -101,10 +101,10 @@ def _header(run_dir, model, data, split, metrics):
     return f"<table class='header'>{cells}</table>"
 
 
-def _worst_table(worst, class_names, file_paths):
+def _worst_table(worst, class_names):
     """One row per worst example: its file (or text), classes, p, loss."""
-    if file_paths is not None:
-        first = ("file", [file_paths[int(i)] for i in worst.indices])
+    if worst.paths is not None:
+        first = ("file", list(worst.paths))
     elif worst.images.dtype.kind in "OUS":
         first = ("text", [str(text)[:300] for text in worst.images])
     else:
@@ -136,15 +136,22 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     single page that inlines them all. The page opens with what it covers:
     run, data folder, split, backbone, weights, `transfer` version and
     date; its worst examples are listed with their files when `data` knows
-    them (as `transfer.workflow.load_labelled_data` returns it).
+    them (as `transfer.workflow.labelled_dataset` returns it).
+
+    The data is read once, batch by batch: metrics, loss and the worst
+    examples are accumulated together (`transfer.reporting.streaming.
+    StreamingEvaluation`), so a streamed folder of any size fits in the
+    memory of a few batches.
 
     Args:
         run_dir: the run directory (for the training curves).
         model: the trained classifier.
-        data: labelled `(x, y)` evaluation arrays, or `None` for curves
-            only; with `directory` and `file_paths` attributes (a
-            `transfer.workflow.LabelledData`), the page names the data
-            folder and each worst example's file. Defaults to `None`.
+        data: labelled evaluation data (`(x, y)` arrays, a finite
+            `tf.data.Dataset` or any iterable of `(x, y)` batches), or
+            `None` for curves only; with `directory` and `file_paths`
+            attributes (a `transfer.workflow.LabelledDataset` or
+            `LabelledData`), the page names the data folder and each worst
+            example's file. Defaults to `None`.
         class_names: class names. Defaults to `None` (`"0"`, `"1"`, ...).
         split: what `data` is, shown in the report.
             Defaults to `"validation"`.
@@ -172,9 +179,15 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     """
     output_dir = output_dir or os.path.join(run_dir, "report")
     histories, stage_names = resume.stage_histories(run_dir)
+    # One pass over the data: metrics and worst examples together.
+    evaluation = None
+    if data is not None:
+        evaluation = evaluate_data(model, data, class_names,
+                                   max_examples=max_examples)
     metrics = write_report(
         output_dir, histories or None, stage_names=stage_names or None,
         model=model, data=data, class_names=class_names, split=split,
+        evaluation=evaluation,
     )
     class_names = metrics.get("class_names") or class_names
     sections = [
@@ -188,18 +201,12 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
             f"examples, accuracy {metrics['accuracy']:.4f}</p>"
         )
         sections.append("<h2>Per-class metrics</h2>" + _metrics_table(metrics))
-    worst = None
-    if data is not None and max_examples:
-        worst = top_losses(model, data, max_examples)
-    file_paths = getattr(data, "file_paths", None)
+    worst = evaluation.worst() if evaluation is not None else None
     texts = worst is not None and worst.images.dtype.kind in "OUS"
     if worst is not None and not texts:
         figure = plots.top_losses_figure(
             worst.images, worst.labels, worst.probabilities, worst.losses,
-            class_names,
-            file_paths=None if file_paths is None else [
-                file_paths[int(i)] for i in worst.indices
-            ],
+            class_names, file_paths=worst.paths,
             # `p` is explained once, on the page.
             title=f"Worst examples ({split}), highest loss first",
         )
@@ -218,13 +225,13 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
         sections.append("<h2>Worst-classified examples</h2>")
         sections.append(_P_EXPLAINED.format(
             files=" Files are relative to the data folder."
-            if file_paths is not None else ""
+            if worst.paths is not None else ""
         ))
         if not texts:
             path = os.path.join(output_dir, "worst_examples.png")
             files.append(path)
             sections.append(_inline_png(path))
-        sections.append(_worst_table(worst, class_names, file_paths))
+        sections.append(_worst_table(worst, class_names))
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         "<title>transfer report</title><style>body{font-family:sans-serif;"

@@ -5,20 +5,24 @@ plain library functions, usable from Python too. Every model they return is
 a plain `keras.Model`.
 """
 
+import collections
 import logging
 import os
 
 import numpy as np
 
+from transfer import _backend
 from transfer import _model_info
 from transfer import run_config
 from transfer._io import read_json_checked
 from transfer.backbones.resolve import get_backbone_spec
 from transfer.data import image_files
+from transfer.data import streams
 from transfer.data.image_files import IMAGE_EXTENSIONS
 from transfer.data.images import default_augmentation
 from transfer.data.images import describe_augmentation
 from transfer.data.images import load_image_folder
+from transfer.data.streams import LabelledDataset  # noqa: F401 (public here)
 from transfer.data.text import load_text_folder
 from transfer.models.classifier import build_classifier
 from transfer.models.text import build_text_classifier
@@ -368,31 +372,6 @@ def skipped_files(paths, modality="image"):
             and not image_files.is_hidden(os.path.basename(f))]
 
 
-def _load_inputs(files, modality, image_size):
-    inputs = []
-    for path in files:
-        try:
-            if modality == "text":
-                with open(path, encoding="utf-8") as f:
-                    inputs.append(f.read())
-            else:
-                # Converted as training converts it (16-bit scaled, not
-                # clipped), resized as Keras resizes training images.
-                inputs.append(image_files.read_image(path, image_size))
-        except Exception as e:
-            kind = "UTF-8 text" if modality == "text" else "image"
-            # `read_image` says why in words (ValueError); others by type.
-            reason = (str(e) if isinstance(e, ValueError)
-                      else f"{type(e).__name__}: {e}")
-            raise ValueError(
-                f"Cannot read '{path}' as {kind} ({reason}). "
-                f"Remove it or pass only {kind} files. Received: {path!r}"
-            ) from None
-    if modality == "text":
-        return np.asarray(inputs, dtype=object)
-    return np.stack(inputs)
-
-
 def probabilities(model, inputs, batch_size=32):
     """Class probabilities of `model` on `inputs` (softmax of logits)."""
 
@@ -400,17 +379,147 @@ def probabilities(model, inputs, batch_size=32):
         model.predict(inputs, batch_size=batch_size, verbose=0),
         dtype="float64",
     )
+    return _softmax_if_logits(model, outputs)
+
+
+def _softmax_if_logits(model, outputs):
     if not _model_info.is_logits(model):
         return outputs
     shifted = np.exp(outputs - outputs.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
 
 
-def predict_files(model, paths, *, top_k=1, batch_size=32):
+PredictionBatch = collections.namedtuple(
+    "PredictionBatch", ["results", "skipped"]
+)
+
+
+def _check_top_k(top_k, class_names):
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not (
+        1 <= top_k <= len(class_names)
+    ):
+        raise ValueError(
+            f"`top_k` must be between 1 and the number of classes "
+            f"({len(class_names)}). Received: top_k={top_k!r}"
+        )
+
+
+def iter_predictions(model, paths, *, top_k=1, batch_size=32,
+                     skip_bad_files=False):
+    """Predicts files batch by batch, yielding each batch's results.
+
+    The streaming form of `predict_files`, for folders of any size: files
+    are decoded in threads a few batches ahead, predicted in batches of
+    `batch_size`, and each batch's results are yielded as soon as they
+    exist, so a caller can write them out before the next batch is read.
+    Memory holds a few batches, not the files. A file that cannot be read
+    stops the stream with an error naming it, after the results of the
+    files before it were yielded; with `skip_bad_files=True` it is skipped
+    and listed in its batch's `skipped`.
+
+    Args:
+        model: a classifier from `load_run` (its `transfer_metadata` names
+            the classes) or any image classifier taking `[0, 255]` pixels.
+        paths: image files (`.txt` files for text models) and folders,
+            expanded by `expand_files`.
+        top_k: how many classes per file, best first. Defaults to `1`.
+        batch_size: prediction batch size. Defaults to `32`.
+        skip_bad_files: skip files that cannot be read instead of raising.
+            Defaults to `False`.
+
+    Yields:
+        `PredictionBatch(results, skipped)`: `results` a list with one
+        dict per file (`file`, and `predictions`, a list of `{"class":
+        name, "probability": p}`), in the order of the files; `skipped` a
+        list of `(file, reason)`.
+
+    Raises:
+        ValueError: bad `top_k`, or a file that cannot be read (without
+            `skip_bad_files`), when the stream reaches it.
+        FileNotFoundError: a path does not exist (before any prediction).
+
+    Example:
+
+    >>> import os
+    >>> os.makedirs("photos")
+    >>> x, _ = transfer.synthetic_images(3, 32)
+    >>> for i, image in enumerate(x):
+    ...     keras.utils.save_img(f"photos/{i}.png", image)
+    >>> with open("photos/3.png", "w") as f:  # not an image
+    ...     _ = f.write("oops")
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> batches = transfer.workflow.iter_predictions(
+    ...     model, ["photos"], batch_size=2, skip_bad_files=True)
+    >>> for batch in batches:
+    ...     print([r["file"] for r in batch.results],
+    ...           [file for file, _ in batch.skipped])
+    ['photos/0.png', 'photos/1.png'] []
+    ['photos/2.png'] ['photos/3.png']
+    """
+    class_names = run_class_names(model)
+    _check_top_k(top_k, class_names)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+        batch_size < 1
+    ):
+        raise ValueError(
+            "`batch_size` must be a positive integer. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    modality = run_modality(model)
+    files = expand_files(paths, modality)
+    image_size = None if modality == "text" else int(model.input_shape[1])
+    kind = "UTF-8 text" if modality == "text" else "image"
+    for batch, reads in streams.read_batches(files, modality, image_size,
+                                      batch_size):
+        good, inputs, skipped, failure = [], [], [], None
+        for path, (value, reason) in zip(batch, reads, strict=True):
+            if reason is None:
+                good.append(path)
+                inputs.append(value)
+            elif skip_bad_files:
+                skipped.append((path, reason))
+            else:
+                failure = (path, reason)
+                break
+        results = []
+        if inputs:
+            if modality == "text":
+                probs = probabilities(
+                    model, np.asarray(inputs, dtype=object), batch_size)
+            else:
+                probs = _softmax_if_logits(model, np.asarray(
+                    _backend.predict_on_batch(model, np.stack(inputs)),
+                    dtype="float64",
+                ))
+            for path, row in zip(good, probs, strict=True):
+                order = np.argsort(-row, kind="stable")[:top_k]
+                results.append({
+                    "file": path,
+                    "predictions": [
+                        {"class": class_names[i], "probability": float(row[i])}
+                        for i in order
+                    ],
+                })
+        if results or skipped:
+            yield PredictionBatch(results, skipped)
+        if failure is not None:
+            path, reason = failure
+            raise ValueError(
+                f"Cannot read '{path}' as {kind} ({reason}). Remove it or "
+                f"pass only {kind} files, or pass skip_bad_files=True to "
+                "skip the files that cannot be read (the files before it "
+                f"were predicted). Received: {path!r}"
+            )
+
+
+def predict_files(model, paths, *, top_k=1, batch_size=32,
+                  skip_bad_files=False):
     """Top-k classes and probabilities of a classifier on files.
 
-    Every file is read before anything is predicted, so one bad file fails
-    the call at once, naming the file.
+    Files are read and predicted batch by batch (`iter_predictions`); use
+    `iter_predictions` itself to handle each batch's results as they come,
+    without holding them all.
 
     Args:
         model: a classifier from `load_run` (its `transfer_metadata` names
@@ -418,10 +527,16 @@ def predict_files(model, paths, *, top_k=1, batch_size=32):
         paths: image files (`.txt` files for text models) and folders.
         top_k: how many classes per file, best first. Defaults to `1`.
         batch_size: prediction batch size. Defaults to `32`.
+        skip_bad_files: leave out files that cannot be read (logged as a
+            warning) instead of raising. Defaults to `False`.
 
     Returns:
         A list with one dict per file: `file` and `predictions`, a list of
         `{"class": name, "probability": p}`.
+
+    Raises:
+        ValueError: bad `top_k`, or a file that cannot be read (the error
+            names it), unless `skip_bad_files`.
 
     Example:
 
@@ -441,29 +556,18 @@ def predict_files(model, paths, *, top_k=1, batch_size=32):
     >>> round(sum(p["probability"] for p in results[0]["predictions"]), 6)
     1.0
     """
-    class_names = run_class_names(model)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not (
-        1 <= top_k <= len(class_names)
-    ):
-        raise ValueError(
-            f"`top_k` must be between 1 and the number of classes "
-            f"({len(class_names)}). Received: top_k={top_k!r}"
+    results, skipped = [], []
+    for batch in iter_predictions(model, paths, top_k=top_k,
+                                  batch_size=batch_size,
+                                  skip_bad_files=skip_bad_files):
+        results.extend(batch.results)
+        skipped.extend(batch.skipped)
+    if skipped:
+        logger.warning(
+            "Skipped %d file(s) that cannot be read: %s", len(skipped),
+            "; ".join(f"{path} ({reason})" for path, reason in skipped[:3])
+            + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""),
         )
-    modality = run_modality(model)
-    files = expand_files(paths, modality)
-    image_size = None if modality == "text" else int(model.input_shape[1])
-    inputs = _load_inputs(files, modality, image_size)
-    probs = probabilities(model, inputs, batch_size)
-    results = []
-    for path, row in zip(files, probs, strict=True):
-        order = np.argsort(-row, kind="stable")[:top_k]
-        results.append({
-            "file": path,
-            "predictions": [
-                {"class": class_names[i], "probability": float(row[i])}
-                for i in order
-            ],
-        })
     return results
 
 
@@ -491,11 +595,96 @@ class LabelledData(tuple):
         return data
 
 
+def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
+                     batch_size=32, verbose=0):
+    """Labelled evaluation data for a run's model, streamed from disk.
+
+    For image runs, a `LabelledDataset`: a `tf.data` pipeline over the
+    folder (parallel decode, prefetch) in a fixed order (the validation
+    split's, or every file's sorted order), with each example's file in
+    `file_paths`; memory holds a few batches, whatever the size of the
+    folder. `transfer evaluate` and `transfer report` read their data so.
+    Text runs get a `LabelledData` (texts are small).
+
+    Args:
+        data_dir: a folder with one subfolder per class, with the classes
+            the model was trained on.
+        model: the run's model (for its input size, classes, modality).
+        config: the run's config, for the split. Defaults to `None`.
+        validation_only: the run's validation split of `data_dir` (same
+            split and seed as training) instead of every file.
+            Defaults to `False`.
+        batch_size: images per batch. Defaults to `32`.
+        verbose: `1` shows a progress bar while the data is read.
+            Defaults to `0`.
+
+    Returns:
+        A `LabelledDataset` (images) or a `LabelledData` (text).
+
+    Raises:
+        ValueError: the folder's classes differ from the model's.
+
+    Example:
+
+    >>> import os
+    >>> x, y = transfer.synthetic_images(6, 48, 2)
+    >>> for i, (image, label) in enumerate(zip(x, y)):
+    ...     os.makedirs(f"test/{label}", exist_ok=True)
+    ...     keras.utils.save_img(f"test/{label}/{i}.png", image)
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> data = transfer.workflow.labelled_dataset("test", model, batch_size=4)
+    >>> [tuple(images.shape) for images, _ in data]
+    [(4, 32, 32, 3), (2, 32, 32, 3)]
+    >>> data.file_paths[:2]
+    ['0/0.png', '0/2.png']
+    """
+    class_names = run_class_names(model)
+    split, seed = None, run_config.DEFAULTS["seed"]
+    if validation_only and config:
+        split = config.get("validation_split")
+        # seed 0 is a valid seed: keep it (`seed or default` did not).
+        seed = config.get("seed", seed)
+    if run_modality(model) == "text":
+        train, val, names = load_text_folder(
+            data_dir, validation_split=split or 0, seed=seed
+        )
+        pair = val if split else train
+        data = LabelledData(np.asarray(pair[0], dtype=object),
+                            np.asarray(pair[1]), data_dir, None)
+    else:
+        # The validation split is never shuffled; every file is read
+        # unshuffled too, so that the batches follow `file_paths`.
+        train, val, names = load_image_folder(
+            data_dir, image_size=int(model.input_shape[1]),
+            batch_size=batch_size,
+            validation_split=split or 0, seed=seed, verbose=0,
+            skip_bad_files=bool(config and config.get("skip_bad_files")),
+            shuffle=bool(split),
+        )
+        dataset = val if split else train
+        data = streams.LabelledDataset(
+            dataset, data_dir,
+            [os.path.relpath(path, data_dir) for path in dataset.file_paths],
+            list(names), verbose=verbose,
+        )
+    if list(names) != class_names:
+        raise ValueError(
+            f"The classes of '{data_dir}' {list(names)} differ from the "
+            f"model's {class_names}. Evaluate on a folder with the same class "
+            f"subfolders. Received: data={data_dir!r}"
+        )
+    return data
+
+
 def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
     """Labelled evaluation data for a run's model, as `(x, y)` arrays.
 
-    Images come in a fixed order (the validation split's, or every file's
-    sorted order), so that each example's file is known: the result is a
+    Reads `labelled_dataset(...)` into memory: use it for folders that fit
+    (the arrays take `n * size * size * 3 * 4` bytes), and
+    `labelled_dataset` itself, which streams, for the others. Images come
+    in a fixed order (the validation split's, or every file's sorted
+    order), so that each example's file is known: the result is a
     `LabelledData`, an `(x, y)` tuple with `directory` and `file_paths`.
 
     Args:
@@ -530,39 +719,20 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
     >>> data.file_paths[0], int(labels[0])
     ('0/0.png', 0)
     """
-    class_names = run_class_names(model)
-    split, seed = None, run_config.DEFAULTS["seed"]
-    if validation_only and config:
-        split = config.get("validation_split")
-        # seed 0 is a valid seed: keep it (`seed or default` did not).
-        seed = config.get("seed", seed)
-    if run_modality(model) == "text":
-        train, val, names = load_text_folder(
-            data_dir, validation_split=split or 0, seed=seed
-        )
-        pair = val if split else train
-        x, y = np.asarray(pair[0], dtype=object), np.asarray(pair[1])
-        file_paths = None
-    else:
-        # The validation split is never shuffled; every file is read
-        # unshuffled too, so that the arrays follow `file_paths`.
-        train, val, names = load_image_folder(
-            data_dir, image_size=int(model.input_shape[1]),
-            validation_split=split or 0, seed=seed, verbose=0,
-            skip_bad_files=bool(config and config.get("skip_bad_files")),
-            shuffle=bool(split),
-        )
-        dataset = val if split else train
-        batches = [(np.asarray(a), np.asarray(b)) for a, b in dataset]
-        x = np.concatenate([b[0] for b in batches])
-        y = np.concatenate([b[1] for b in batches])
-        file_paths = [
-            os.path.relpath(path, data_dir) for path in dataset.file_paths
-        ]
-    if list(names) != class_names:
-        raise ValueError(
-            f"The classes of '{data_dir}' {list(names)} differ from the "
-            f"model's {class_names}. Evaluate on a folder with the same class "
-            f"subfolders. Received: data={data_dir!r}"
-        )
-    return LabelledData(x, y, data_dir, file_paths)
+    data = labelled_dataset(data_dir, model, config,
+                            validation_only=validation_only)
+    if isinstance(data, LabelledData):
+        return data
+    # One array per part, filled batch by batch: no second copy.
+    x = y = None
+    filled = 0
+    for images, labels in data:
+        images, labels = np.asarray(images), np.asarray(labels)
+        if x is None:
+            x = np.empty((len(data.file_paths), *images.shape[1:]),
+                         images.dtype)
+            y = np.empty(len(data.file_paths), labels.dtype)
+        x[filled : filled + len(images)] = images
+        y[filled : filled + len(labels)] = labels
+        filled += len(images)
+    return LabelledData(x[:filled], y[:filled], data_dir, data.file_paths)

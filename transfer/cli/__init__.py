@@ -48,7 +48,7 @@ EPILOG = """examples:
   transfer weights verify
 
 The backend is chosen by KERAS_BACKEND (tensorflow, jax, torch).
-Results go to stdout (one JSON line, or CSV/a table); progress to stderr.
+Results go to stdout (one JSON line, or CSV/JSON lines/a table); progress to stderr.
 Exit codes: 0 success, 2 usage error or bad input, 1 failure while running.
 """
 
@@ -74,6 +74,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
     "predict": """examples:
   transfer predict runs/flowers rose.jpg tulip.png
   transfer predict runs/flowers photos/ --top-k 3 --format csv > predictions.csv
+  transfer predict runs/flowers big_folder/ --format jsonl --skip-bad-files > predictions.jsonl
 """,
     "export": """examples:
   transfer export runs/flowers --format keras
@@ -262,8 +263,17 @@ def build_parser():
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=1,
                    help="classes per file, best first (default: %(default)s)")
-    p.add_argument("--format", choices=("json", "csv"), default="json",
-                   help="(default: %(default)s)")
+    p.add_argument("--format", choices=("json", "jsonl", "csv"),
+                   default="json",
+                   help="json: one array; jsonl: one object a line; csv: "
+                   "one row per class. Rows are written as each batch "
+                   "finishes (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="files read and predicted at a time "
+                   "(default: %(default)s)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="skip files that cannot be read (counted and named "
+                   "on stderr at the end) instead of failing")
     p.set_defaults(handler=commands.predict)
 
     p = _subparser(sub, "export", "export and check parity with Keras",

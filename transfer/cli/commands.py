@@ -1,6 +1,7 @@
 """One function per `transfer` command: turn flags into library calls.
 
-Results go to `args.stdout` (JSON, CSV or a table: `main` runs each command
+Results go to `args.stdout` (JSON, JSON lines, CSV or a table: `predict`
+writes its rows as each batch finishes; `main` runs each command
 with `sys.stdout` pointed at stderr, where Keras's progress bars then go);
 notes for people go to stderr.
 """
@@ -107,7 +108,9 @@ def evaluate(args):
     from transfer import workflow  # lazy: --help needs no Keras
 
     model, config = workflow.load_run(args.run_dir)
-    data = workflow.load_labelled_data(args.data, model, config)
+    # Streamed: memory holds a few batches, whatever the folder's size.
+    data = workflow.labelled_dataset(args.data, model, config,
+                                     verbose=_progress_verbose(args))
     output = args.output or run_dir_lib.path(args.run_dir, run_dir_lib.EVALUATION)
     metrics = run_report.write_run_report(
         args.run_dir, model, data, class_names=workflow.run_class_names(model),
@@ -117,12 +120,58 @@ def evaluate(args):
     _out(args, metrics)
 
 
+def _progress_verbose(args):
+    """Progress bars on stderr: live on a terminal, one line otherwise."""
+    if args.quiet:
+        return 0
+    return 1 if sys.stderr.isatty() else 2
+
+
+class _RowWriter:
+    """Writes `predict`'s rows to stdout as each batch finishes.
+
+    `json` streams one JSON array (closed even when the command fails, so
+    the rows already written stay readable), `jsonl` one object a line,
+    `csv` a header and one row per class.
+    """
+
+    def __init__(self, out, output_format):
+        self.out = out
+        self.format = output_format
+        self.count = 0
+        self._csv = None
+        if output_format == "csv":
+            self._csv = csv.writer(out)
+            self._csv.writerow(["file", "rank", "class", "probability"])
+
+    def write(self, results):
+        for result in results:
+            if self.format == "json":
+                self.out.write(("[" if not self.count else ", ")
+                               + json.dumps(result))
+            elif self.format == "jsonl":
+                self.out.write(json.dumps(result) + "\n")
+            else:
+                for rank, p in enumerate(result["predictions"], start=1):
+                    self._csv.writerow([result["file"], rank, p["class"],
+                                        f"{p['probability']:.6f}"])
+            self.count += 1
+        self.out.flush()
+
+    def close(self):
+        if self.format == "json":
+            self.out.write("]\n" if self.count else "[]\n")
+        self.out.flush()
+
+
 def predict(args):
+    import keras  # lazy: --help needs no Keras
+
     from transfer import workflow  # lazy: --help needs no Keras
 
     model, _ = workflow.load_run(args.run_dir)
     modality = workflow.run_modality(model)
-    results = workflow.predict_files(model, args.paths, top_k=args.top_k)
+    files = workflow.expand_files(args.paths, modality)
     skipped = workflow.skipped_files(args.paths, modality)
     if skipped:
         named = ", ".join(skipped[:_MAX_NAMED])
@@ -132,16 +181,33 @@ def predict(args):
             f"Skipped {len(skipped)} file(s) in the folders that are not "
             f"{kinds}: {named}" + (f" and {more} more" if more > 0 else "")
         ))
-    if args.format == "json":
-        _out(args, results)
-        return
-    writer = csv.writer(args.stdout)
-    writer.writerow(["file", "rank", "class", "probability"])
-    for result in results:
-        for rank, p in enumerate(result["predictions"], start=1):
-            writer.writerow(
-                [result["file"], rank, p["class"], f"{p['probability']:.6f}"]
-            )
+    # The bar goes to stdout, which `main` points at stderr meanwhile.
+    progress = keras.utils.Progbar(len(files), verbose=_progress_verbose(args),
+                                   unit_name="file")
+    writer = _RowWriter(args.stdout, args.format)
+    bad, done, failed = [], 0, True
+    try:
+        for batch in workflow.iter_predictions(
+            model, files, top_k=args.top_k, batch_size=args.batch_size,
+            skip_bad_files=args.skip_bad_files,
+        ):
+            writer.write(batch.results)
+            bad.extend(path for path, _ in batch.skipped)
+            done += len(batch.results) + len(batch.skipped)
+            progress.update(done)
+        failed = False
+    finally:
+        # Rows already written stay written, and a JSON array is closed.
+        if writer.count or not failed:
+            writer.close()
+        if bad:
+            named = ", ".join(bad[:_MAX_NAMED])
+            more = len(bad) - _MAX_NAMED
+            _note(args, (
+                f"Skipped {len(bad)} file(s) that could not be read "
+                f"(--skip-bad-files): {named}"
+                + (f" and {more} more" if more > 0 else "")
+            ))
 
 
 def before_export(args):
@@ -230,13 +296,17 @@ def report(args):
 
     model, config = workflow.load_run(args.run_dir)
     data, split = None, "validation"
+    # Streamed: memory holds a few batches, whatever the folder's size.
+    verbose = _progress_verbose(args)
     if args.data:
-        data = workflow.load_labelled_data(args.data, model, config)
+        data = workflow.labelled_dataset(args.data, model, config,
+                                         verbose=verbose)
         split = "evaluation"
     elif config and config.get("data") and os.path.isdir(config["data"]):
         if config.get("validation_split"):
-            data = workflow.load_labelled_data(
-                config["data"], model, config, validation_only=True
+            data = workflow.labelled_dataset(
+                config["data"], model, config, validation_only=True,
+                verbose=verbose,
             )
     if data is None:
         _note(args, "No labelled data (pass --data DIR): curves only.")

@@ -58,9 +58,11 @@ logger = logging.getLogger(__name__)
 _DECODER_FORMATS = ("BMP", "GIF", "JPEG", "MPO", "PNG")
 _CACHE_VERSION = 1
 _MAX_LISTED = 20
+# Bad files named in a report's repr.
+_MAX_REPR = 3
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class PreflightReport:
     """What `check_images` found under `directory`.
 
@@ -88,6 +90,31 @@ class PreflightReport:
     skip_bad_files: bool = False
     stats: Dict[str, list] = dataclasses.field(default_factory=dict)
     hidden: int = 0
+
+    def __repr__(self):
+        """Counts and the first bad files, not every file name.
+
+        Example:
+
+        >>> PreflightReport("/data", ("a/1.png", "a/2.png", "b/3.png"),
+        ...                 (("b/3.png", "empty file (0 bytes)"),), {}, {}, 0)
+        PreflightReport(directory='/data', files=3, bad=1 (b/3.png: empty \
+file (0 bytes)), converted={}, copies=0, cache_hits=0, skip_bad_files=False, \
+hidden=0)
+        """
+        bad = str(len(self.bad))
+        if self.bad:
+            named = "; ".join(f"{name}: {reason}"
+                              for name, reason in self.bad[:_MAX_REPR])
+            more = len(self.bad) - _MAX_REPR
+            bad += f" ({named}" + (f"; and {more} more)" if more > 0 else ")")
+        return (
+            f"PreflightReport(directory={self.directory!r}, "
+            f"files={len(self.files)}, bad={bad}, "
+            f"converted={dict(self.converted)}, copies={len(self.copies)}, "
+            f"cache_hits={self.cache_hits}, "
+            f"skip_bad_files={self.skip_bad_files}, hidden={self.hidden})"
+        )
 
     @property
     def good_files(self):

@@ -145,6 +145,29 @@ def _title_lines(text, width, max_lines=2):
     return lines
 
 
+def _class_lines(true, predicted, probability, width, max_lines=2):
+    """`true / predicted (p = ...)` in at most `max_lines` lines.
+
+    Long class names are shortened ("…"), each to its share of the
+    lines, so that both names and the probability always show: cutting
+    the text's end would drop the predicted class and `p`.
+    """
+    lines = _title_lines(f"{true} / {predicted} {probability}", width,
+                         max_lines=max_lines + 1)
+    if len(lines) <= max_lines:
+        return lines
+    # Room for both names: every line but the words around them; wrapping
+    # at spaces wastes some, so shorten until the text fits.
+    keep = max(4, (max_lines * width - len(probability) - 6) // 2)
+    while True:
+        short = [name if len(name) <= keep else name[: keep - 1] + "…"
+                 for name in (true, predicted)]
+        lines = textwrap.wrap(f"{short[0]} / {short[1]} {probability}", width)
+        if len(lines) <= max_lines or keep <= 4:
+            return _title_lines(" ".join(lines), width, max_lines=max_lines)
+        keep -= 2
+
+
 def _path_lines(path, width, max_lines=2):
     """`path` wrapped after its separators, keeping its end.
 
@@ -204,9 +227,9 @@ def top_losses_figure(images, labels, predictions, losses, class_names, *,
         probability = f"(p = {predictions[i][predicted]:.2f})".replace(
             " ", "\u00a0"
         )
-        lines = _title_lines(
-            f"{class_names[int(labels[i])]} / {class_names[predicted]} "
-            f"{probability}", width,
+        lines = _class_lines(
+            class_names[int(labels[i])], class_names[predicted],
+            probability, width,
         )
         lines.append(f"loss {losses[i]:.2f}")
         if file_paths is not None:

@@ -1,34 +1,28 @@
 """A report for people who don't open TensorBoard: PNGs and metrics.json.
 
 `write_report` writes `training_curves.png`, `confusion_matrix.png` and
-`metrics.json` (per-class precision, recall and F1, from scikit-learn).
-The evaluation helpers here also feed the image callbacks in
-`transfer.tensorboard.callbacks`.
+`metrics.json` (per-class precision, recall and F1, computed as
+scikit-learn does). Evaluation goes through the data once, batch by batch
+(`transfer.reporting.streaming.StreamingEvaluation`), so its memory does
+not grow with the data. The evaluation helpers here also feed the image
+callbacks in `transfer.tensorboard.callbacks`.
 """
 
-import collections
-import heapq
 import logging
 import os
 
+import keras
 import numpy as np
 
 from transfer import _backend
 from transfer import _inputs
 from transfer._io import write_json
 from transfer.reporting import plots
+from transfer.reporting.streaming import StreamingEvaluation
+from transfer.reporting.streaming import TopLosses  # noqa: F401 (public here)
+from transfer.reporting.streaming import as_probabilities
 
 logger = logging.getLogger(__name__)
-
-
-def _as_probabilities(outputs):
-    """Softmax of logits; outputs that already are probabilities pass."""
-    outputs = np.asarray(outputs, dtype="float64")
-    if np.all(outputs >= 0) and np.allclose(outputs.sum(-1), 1.0, atol=1e-3):
-        return outputs
-    shifted = outputs - outputs.max(-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(-1, keepdims=True)
 
 
 def predict_batches(model, data, batch_size=32):
@@ -41,7 +35,7 @@ def predict_batches(model, data, batch_size=32):
         if labels.ndim == 2 and labels.shape[-1] > 1:
             labels = labels.argmax(-1)
         outputs = _backend.predict_on_batch(model, images)
-        yield images, labels.reshape(-1).astype("int64"), _as_probabilities(
+        yield images, labels.reshape(-1).astype("int64"), as_probabilities(
             outputs
         )
 
@@ -61,11 +55,6 @@ def first_images(data, max_images):
     return np.asarray(images)[:max_images]
 
 
-TopLosses = collections.namedtuple(
-    "TopLosses", ["images", "labels", "probabilities", "losses", "indices"]
-)
-
-
 def top_losses(model, data, num_images, batch_size=32):
     """The `num_images` examples with the highest cross-entropy, worst first.
 
@@ -77,28 +66,9 @@ def top_losses(model, data, num_images, batch_size=32):
         `data` (as `file_paths[i]` of data read in a fixed order names its
         file), or `None` when `data` is empty.
     """
-    heap = []  # (loss, order, image, label, probabilities), smallest first
-    order = 0
-    for images, labels, probabilities in predict_batches(
-        model, data, batch_size
-    ):
-        true = probabilities[np.arange(len(labels)), labels]
-        losses = -np.log(np.maximum(true, 1e-12))
-        for i in range(len(labels)):
-            item = (float(losses[i]), order, images[i], labels[i],
-                    probabilities[i])
-            order += 1
-            if len(heap) < num_images:
-                heapq.heappush(heap, item)
-            elif item[0] > heap[0][0]:
-                heapq.heapreplace(heap, item)
-    if not heap:
-        return None
-    worst = sorted(heap, key=lambda item: (-item[0], item[1]))
-    losses, indices, images, labels, probabilities = zip(*worst, strict=True)
-    return TopLosses(np.stack(images), np.array(labels),
-                     np.stack(probabilities), np.array(losses),
-                     np.array(indices))
+    return evaluate_data(
+        model, data, max_examples=num_images, batch_size=batch_size
+    ).worst()
 
 
 def class_names_for(model, class_names):
@@ -115,53 +85,75 @@ def class_names_for(model, class_names):
     return class_names
 
 
+def evaluate_data(model, data, class_names=None, *, max_examples=0,
+                  batch_size=32, verbose=0):
+    """Goes through `data` once, batch by batch: a `StreamingEvaluation`.
+
+    Memory holds a few batches and the `max_examples` worst examples, not
+    the data: pass a `tf.data.Dataset` (such as `load_image_folder`'s) to
+    evaluate a folder of any size. When `data` has `directory` and
+    `file_paths` (one file per example, relative to `directory`, in the
+    order it yields them, as `transfer.workflow.labelled_dataset` gives
+    them), the worst examples keep their files.
+
+    Args:
+        model: the classifier.
+        data: labelled data, as `transfer._inputs.iterate_batches` takes
+            it: `(x, y)` arrays, a `keras.utils.PyDataset`, a finite
+            `tf.data.Dataset` or an iterable of batches.
+        class_names: class names. Defaults to `None` (`"0"`, `"1"`, ...).
+        max_examples: how many worst examples to keep. Defaults to `0`.
+        batch_size: batch size for array data. Defaults to `32`.
+        verbose: `1` shows a `keras.utils.Progbar` (on stdout, which the
+            command line points at stderr). Defaults to `0`.
+
+    Returns:
+        The `StreamingEvaluation`, having seen every example: call
+        `result()` for the metrics, `worst()` for the worst examples.
+    """
+    evaluation = StreamingEvaluation(
+        class_names_for(model, class_names), max_examples=max_examples
+    )
+    # Files only from data that names its folder (`LabelledDataset`,
+    # `LabelledData`): a shuffled training set's `file_paths` are not in
+    # the order it yields.
+    file_paths = None
+    if getattr(data, "directory", None) is not None:
+        file_paths = getattr(data, "file_paths", None)
+    total = len(file_paths) if file_paths is not None else None
+    if total is None and isinstance(data, tuple) and len(data) == 2:
+        total = len(data[0])
+    progress = keras.utils.Progbar(total, verbose=verbose,
+                                   unit_name="example")
+    for images, labels, probabilities in predict_batches(
+        model, data, batch_size
+    ):
+        start = evaluation.num_examples
+        paths = None
+        if file_paths is not None:
+            paths = file_paths[start : start + len(labels)]
+        evaluation.update(labels, probabilities, images, paths)
+        progress.update(evaluation.num_examples)
+    if verbose:
+        progress.update(evaluation.num_examples, finalize=True)
+    return evaluation
+
+
 def evaluate_classes(model, data, class_names=None, batch_size=32):
     """Per-class precision, recall and F1 plus the confusion matrix.
+
+    One pass over `data` (see `evaluate_data`); the numbers are
+    scikit-learn's `precision_recall_fscore_support` (`zero_division=0`).
 
     Returns:
         A JSON-ready dict: `num_examples`, `accuracy`, `per_class`
         (`precision`, `recall`, `f1`, `support` per class name),
-        `macro_avg`, `weighted_avg`, `class_names`, `confusion_matrix`.
+        `macro_avg`, `weighted_avg`, `class_names`, `confusion_matrix` and
+        `loss`, the mean cross-entropy.
     """
-    from sklearn.metrics import confusion_matrix
-    from sklearn.metrics import precision_recall_fscore_support
-
-    class_names = class_names_for(model, class_names)
-    true, predicted = [], []
-    for _, labels, probabilities in predict_batches(model, data, batch_size):
-        true.append(labels)
-        predicted.append(probabilities.argmax(-1))
-    true = np.concatenate(true) if true else np.zeros(0, "int64")
-    predicted = np.concatenate(predicted) if predicted else np.zeros(0, "int64")
-    labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true, predicted, labels=labels, zero_division=0
-    )
-    result = {
-        "num_examples": int(len(true)),
-        "accuracy": float(np.mean(true == predicted)) if len(true) else None,
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(class_names)
-        },
-    }
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(
-            true, predicted, labels=labels, average=average, zero_division=0
-        )
-        result[f"{average}_avg"] = {
-            "precision": float(p), "recall": float(r), "f1": float(f)
-        }
-    result["class_names"] = class_names
-    result["confusion_matrix"] = confusion_matrix(
-        true, predicted, labels=labels
-    ).tolist()
-    return result
+    return evaluate_data(
+        model, data, class_names, batch_size=batch_size
+    ).result()
 
 
 def write_report(
@@ -173,6 +165,7 @@ def write_report(
     data=None,
     class_names=None,
     split="validation",
+    evaluation=None,
 ):
     """Writes PNG curves, a confusion-matrix PNG and `metrics.json`.
 
@@ -193,6 +186,9 @@ def write_report(
         class_names: class names. Defaults to `None` (`"0"`, `"1"`, ...).
         split: what `data` is, recorded in `metrics.json`.
             Defaults to `"validation"`.
+        evaluation: a `StreamingEvaluation` that has already seen `data`
+            (from `evaluate_data`), written instead of evaluating `model`
+            on `data` again. Defaults to `None`.
 
     Returns:
         The dict written to `metrics.json`.
@@ -221,8 +217,10 @@ def write_report(
             for key, values in histories[-1].history.items()
             if values
         }
-    if model is not None and data is not None:
-        evaluation = evaluate_classes(model, data, class_names)
+    if evaluation is None and model is not None and data is not None:
+        evaluation = evaluate_data(model, data, class_names)
+    if evaluation is not None:
+        evaluation = evaluation.result()
         metrics["split"] = split
         metrics.update(evaluation)
         accuracy = evaluation["accuracy"] or 0.0
