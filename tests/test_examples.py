@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# End to end on one backend (the suite's budget); the library code they use
+# is tested on every backend by the other files.
+pytestmark = pytest.mark.requires_backend("tensorflow")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
