@@ -69,8 +69,9 @@ demo: install data weights
 
 test: install data browser lint-imports
 	@status=0; for backend in $(BACKENDS); do \
-	  echo "=== KERAS_BACKEND=$$backend"; \
+	  echo "=== KERAS_BACKEND=$$backend"; start=$$(date +%s); \
 	  KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \
+	  echo "=== KERAS_BACKEND=$$backend took $$(( $$(date +%s) - start )) s (load average: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
 	done; \
 	echo "=== doctests (KERAS_BACKEND=tensorflow)"; \
 	KERAS_BACKEND=tensorflow PYTHONPATH=tests $(PY) -m pytest -q -p no:cacheprovider -p transfer_doctests --doctest-modules transfer || status=1; \
