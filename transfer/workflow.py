@@ -50,16 +50,14 @@ def detect_modality(directory):
             f"subfolder per class. Received: data={directory!r}"
         )
     counts = {"image": 0, "text": 0}
-    for _, folders, files in os.walk(directory):
-        folders[:] = [d for d in folders if not image_files.is_hidden(d)]
-        for name in files:
-            lower = name.lower()
-            if image_files.is_hidden(name):
-                continue
-            if lower.endswith(IMAGE_EXTENSIONS):
-                counts["image"] += 1
-            elif lower.endswith(TEXT_EXTENSIONS):
-                counts["text"] += 1
+    for path in _files(directory):
+        name = os.path.basename(path)
+        if image_files.is_hidden(name):
+            continue
+        if name.lower().endswith(IMAGE_EXTENSIONS):
+            counts["image"] += 1
+        elif name.lower().endswith(TEXT_EXTENSIONS):
+            counts["text"] += 1
     if not any(counts.values()):
         raise ValueError(
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) or .txt files under "
@@ -291,13 +289,16 @@ def run_class_names(model):
     return [str(i) for i in range(int(model.output_shape[-1]))]
 
 
-def _walk(folder):
-    """The files under `folder`, sorted, hidden folders left out."""
-    files = []
+def _files(folder):
+    """The files under `folder`, hidden folders left out (not sorted)."""
     for root, folders, names in os.walk(folder):
         folders[:] = [d for d in folders if not image_files.is_hidden(d)]
-        files.extend(os.path.join(root, name) for name in names)
-    return sorted(files)
+        yield from (os.path.join(root, name) for name in names)
+
+
+def _walk(folder):
+    """The files under `folder`, sorted, hidden folders left out."""
+    return sorted(_files(folder))
 
 
 def _extensions(modality):
