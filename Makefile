@@ -67,10 +67,16 @@ weights: install
 demo: install data weights
 	$(PY) examples/image_finetune.py
 
+# Each backend runs the tests whose subject depends on the backend; tests
+# marked `backend_independent` (files, processes, argument checks) run on
+# TensorFlow only (TRANSFER_TEST_ALL_BACKENDS=1 runs them everywhere).
+# TRANSFER_TEST_SHARED_DIR lets the three runs share session fixtures that
+# are the same for all of them (the portability test's saved models).
 test: install data browser lint-imports
-	@status=0; for backend in $(BACKENDS); do \
+	@status=0; shared=$$(mktemp -d); trap 'rm -rf "$$shared"' EXIT; \
+	for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; start=$$(date +%s); \
-	  KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \
+	  TRANSFER_TEST_SHARED_DIR=$$shared KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \
 	  echo "=== KERAS_BACKEND=$$backend took $$(( $$(date +%s) - start )) s (load average: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
 	done; \
 	echo "=== doctests (KERAS_BACKEND=tensorflow)"; \

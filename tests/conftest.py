@@ -40,6 +40,13 @@ TINY_CNN = transfer.BackboneSpec(
 transfer.register_backbone(TINY_CNN, override=True)
 
 
+# Tests marked `backend_independent` run once, on this backend: `make test`
+# runs the suite on all three, and running these three times tested the same
+# code three times (they were about half of the JAX and torch runs' time).
+DEFAULT_BACKEND = "tensorflow"
+ALL_BACKENDS_ENV = "TRANSFER_TEST_ALL_BACKENDS"
+
+
 def pytest_addoption(parser):
     parser.addoption("--run_large", action="store_true", default=False,
                      help="run tests that need the network or big backbones")
@@ -50,6 +57,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "requires_backend(*names): backend-only test")
     config.addinivalue_line(
         "markers", "browser: drives headless Debian chromium; skipped without it")
+    config.addinivalue_line(
+        "markers",
+        "backend_independent: what it tests does not depend on the Keras "
+        "backend (files, processes, argument checks); runs on the default "
+        f"backend ({DEFAULT_BACKEND}) only, unless {ALL_BACKENDS_ENV}=1")
+    config.addinivalue_line(
+        "markers", "all_backends: runs on every backend in a file marked "
+                   "backend_independent")
 
 
 def chromium_binary():
@@ -69,6 +84,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_large)
         if "browser" in item.keywords and not has_browser:
             item.add_marker(skip_browser)
+        if ("backend_independent" in item.keywords and backend != DEFAULT_BACKEND
+                and item.get_closest_marker("all_backends") is None
+                and os.environ.get(ALL_BACKENDS_ENV) != "1"):
+            item.add_marker(pytest.mark.skip(
+                reason=f"backend-independent: runs on {DEFAULT_BACKEND} only "
+                       f"({ALL_BACKENDS_ENV}=1 runs it here too)"))
         marker = item.get_closest_marker("requires_backend")
         if marker is not None and backend not in marker.args:
             item.add_marker(pytest.mark.skip(

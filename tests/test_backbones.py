@@ -12,6 +12,9 @@ import transfer
 from transfer.backbones.blocks import assign_blocks
 from transfer.backbones.blocks import infer_blocks
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 APPLICATIONS = [
     name for name in transfer.list_backbones("image")
     if transfer.get_backbone_spec(name).source == "keras.applications"

@@ -31,6 +31,9 @@ from transfer import run_config
 from transfer.cli import backbone_table as table
 from transfer.cli import main
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 BACKEND = keras.config.backend()
 # Keras has no distribution API on torch; elsewhere the CLI's run goes
 # through the data-parallel engine (one CPU device here).
@@ -273,6 +276,7 @@ def _formats_here():
 SUBPROCESS_EXPORT = {"tensorflow": "onnx", "torch": "onnx"}
 
 
+@pytest.mark.all_backends
 @pytest.mark.parametrize("export_format", ["saved_model", "onnx", "litert"])
 def test_export_parity(cli_run, export_format, capsys):
     root, _ = cli_run
@@ -298,6 +302,7 @@ def test_export_parity(cli_run, export_format, capsys):
     assert "max abs diff" in stderr
 
 
+@pytest.mark.all_backends
 def test_export_refused_on_other_backend(cli_run, capsys):
     root, _ = cli_run
     refused = [f for f, able in _backend.EXPORT_BACKENDS.items()
@@ -424,6 +429,7 @@ FRAMEWORKS = ("tensorflow", "keras", "keras_hub", "jax", "torch")
 # importtime` would not do: the old start-up muted stderr while importing.)
 PROBE = """
 import json, os, runpy, sys
+
 sys.argv = ["transfer", *sys.argv[1:]]
 code = 0
 try:

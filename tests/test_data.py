@@ -9,6 +9,9 @@ from PIL import Image
 
 import transfer
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):

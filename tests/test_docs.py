@@ -10,9 +10,14 @@ import inspect
 import pathlib
 import types
 
+import pytest
+
 import transfer
 import transfer.callbacks
 import transfer.text
+
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
 
 PACKAGE_DIR = pathlib.Path(transfer.__file__).parent
 # Documented module functions, besides the `__all__` lists.

@@ -3,13 +3,14 @@
 A session fixture saves one tiny classifier per backend, each in its own
 subprocess (`KERAS_BACKEND=x python -c ...`); the tests load all three on the
 backend under test, so the three backend runs of the suite cover all 9
-pairs.
+pairs. (Under `make test` the three runs share the saved models.)
 
 Covers: transfer.saving across backends.
 """
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -40,26 +41,35 @@ SAVE = textwrap.dedent("""
 """)
 
 
+# `make test` runs the suite once per backend and points this at one
+# directory for the three runs: the models are saved once, not three times.
+SHARED_DIR_ENV = "TRANSFER_TEST_SHARED_DIR"
+
+
 @pytest.fixture(scope="session")
 def saved(tmp_path_factory):
     """{backend: directory} of a model saved under each backend."""
-    root = tmp_path_factory.mktemp("saved")
+    shared = os.environ.get(SHARED_DIR_ENV)
+    if shared:
+        root = pathlib.Path(shared) / "portability"
+    else:
+        root = tmp_path_factory.mktemp("saved")
     processes = {}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     for backend in BACKENDS:
         out = root / backend
-        out.mkdir()
-        processes[backend] = (out, subprocess.Popen(
+        if (out / "predictions.npy").exists():  # written last
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        processes[backend] = subprocess.Popen(
             [sys.executable, "-c", SAVE.format(tests=TESTS), str(out)],
             env=dict(env, KERAS_BACKEND=backend), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
-        ))
-    result = {}
-    for backend, (out, process) in processes.items():
+        )
+    for backend, process in processes.items():
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
-        result[backend] = out
-    return result
+    return {backend: root / backend for backend in BACKENDS}
 
 
 def _optimizer_module(path):

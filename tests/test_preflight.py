@@ -17,6 +17,9 @@ from PIL import Image
 import transfer
 from transfer.data import preflight
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):

@@ -26,6 +26,9 @@ from transfer.training import checkpoints
 from transfer.training import lock
 from transfer.training import resume
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 RECIPE = [
     transfer.Stage("head", 2, 1e-2, 0),
     transfer.Stage("top", 3, 5e-3, 1),
@@ -96,6 +99,7 @@ def reference(tmp_path_factory):
     }
 
 
+@pytest.mark.all_backends
 @pytest.mark.parametrize("crash_epoch", [1, 3])
 def test_resume_after_crash_matches_uninterrupted_run(
     tmp_path, reference, crash_epoch
@@ -126,6 +130,7 @@ def test_resume_after_crash_matches_uninterrupted_run(
     )
 
 
+@pytest.mark.all_backends
 def test_resume_restores_the_optimizer_state(tmp_path):
     run_dir = tmp_path / "run"
     saved = {}
@@ -291,6 +296,7 @@ class PoisonAt(keras.callbacks.Callback):
         self.data.poisoned = epoch >= self.epoch
 
 
+@pytest.mark.all_backends
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_weights(tmp_path):
     run_dir = tmp_path / "run"
     model = _model()
@@ -459,6 +465,7 @@ def test_lock_without_flock_checks_the_pid(tmp_path, monkeypatch, caplog):
     assert lock.process_alive(os.getpid(), lock._start_time(os.getpid()))
 
 
+@pytest.mark.all_backends
 def test_labels_out_of_range_fail_on_every_kind_of_data(tmp_path):
     x, y = transfer.synthetic_images(16, 32, 2, seed=0)
     recipe = [transfer.Stage("h", 2, 1e-3)]
@@ -529,6 +536,7 @@ def test_head_classes_must_match_unless_replaced(tmp_path):
         transfer.replace_head(model, 1)
 
 
+@pytest.mark.all_backends
 def test_same_seed_same_metrics(tmp_path):
     x, y = transfer.synthetic_images(16, 32, 2, seed=0)
 

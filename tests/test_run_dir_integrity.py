@@ -35,6 +35,9 @@ from transfer.data import image_files
 from transfer.training import lock
 from transfer.training import resume
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 RECIPE_YAML = """\
 image_size: 32
 batch_size: 8
@@ -110,6 +113,7 @@ def _copy_run(root, name):
 
 HOLDER = f"""
 import importlib.util, sys, time
+
 spec = importlib.util.spec_from_file_location("lock", {lock.__file__!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)

@@ -20,6 +20,9 @@ import pytest
 
 import transfer
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 PACKAGE = pathlib.Path(transfer.__file__).parent
 
 

@@ -27,6 +27,9 @@ from transfer.reporting import report
 from transfer.reporting.streaming import StreamingEvaluation
 from transfer.run_report import write_run_report
 
+# What this file tests does not depend on the Keras backend: run it once.
+pytestmark = pytest.mark.backend_independent
+
 NUM_IMAGES = 24
 
 
@@ -129,6 +132,7 @@ def test_accumulator_edges():
         none_kept.update([0], [[0.2, 0.8]], paths=["x", "y"])
 
 
+@pytest.mark.all_backends
 def test_streaming_equals_in_memory(run, folder):
     _, model = run
     data = workflow.labelled_dataset(str(folder), model, batch_size=5)

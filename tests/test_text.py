@@ -96,17 +96,20 @@ def test_masked_lm_pretraining_then_finetune(tiny_preset, tmp_path):
     # before (in the full JAX suite the held-out loss once did not move).
     keras.utils.set_random_seed(0)
     texts, labels = tiny_texts(32, seed=2)
+    # Two fixed word orders: a masked word is predictable from its context,
+    # so masked-LM training has a large effect to find. (On tiny_texts' shuffled
+    # words the drop was 0.06 to 0.25 nats over seeds, and once 0.025 in CI:
+    # noise, not a defect.) Measured on torch, three seeds: the held-out loss
+    # fell by 0.58 to 0.59 from the fitted head's value.
+    patterns = ["red apple cherry fire rose the sky", "blue sky sea ice whale is big"]
+    mlm_texts = [patterns[i % 2] for i in range(32)]
     result = masked_lm.pretrain_masked_lm(
-        texts, run_dir=str(tmp_path / "mlm"), backbone=tiny_preset, epochs=6,
+        mlm_texts, run_dir=str(tmp_path / "mlm"), backbone=tiny_preset, epochs=6,
         learning_rate=2e-3, sequence_length=16, batch_size=8,
-        validation_texts=texts[:8], head_epochs=2,
+        validation_texts=mlm_texts[:8], head_epochs=2,
     )
-    # At this size the head stage alone (lr 1e-3, 8 steps) may not move the
-    # held-out loss; adapting the encoder does. Measured on torch over ten
-    # seeds: 0.07 to 0.19 below the loss before it. (3 epochs at lr 5e-3
-    # failed on 3 of 10 seeds, and once in CI.)
-    assert result["after"]["loss"] < result["before"]["loss"] - 0.03
-    assert result["after"]["loss"] < result["initial"]["loss"] - 0.03
+    assert result["after"]["loss"] < result["before"]["loss"] - 0.25
+    assert result["after"]["loss"] < result["initial"]["loss"] - 0.25
     assert 0.0 <= result["after"]["accuracy"] <= 1.0
     assert os.listdir(tmp_path / "mlm" / "logs")
     manifest = json.load(open(tmp_path / "mlm" / "manifest.json"))
