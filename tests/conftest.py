@@ -50,6 +50,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "requires_backend(*names): backend-only test")
     config.addinivalue_line(
         "markers", "browser: drives headless Debian chromium; skipped without it")
+    config.addinivalue_line(
+        "markers", "backend_independent: runs on the default backend only")
 
 
 def chromium_binary():

@@ -35,6 +35,12 @@ class DataLayout:
         train: the folder to train on: `root` itself, or `root/train`.
         val: the validation folder, or `None`: then `train` is split.
         test: the test folder, or `None`.
+
+    Example:
+
+    >>> layout = DataLayout("pets", "pets/train", "pets/val")
+    >>> layout.is_split, DataLayout("pets", "pets").is_split
+    (True, False)
     """
 
     root: str
@@ -175,7 +181,13 @@ def detect_layout(root):
 
 
 def class_of(name):
-    """The class folder of a file path relative to a class-folder root."""
+    """The class folder of a file path relative to a class-folder root.
+
+    Example:
+
+    >>> class_of("cat/2024/1.png")
+    'cat'
+    """
     return name.replace(os.sep, "/").split("/", 1)[0]
 
 
