@@ -205,15 +205,16 @@ def load_image_folder(
         batch_size=batch_size,
         seed=seed,
     )
+    # Bad files and classes left empty by them fail here, before a split.
+    source = preflight.usable_directory(report, classes)
     if validation_split and not stratify:
-        source = preflight.usable_directory(report, classes)
         parts = keras.utils.image_dataset_from_directory(
             source, validation_split=validation_split, subset="both",
             shuffle=shuffle, **kwargs
         )
         parts = tuple((dataset, source) for dataset in parts)
     else:
-        parts = _stratified_parts(report, classes, listed, kwargs,
+        parts = _stratified_parts(report, (classes, source), listed, kwargs,
                                   (validation_split, seed, shuffle))
     class_names = list(parts[0][0].class_names)
     settings = {
@@ -251,10 +252,11 @@ def _listed_files(directory, files):
     return {os.path.normpath(name) for name in files}
 
 
-def _stratified_parts(report, classes, listed, kwargs, split):
+def _stratified_parts(report, folders, listed, kwargs, split):
     """`((train, source), (val, source) or None)`: Keras datasets over
-    views holding each part's files (`layout.stratified_split`)."""
-    validation_split, seed, shuffle = split
+    views holding each part's files (`layout.stratified_split`); `folders`
+    is `(class folders, the usable directory of every good file)`."""
+    (classes, whole_source), (validation_split, seed, shuffle) = folders, split
     good = [name for name in report.good_files
             if listed is None or name in listed]
     if validation_split:
@@ -267,8 +269,8 @@ def _stratified_parts(report, classes, listed, kwargs, split):
             parts.append(None)
             continue
         whole = listed is None and not validation_split
-        source = preflight.usable_directory(
-            report, classes, files=None if whole else files)
+        source = whole_source if whole else preflight.usable_directory(
+            report, classes, files=files)
         dataset = keras.utils.image_dataset_from_directory(
             source, shuffle=part_shuffle, **kwargs)
         parts.append((dataset, source))
