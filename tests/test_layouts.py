@@ -263,3 +263,22 @@ def test_runs_without_split_files_keep_their_split(tmp_path):
         [os.path.join(c, f"{i}.png") for c in "01" for i in range(6)],
         0.25, 3)[1]
     assert sorted(data.file_paths) == expected
+
+
+def test_train_only_root_is_split_and_has_nothing_to_test(tmp_path):
+    root = tmp_path / "data"
+    write_classes(str(root / "train"), {"0": 3, "1": 3})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # Split files name paths relative to the data root, train/ included.
+    (run_dir / "split_val.txt").write_text("train/0/1.png\ntrain/1/2.png\n")
+    model = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    config = {"validation_split": 0.3, "seed": 1, "split": "stratified"}
+    data = workflow.labelled_dataset(str(root), model, config,
+                                     validation_only=True,
+                                     run_dir=str(run_dir))
+    assert data.directory == str(root / "train")
+    assert data.file_paths == [os.path.join("0", "1.png"),
+                               os.path.join("1", "2.png")]
+    with pytest.raises(ValueError, match=r"no test/ or val/.*Received: data"):
+        workflow.labelled_dataset(str(root), model, config)
