@@ -632,7 +632,8 @@ def test_weights_none_and_stage_overrides_survive_resolution(tmp_path, monkeypat
     assert [(s["epochs"], s["learning_rate"]) for s in seen["stages"]] == [(1, 0.5)]
 
 
-def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
+def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch,
+                                                                  tmp_path):
     # `transfer report` rebuilds the run's validation split; a run trained
     # with seed 0 was rebuilt with the default seed (`seed or 1337`).
     from transfer import workflow
@@ -651,5 +652,6 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch):
     for config, expected in (({"validation_split": 0.2, "seed": 0}, 0),
                              ({"validation_split": 0.2}, 1337)):
         with pytest.raises(RuntimeError, match="stop after"):
-            workflow.load_labelled_data("d", model, config, validation_only=True)
+            workflow.load_labelled_data(str(tmp_path), model, config,
+                                        validation_only=True)
         assert seeds[-1] == expected

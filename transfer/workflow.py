@@ -22,6 +22,10 @@ from transfer.data.image_files import IMAGE_EXTENSIONS
 from transfer.data.images import default_augmentation
 from transfer.data.images import describe_augmentation
 from transfer.data.images import load_image_folder
+from transfer.data.layout import SPLIT_FILES
+from transfer.data.layout import detect_layout
+from transfer.data.layout import format_file_list
+from transfer.data.layout import parse_file_list
 from transfer.data.streams import LabelledDataset  # noqa: F401 (public here)
 from transfer.data.text import load_text_folder
 from transfer.models.classifier import build_classifier
@@ -101,6 +105,17 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     `run_dir` as it was. Rerunning an interrupted run resumes it, if its
     data and settings are unchanged (see `fit_recipe`).
 
+    `config["data"]` is a class-folder root or a split root
+    (`transfer.data.layout.detect_layout`). A split root with a validation
+    folder is used as given: training on `train/`, validating on `val/`
+    (or `valid/`, `validation/`), never split again; `validation_split` is
+    then ignored, with an INFO log (it has a default, so it cannot be told
+    apart from one set on purpose). Otherwise the class-folder root (or
+    `train/`) is split, seeded and stratified, and the split is written
+    with `config.json` as `split_train.txt` and `split_val.txt` (image
+    runs: one file a line, relative to the data root), from which
+    `labelled_dataset(..., validation_only=True)` rebuilds it.
+
     Args:
         config: a config from `transfer.run_config.resolve_config`.
         run_dir: the run directory.
@@ -135,9 +150,10 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     ['.transfer.lock', 'checkpoints', 'config.json', 'logs', 'manifest.json',
      'model.keras', 'recipe.json', 'report']
     """
+    layout = detect_layout(config["data"])
     modality = config["modality"]
     if modality == "auto":
-        modality = detect_modality(config["data"])
+        modality = detect_modality(layout.train)
     spec = get_backbone_spec(config["backbone"], modality=modality)
     run_dir_lib.check_run_dir(run_dir)
     check_free(run_dir)  # fail fast; fit_recipe checks again, locked
@@ -150,15 +166,18 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     if config.get("feature_cache_dir"):
         resolved["feature_cache_dir"] = os.path.abspath(
             os.path.expanduser(config["feature_cache_dir"]))
+    if layout.val is not None and config["validation_split"]:
+        logger.info(
+            "'%s' has its own validation folder '%s': validation_split=%s "
+            "is ignored.", layout.root, layout.val, config["validation_split"])
+    resolved["split"] = "folders" if layout.val is not None else "stratified"
+    run_files = {}
     if modality == "image":
         image_size = config["image_size"] or spec.image_size
         resolved["image_size"] = image_size
-        train, val, class_names = load_image_folder(
-            config["data"], image_size=image_size,
-            batch_size=config["batch_size"],
-            validation_split=config["validation_split"], seed=config["seed"],
-            skip_bad_files=config["skip_bad_files"], verbose=verbose,
-        )
+        train, val, class_names = _image_parts(layout, config, image_size,
+                                               verbose)
+        run_files.update(_split_files(layout, train, val))
         if config["augment"]:
             train = _augmented(train, config["seed"])
         # Variables live where they are made: build in the engine's scope.
@@ -170,10 +189,7 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
                 precision=config.get("precision", "float32"),
             )
     else:
-        train, val, class_names = load_text_folder(
-            config["data"], validation_split=config["validation_split"],
-            seed=config["seed"],
-        )
+        train, val, class_names = _text_parts(layout, config)
         with distribution_scope(config["distribute"]):
             model = build_text_classifier(
                 config["backbone"], len(class_names),
@@ -182,15 +198,55 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
                 dropout=config["dropout"],
             )
     resolved["class_names"] = list(class_names)
+    run_files[run_config.CONFIG_FILE] = run_config.dumps(resolved)
     fit_recipe(
         model, recipe, train, val, run_dir=run_dir,
         batch_size=config["batch_size"], class_names=class_names,
         verbose=verbose, distribute=config["distribute"],
         feature_cache_dir=resolved.get("feature_cache_dir"),
-        force_resume=force_resume,
-        run_files={run_config.CONFIG_FILE: run_config.dumps(resolved)},
+        force_resume=force_resume, run_files=run_files,
     )
     return model
+
+
+def _image_parts(layout, config, image_size, verbose):
+    """`(train, val, class_names)` of a layout's image folders."""
+    common = dict(image_size=image_size, batch_size=config["batch_size"],
+                  seed=config["seed"],
+                  skip_bad_files=config["skip_bad_files"], verbose=verbose)
+    if layout.val is None:
+        return load_image_folder(
+            layout.train, validation_split=config["validation_split"],
+            **common)
+    train, _, class_names = load_image_folder(
+        layout.train, validation_split=0, **common)
+    val, _, _ = load_image_folder(layout.val, validation_split=0,
+                                  shuffle=False, **common)
+    return train, val, class_names
+
+
+def _text_parts(layout, config):
+    """`(train, val, class_names)` of a layout's text folders."""
+    if layout.val is None:
+        return load_text_folder(
+            layout.train, validation_split=config["validation_split"],
+            seed=config["seed"])
+    train, _, class_names = load_text_folder(layout.train,
+                                             validation_split=0)
+    val, _, _ = load_text_folder(layout.val, validation_split=0)
+    return train, val, class_names
+
+
+def _split_files(layout, train, val):
+    """The seeded split of a root without a validation folder, as the run's
+    split files: paths relative to the data root."""
+    if layout.val is not None or val is None:
+        return {}
+    return {
+        SPLIT_FILES[part]: format_file_list(
+            os.path.relpath(path, layout.root) for path in dataset.file_paths)
+        for part, dataset in (("train", train), ("val", val))
+    }
 
 
 def load_run(run_dir):
@@ -596,8 +652,92 @@ class LabelledData(tuple):
         return data
 
 
+_Source = collections.namedtuple(
+    "_Source", ["folder", "split", "seed", "files", "stratify"],
+    defaults=(None, None, None, True),
+)
+
+
+def _test_folder(layout):
+    """The folder a split root is evaluated on: `test/`, else `val/`."""
+    if layout.test is not None:
+        return layout.test
+    if layout.val is not None:
+        logger.warning("'%s' has no test/ folder: evaluating on its "
+                       "validation folder '%s'.", layout.root, layout.val)
+        return layout.val
+    raise ValueError(
+        f"'{layout.root}' has a train/ folder but no test/ or val/ folder to "
+        f"evaluate on. Add '{layout.root}/test/<class>/<file>', or pass a "
+        f"folder of class folders. Received: data={layout.root!r}"
+    )
+
+
+def _listed_validation_files(run_dir, layout):
+    """The run's validation files from its split file, relative to
+    `layout.train`; `None` for runs without one."""
+    path = None if run_dir is None else run_dir_lib.path(
+        run_dir, SPLIT_FILES["val"])
+    if path is None or not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        names = parse_file_list(f.read())
+    missing = [name for name in names
+               if not os.path.isfile(os.path.join(layout.root, name))]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(names)} validation file(s) listed in "
+            f"'{path}' are missing from '{layout.root}', e.g. {missing[:3]}. "
+            "Restore them, or evaluate on another labelled folder (`transfer "
+            f"evaluate RUN --data DIR`). Received: data={layout.root!r}"
+        )
+    return [os.path.relpath(os.path.join(layout.root, name), layout.train)
+            for name in names]
+
+
+def _evaluation_source(data_dir, config, validation_only, run_dir):
+    """Which folder, split and files `labelled_dataset` reads."""
+    layout = detect_layout(data_dir)
+    if validation_only and layout.val is not None:
+        return _Source(layout.val)
+    if not validation_only and layout.is_split:
+        return _Source(_test_folder(layout))
+    if not (validation_only and config and config.get("validation_split")):
+        return _Source(layout.train)
+    return _Source(
+        layout.train, config["validation_split"],
+        # seed 0 is a valid seed: keep it (`seed or default` did not).
+        config.get("seed", run_config.DEFAULTS["seed"]),
+        _listed_validation_files(run_dir, layout),
+        # Runs from before stratified splits hold no "split" key.
+        stratify=bool(config.get("split")),
+    )
+
+
+def _image_evaluation_data(source, model, config, batch_size, verbose):
+    folder, split = source.folder, source.split
+    if source.files is not None:
+        split = 0  # the listed files are the validation split
+    # The validation split is never shuffled; every file is read
+    # unshuffled too, so that the batches follow `file_paths`.
+    train, val, names = load_image_folder(
+        folder, image_size=int(model.input_shape[1]),
+        batch_size=batch_size, validation_split=split or 0,
+        seed=source.seed or 0, verbose=0,
+        skip_bad_files=bool(config and config.get("skip_bad_files")),
+        shuffle=bool(split) and not source.stratify, files=source.files,
+        stratify=source.stratify,
+    )
+    dataset = val if split else train
+    return streams.LabelledDataset(
+        dataset, folder,
+        [os.path.relpath(path, folder) for path in dataset.file_paths],
+        list(names), verbose=verbose,
+    ), names
+
+
 def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
-                     batch_size=32, verbose=0):
+                     batch_size=32, verbose=0, run_dir=None):
     """Labelled evaluation data for a run's model, streamed from disk.
 
     For image runs, a `LabelledDataset`: a `tf.data` pipeline over the
@@ -607,9 +747,16 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
     folder. `transfer evaluate` and `transfer report` read their data so.
     Text runs get a `LabelledData` (texts are small).
 
+    A split root (`transfer.data.layout.detect_layout`) is evaluated on
+    its `test/` folder, or on its validation folder when it has no
+    `test/` (with a warning), and `validation_only` reads its validation folder.
+    For a class-folder root, `validation_only` rebuilds the run's split:
+    from the run's `split_val.txt` when `run_dir` has one, else as the run
+    made it (stratified, or Keras's own split for runs made before).
+
     Args:
         data_dir: a folder with one subfolder per class, with the classes
-            the model was trained on.
+            the model was trained on, or a split root.
         model: the run's model (for its input size, classes, modality).
         config: the run's config, for the split. Defaults to `None`.
         validation_only: the run's validation split of `data_dir` (same
@@ -618,12 +765,16 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
         batch_size: images per batch. Defaults to `32`.
         verbose: `1` shows a progress bar while the data is read.
             Defaults to `0`.
+        run_dir: the run directory, whose split files name the validation
+            files. Defaults to `None`.
 
     Returns:
         A `LabelledDataset` (images) or a `LabelledData` (text).
 
     Raises:
-        ValueError: the folder's classes differ from the model's.
+        ValueError: the folder's classes differ from the model's, or a
+            split root with nothing to evaluate on.
+        FileNotFoundError: a file of the run's split file is missing.
 
     Example:
 
@@ -641,44 +792,29 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
     ['0/0.png', '0/2.png']
     """
     class_names = run_class_names(model)
-    split, seed = None, run_config.DEFAULTS["seed"]
-    if validation_only and config:
-        split = config.get("validation_split")
-        # seed 0 is a valid seed: keep it (`seed or default` did not).
-        seed = config.get("seed", seed)
+    source = _evaluation_source(data_dir, config, validation_only, run_dir)
     if run_modality(model) == "text":
         train, val, names = load_text_folder(
-            data_dir, validation_split=split or 0, seed=seed
+            source.folder, validation_split=source.split or 0,
+            seed=source.seed or 0,
         )
-        pair = val if split else train
+        pair = val if source.split else train
         data = LabelledData(np.asarray(pair[0], dtype=object),
-                            np.asarray(pair[1]), data_dir, None)
+                            np.asarray(pair[1]), source.folder, None)
     else:
-        # The validation split is never shuffled; every file is read
-        # unshuffled too, so that the batches follow `file_paths`.
-        train, val, names = load_image_folder(
-            data_dir, image_size=int(model.input_shape[1]),
-            batch_size=batch_size,
-            validation_split=split or 0, seed=seed, verbose=0,
-            skip_bad_files=bool(config and config.get("skip_bad_files")),
-            shuffle=bool(split),
-        )
-        dataset = val if split else train
-        data = streams.LabelledDataset(
-            dataset, data_dir,
-            [os.path.relpath(path, data_dir) for path in dataset.file_paths],
-            list(names), verbose=verbose,
-        )
+        data, names = _image_evaluation_data(source, model, config,
+                                             batch_size, verbose)
     if list(names) != class_names:
         raise ValueError(
-            f"The classes of '{data_dir}' {list(names)} differ from the "
+            f"The classes of '{source.folder}' {list(names)} differ from the "
             f"model's {class_names}. Evaluate on a folder with the same class "
             f"subfolders. Received: data={data_dir!r}"
         )
     return data
 
 
-def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
+def load_labelled_data(data_dir, model, config=None, *, validation_only=False,
+                       run_dir=None):
     """Labelled evaluation data for a run's model, as `(x, y)` arrays.
 
     Reads `labelled_dataset(...)` into memory: use it for folders that fit
@@ -696,6 +832,8 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
         validation_only: return the run's validation split of `data_dir`
             (same split and seed as training) instead of every file.
             Defaults to `False`.
+        run_dir: the run directory, whose split files name the validation
+            files (see `labelled_dataset`). Defaults to `None`.
 
     Returns:
         A `LabelledData`: `x, y = load_labelled_data(...)` unpacks it.
@@ -721,7 +859,7 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False):
     ('0/0.png', 0)
     """
     data = labelled_dataset(data_dir, model, config,
-                            validation_only=validation_only)
+                            validation_only=validation_only, run_dir=run_dir)
     if isinstance(data, LabelledData):
         return data
     # One array per part, filled batch by batch: no second copy.

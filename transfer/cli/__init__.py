@@ -56,6 +56,7 @@ SUBCOMMAND_EXAMPLES = {
     "train": """examples:
   transfer train --data flowers/ --backbone efficientnet_lite0
   transfer train --data flowers/ --backbone efficientnet_lite0 --config recipe.yaml --output runs/f
+  transfer train --data imagenette/ --backbone efficientnet_lite0   # train/, val/ (+ test/) folders: used as given
   transfer train --data reviews/ --backbone minilm_l6 --epochs 2,3   # text: one folder of .txt per class
   transfer train --data flowers/ --backbone efficientnet_lite0 --distribute data_parallel   # every GPU
 
@@ -70,6 +71,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
     "evaluate": """examples:
   transfer evaluate runs/flowers --data flowers_test/
   transfer evaluate runs/flowers --data flowers_test/ --output reports/test
+  transfer evaluate runs/imagenette --data imagenette/   # its test/ folder (else val/)
 """,
     "predict": """examples:
   transfer predict runs/flowers rose.jpg tulip.png
@@ -92,7 +94,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   transfer weights verify minilm_l6
 """,
     "report": """examples:
-  transfer report runs/flowers                      # the run's validation split
+  transfer report runs/flowers                      # the run's validation split (or its data's test/ folder)
   transfer report runs/flowers --data flowers_test/
 """,
 }
@@ -188,7 +190,8 @@ def build_parser():
     need = p.add_argument_group(
         "required (a flag, or the key in the --config file)")
     need.add_argument("--data", metavar="DIR",
-                      help="folder with one subfolder per class")
+                      help="folder with one subfolder per class, or with "
+                      "train/ and val/ (valid/, validation/) folders of them")
     need.add_argument("--backbone", metavar="NAME",
                       help="registered name (see `transfer backbones`), "
                       "hub:<preset>, preset folder or .keras file")
@@ -212,7 +215,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, metavar="N",
                    help=f"(default: {d['batch_size']})")
     p.add_argument("--validation-split", type=float, metavar="FRACTION",
-                   help="fraction of the files held out for validation "
+                   help="fraction of each class held out for validation, "
+                   "seeded; ignored when --data has a val/ folder "
                    f"(default: {d['validation_split']})")
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed of the split, augmentation and initial "
@@ -252,7 +256,8 @@ def build_parser():
     p.add_argument("run_dir")
     need = p.add_argument_group("required")
     need.add_argument("--data", required=True,
-                      help="folder with the run's class subfolders")
+                      help="folder with the run's class subfolders, or a "
+                      "root with train/ and test/ (else val/) folders")
     p.add_argument("--output", help="report folder (default: "
                    "RUN_DIR/evaluation)")
     p.set_defaults(handler=commands.evaluate)
@@ -313,8 +318,9 @@ def build_parser():
     p = _subparser(sub, "report", "per-class metrics, PNGs and one HTML page",
                    common)
     p.add_argument("run_dir")
-    p.add_argument("--data", help="labelled folder (default: the run's "
-                   "validation split of its training data)")
+    p.add_argument("--data", help="labelled folder (default: the test/, "
+                   "else val/, folder of the run's data, or the run's "
+                   "validation split of it)")
     p.set_defaults(handler=commands.report)
     return parser
 

@@ -110,7 +110,8 @@ def evaluate(args):
     model, config = workflow.load_run(args.run_dir)
     # Streamed: memory holds a few batches, whatever the folder's size.
     data = workflow.labelled_dataset(args.data, model, config,
-                                     verbose=_progress_verbose(args))
+                                     verbose=_progress_verbose(args),
+                                     run_dir=args.run_dir)
     output = args.output or run_dir_lib.path(args.run_dir, run_dir_lib.EVALUATION)
     metrics = run_report.write_run_report(
         args.run_dir, model, data, class_names=workflow.run_class_names(model),
@@ -290,6 +291,25 @@ def weights_verify(args):
         )
 
 
+def _report_default_data(args, model, config, verbose):
+    """`(data, split)` of the run's own data: a split root's test/ (or
+    val/) folder, else the run's validation split, else `None`."""
+    from transfer import workflow  # lazy: --help needs no Keras
+    from transfer.data import layout  # lazy, as the others
+
+    found = layout.detect_layout(config["data"])
+    if found.is_split and (found.test or found.val):
+        split = "test" if found.test else "validation"
+        return workflow.labelled_dataset(
+            config["data"], model, config, verbose=verbose,
+            run_dir=args.run_dir), split
+    if not config.get("validation_split"):
+        return None, "validation"
+    return workflow.labelled_dataset(
+        config["data"], model, config, validation_only=True,
+        verbose=verbose, run_dir=args.run_dir), "validation"
+
+
 def report(args):
     from transfer import run_report  # lazy: --help needs no Keras
     from transfer import workflow  # lazy: --help needs no Keras
@@ -300,14 +320,10 @@ def report(args):
     verbose = _progress_verbose(args)
     if args.data:
         data = workflow.labelled_dataset(args.data, model, config,
-                                         verbose=verbose)
+                                         verbose=verbose, run_dir=args.run_dir)
         split = "evaluation"
     elif config and config.get("data") and os.path.isdir(config["data"]):
-        if config.get("validation_split"):
-            data = workflow.labelled_dataset(
-                config["data"], model, config, validation_only=True,
-                verbose=verbose,
-            )
+        data, split = _report_default_data(args, model, config, verbose)
     if data is None:
         _note(args, "No labelled data (pass --data DIR): curves only.")
     metrics = run_report.write_run_report(

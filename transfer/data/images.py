@@ -16,6 +16,7 @@ import numpy as np
 
 from transfer.data import fingerprint
 from transfer.data import image_files
+from transfer.data import layout
 from transfer.data import preflight
 from transfer.data.image_files import IMAGE_EXTENSIONS
 
@@ -97,13 +98,16 @@ def load_image_folder(
     skip_bad_files=False,
     shuffle=True,
     verbose=1,
+    files=None,
+    stratify=True,
 ):
     """Reads a folder with one subfolder of images per class.
 
-    Uses `keras.utils.image_dataset_from_directory` with a seeded split, after
-    checking the layout and decoding every image once
-    (`transfer.data.preflight.check_images`, cached), so that a wrong path or a
-    bad file fails before any training. Grayscale, RGBA, CMYK and 16-bit
+    Uses `keras.utils.image_dataset_from_directory` with a seeded, stratified
+    split (every class in both parts, in the same proportion:
+    `transfer.data.layout.stratified_split`), after checking the layout and
+    decoding every image once (`transfer.data.preflight.check_images`,
+    cached), so that a wrong path or a bad file fails before any training. Grayscale, RGBA, CMYK and 16-bit
     images become RGB; bad files are an error listing them, or are left out
     with `skip_bad_files=True`. The returned datasets carry `class_names`,
     `transfer_preflight` (the `PreflightReport`, which `fit_recipe` writes
@@ -125,19 +129,27 @@ def load_image_folder(
         seed: seed of the split and shuffling. Defaults to `1337`.
         skip_bad_files: leave out empty, truncated and non-image files
             instead of raising. Defaults to `False`.
-        shuffle: shuffle the files. `False` keeps Keras's sorted order, for
-            evaluation; with a `validation_split` it also changes which
-            files are held out. Defaults to `True`.
+        shuffle: shuffle the training files every epoch. `False` keeps
+            Keras's sorted order, for evaluation. The validation files are
+            never shuffled, and which files are held out does not depend on
+            it. Defaults to `True`.
         verbose: `1` shows the preflight progress bar. Defaults to `1`.
+        files: read only these files (paths relative to `directory`, as
+            a run's split files list them), or `None` for all.
+            Defaults to `None`.
+        stratify: `False` uses Keras's own seeded split instead (not
+            stratified; what runs made before stratified splits used, and
+            there `shuffle` changes which files are held out).
+            Defaults to `True`.
 
     Returns:
         `(train_ds, val_ds, class_names)`; `val_ds` is `None` without split.
 
     Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: no images, fewer than two classes, an empty class, two
-            class folders that are one, or bad image files (unless
-            `skip_bad_files`).
+        FileNotFoundError: the folder, or one of `files`, does not exist.
+        ValueError: no images, fewer than two classes, an empty class, a
+            class with one image and a split, two class folders that are
+            one, or bad image files (unless `skip_bad_files`).
 
     Example:
 
@@ -159,6 +171,8 @@ def load_image_folder(
     >>> images, labels = next(iter(train))
     >>> tuple(images.shape)
     (4, 32, 32, 3)
+    >>> sorted(os.path.dirname(path) for path in val.file_paths)  # stratified
+    ['pets/cat', 'pets/dog']
     """
     counts = _class_folders(directory)
     total = sum(counts.values())
@@ -179,42 +193,88 @@ def load_image_folder(
             f"'{directory}' has {len(counts)} class folder(s) "
             f"({sorted(counts)}); classification needs at least two."
         )
+    listed = _listed_files(directory, files)
     report = preflight.check_images(
         directory, skip_bad_files=skip_bad_files, verbose=verbose
     )
-    source = preflight.usable_directory(report, list(counts))
+    classes = list(counts)
     kwargs = dict(
         labels="inferred",
         label_mode="int",
         image_size=(image_size, image_size),
         batch_size=batch_size,
         seed=seed,
-        shuffle=shuffle,
     )
-    if validation_split:
-        train, val = keras.utils.image_dataset_from_directory(
-            source, validation_split=validation_split, subset="both", **kwargs
+    # Bad files and classes left empty by them fail here, before a split.
+    source = preflight.usable_directory(report, classes)
+    if validation_split and not stratify:
+        parts = keras.utils.image_dataset_from_directory(
+            source, validation_split=validation_split, subset="both",
+            shuffle=shuffle, **kwargs
         )
+        parts = tuple((dataset, source) for dataset in parts)
     else:
-        train = keras.utils.image_dataset_from_directory(source, **kwargs)
-        val = None
-    class_names = list(train.class_names)
+        parts = _stratified_parts(report, (classes, source), listed, kwargs,
+                                  (validation_split, seed, shuffle))
+    class_names = list(parts[0][0].class_names)
     settings = {
         "directory": report.directory, "image_size": image_size,
         "seed": seed, "validation_split": validation_split,
         "skip_bad_files": skip_bad_files, "augmentation": None,
     }
-    fingerprints = [
-        _split_fingerprint(dataset, report, source, subset, settings)
-        if dataset is not None else None
-        for dataset, subset in ((train, "training"), (val, "validation"))
-    ]
     train, val = (
-        None if dataset is None else _prefetched(dataset, directory, source,
-                                                 class_names, report, print_)
-        for dataset, print_ in zip((train, val), fingerprints, strict=True)
+        None if part is None else _prefetched(
+            part[0], directory, part[1], class_names, report,
+            _split_fingerprint(part[0], report, part[1], subset, settings))
+        for part, subset in zip(parts, ("training", "validation"),
+                                strict=True)
     )
     return train, val, class_names
+
+
+def _listed_files(directory, files):
+    """`files` (relative to `directory`) as a set, once all exist."""
+    if files is None:
+        return None
+    missing = [name for name in files
+               if not os.path.isfile(os.path.join(directory, name))]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} listed file(s) are missing from '{directory}', "
+            f"e.g. {missing[:3]}. Restore them, or pass the files that "
+            f"exist. Received: {len(files)} file(s)"
+        )
+    if not files:
+        raise ValueError(
+            "No files to read: pass at least one file, or `files=None` for "
+            f"all of '{directory}'. Received: files={files!r}"
+        )
+    return {os.path.normpath(name) for name in files}
+
+
+def _stratified_parts(report, folders, listed, kwargs, split):
+    """`((train, source), (val, source) or None)`: Keras datasets over
+    views holding each part's files (`layout.stratified_split`); `folders`
+    is `(class folders, the usable directory of every good file)`."""
+    (classes, whole_source), (validation_split, seed, shuffle) = folders, split
+    good = [name for name in report.good_files
+            if listed is None or name in listed]
+    if validation_split:
+        chosen = layout.stratified_split(good, validation_split, seed)
+    else:
+        chosen = (good, None)
+    parts = []
+    for files, part_shuffle in zip(chosen, (shuffle, False), strict=True):
+        if files is None:
+            parts.append(None)
+            continue
+        whole = listed is None and not validation_split
+        source = whole_source if whole else preflight.usable_directory(
+            report, classes, files=files)
+        dataset = keras.utils.image_dataset_from_directory(
+            source, shuffle=part_shuffle, **kwargs)
+        parts.append((dataset, source))
+    return tuple(parts)
 
 
 def _prefetched(dataset, directory, source, class_names, report, fingerprint):

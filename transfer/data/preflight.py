@@ -396,17 +396,20 @@ def _link(source, target):
             shutil.copyfile(source, target)
 
 
-def usable_directory(report, class_folders):
+def usable_directory(report, class_folders, files=None):
     """A directory Keras can read with the report's bad files left out.
 
-    The data directory itself when nothing is skipped or copied; otherwise
-    a view in the cache with the same class folders and file names (so
-    Keras's order and seeded split are unchanged), linking each good file
-    or its RGB copy. Views are content-addressed and built atomically.
+    The data directory itself when nothing is skipped, copied or left
+    out; otherwise a view in the cache with the same class folders and
+    file names (so Keras's order and seeded split are unchanged), linking
+    each good file or its RGB copy. Views are content-addressed and built
+    atomically.
 
     Args:
         report: a `PreflightReport` of a class-folder directory.
         class_folders: the class folder names, in order.
+        files: only these good files (names relative to the directory, as
+            in `report.files`), or `None` for all. Defaults to `None`.
 
     Returns:
         A directory path.
@@ -428,7 +431,11 @@ def usable_directory(report, class_folders):
             "images or remove the folder(s). Received: "
             f"{ {name: counts[name] for name in empty} }"
         )
-    if not report.bad and not report.copies and not report.hidden:
+    if files is not None:
+        chosen = set(files)
+        good = [name for name in good if name in chosen]
+    whole = files is None or len(good) == len(report.good_files)
+    if whole and not report.bad and not report.copies and not report.hidden:
         return report.directory
     links = [(view_name(name), report.path_for(name)) for name in good]
     digest = hashlib.sha256(
