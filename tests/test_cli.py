@@ -7,7 +7,9 @@ Cheaper checks (usage errors, reports, tables) call `transfer.cli.main` in
 this process. `--help` and `--version` run in subprocesses that must not
 import TensorFlow, Keras, JAX or torch.
 
-Covers: transfer.cli, transfer.workflow, transfer.run_config, transfer.run_report, transfer.export.
+Covers: transfer.cli, transfer.workflow, transfer.prediction,
+transfer.evaluation_data, transfer.run_config, transfer.run_report,
+transfer.export.
 """
 
 import csv
@@ -102,6 +104,7 @@ def worst_rows(page):
 
 def check_worst_files(page, data_dir, run_dir, count):
     """The report names each worst example's file, and it is that file."""
+    from transfer import prediction
     from transfer import workflow
 
     assert "<strong>p</strong> is the probability the model gives its " \
@@ -112,7 +115,7 @@ def check_worst_files(page, data_dir, run_dir, count):
         assert (data_dir / path).is_file(), path
         assert path.split(os.sep)[0] == true  # its class folder
     model, _ = workflow.load_run(str(run_dir))
-    predictions = workflow.predict_files(
+    predictions = prediction.predict_files(
         model, [str(data_dir / row[0]) for row in rows]
     )
     for row, result in zip(rows, predictions, strict=True):
@@ -636,7 +639,7 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch,
                                                                   tmp_path):
     # `transfer report` rebuilds the run's validation split; a run trained
     # with seed 0 was rebuilt with the default seed (`seed or 1337`).
-    from transfer import workflow
+    from transfer import evaluation_data
 
     seeds = []
 
@@ -644,14 +647,17 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch,
         seeds.append(seed)
         raise RuntimeError("stop after the split's arguments")
 
-    # workflow imports the function by name: patch its reference.
-    monkeypatch.setattr(workflow, "load_image_folder", load_image_folder)
-    monkeypatch.setattr(workflow, "run_class_names", lambda model: ["a", "b"])
-    monkeypatch.setattr(workflow, "run_modality", lambda model: "image")
+    # evaluation_data imports these by name: patch its references.
+    monkeypatch.setattr(evaluation_data, "load_image_folder",
+                        load_image_folder)
+    monkeypatch.setattr(evaluation_data, "run_class_names",
+                        lambda model: ["a", "b"])
+    monkeypatch.setattr(evaluation_data, "run_modality",
+                        lambda model: "image")
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()])
     for config, expected in (({"validation_split": 0.2, "seed": 0}, 0),
                              ({"validation_split": 0.2}, 1337)):
         with pytest.raises(RuntimeError, match="stop after"):
-            workflow.load_labelled_data(str(tmp_path), model, config,
-                                        validation_only=True)
+            evaluation_data.load_labelled_data(str(tmp_path), model, config,
+                                               validation_only=True)
         assert seeds[-1] == expected

@@ -7,8 +7,8 @@ rebuilt from there. Bad layouts fail before any model is built. Tiny 32 px
 PNGs, the `tiny_cnn` backbone with no weights, one epoch.
 
 Covers: transfer.data.layout, transfer.data.images (stratified split, listed
-files), transfer.workflow (train_run, labelled_dataset), transfer.cli
-(evaluate, report on split roots).
+files), transfer.workflow (train_run), transfer.evaluation_data
+(labelled_dataset), transfer.cli (evaluate, report on split roots).
 """
 
 import logging
@@ -18,6 +18,7 @@ import keras
 import pytest
 
 import transfer
+from transfer import evaluation_data
 from transfer import run_config
 from transfer import workflow
 from transfer.cli import main
@@ -191,8 +192,9 @@ def test_split_root_trains_on_folders_and_evaluates_on_test(
     assert not any(name.startswith("split_") for name in os.listdir(run_dir))
     model, config = workflow.load_run(run_dir)
     assert config["split"] == "folders"
-    val = workflow.labelled_dataset(str(root), model, config,
-                                    validation_only=True, run_dir=run_dir)
+    val = evaluation_data.labelled_dataset(str(root), model, config,
+                                           validation_only=True,
+                                           run_dir=run_dir)
     assert val.directory == str(root / "valid") and len(val.file_paths) == 3
 
     assert main(["evaluate", run_dir, "--data", str(root), "--quiet"]) == 0
@@ -223,9 +225,9 @@ def test_class_folder_root_writes_and_rebuilds_its_split(tmp_path):
     assert config["split"] == "stratified"
 
     def rebuilt():
-        data = workflow.labelled_dataset(str(root), model, config,
-                                         validation_only=True,
-                                         run_dir=run_dir)
+        data = evaluation_data.labelled_dataset(str(root), model, config,
+                                                validation_only=True,
+                                                run_dir=run_dir)
         return [p.replace(os.sep, "/") for p in data.file_paths]
 
     assert rebuilt() == val
@@ -248,15 +250,15 @@ def test_runs_without_split_files_keep_their_split(tmp_path):
     write_classes(str(tmp_path), {"0": 6, "1": 6})
     model = transfer.build_classifier("tiny_cnn", 2, weights=None)
     old = {"validation_split": 0.25, "seed": 3}
-    data = workflow.labelled_dataset(str(tmp_path), model, old,
-                                     validation_only=True)
+    data = evaluation_data.labelled_dataset(str(tmp_path), model, old,
+                                            validation_only=True)
     _, keras_val = keras.utils.image_dataset_from_directory(
         str(tmp_path), image_size=(32, 32), validation_split=0.25,
         subset="both", seed=3)
     assert data.file_paths == [os.path.relpath(p, tmp_path)
                                for p in keras_val.file_paths]
     # A run of stratified splits whose split files are gone: made again.
-    data = workflow.labelled_dataset(
+    data = evaluation_data.labelled_dataset(
         str(tmp_path), model, dict(old, split="stratified"),
         validation_only=True)
     expected = layout_lib.stratified_split(
@@ -274,11 +276,11 @@ def test_train_only_root_is_split_and_has_nothing_to_test(tmp_path):
     (run_dir / "split_val.txt").write_text("train/0/1.png\ntrain/1/2.png\n")
     model = transfer.build_classifier("tiny_cnn", 2, weights=None)
     config = {"validation_split": 0.3, "seed": 1, "split": "stratified"}
-    data = workflow.labelled_dataset(str(root), model, config,
-                                     validation_only=True,
-                                     run_dir=str(run_dir))
+    data = evaluation_data.labelled_dataset(str(root), model, config,
+                                            validation_only=True,
+                                            run_dir=str(run_dir))
     assert data.directory == str(root / "train")
     assert data.file_paths == [os.path.join("0", "1.png"),
                                os.path.join("1", "2.png")]
     with pytest.raises(ValueError, match=r"no test/ or val/.*Received: data"):
-        workflow.labelled_dataset(str(root), model, config)
+        evaluation_data.labelled_dataset(str(root), model, config)

@@ -12,7 +12,8 @@
 The CLI runs in this process (`transfer.cli.main`) on a folder of 32 PNGs.
 
 Covers: transfer.training (fit, resume, fingerprint, best_weights, lock),
-transfer.data (fingerprint, preflight, images), transfer.workflow, transfer._io.
+transfer.data (fingerprint, preflight, images), transfer.workflow,
+transfer.prediction, transfer._io.
 """
 
 import errno
@@ -448,11 +449,11 @@ def test_hidden_files_skipped_and_webp_read_everywhere(tmp_path):
     seen = np.concatenate([np.asarray(x) for x, _ in train.concatenate(val)])
     predicted = image_files.read_image(str(data / "a" / "w.webp"), 32)
     assert any(np.array_equal(image, predicted) for image in seen)
-    found = transfer.workflow.expand_files([str(data)])
+    found = transfer.prediction.expand_files([str(data)])
     assert str(data / "a" / "w.webp") in found and len(found) == 17
     (tmp_path / "x.tiff").write_bytes(b"II*\x00")
     with pytest.raises(ValueError, match="x.tiff.*training would not"):
-        transfer.workflow.expand_files([str(tmp_path / "x.tiff")])
+        transfer.prediction.expand_files([str(tmp_path / "x.tiff")])
 
 
 def test_16_bit_png_predicts_as_its_8_bit_conversion(finished, tmp_path):
@@ -462,7 +463,7 @@ def test_16_bit_png_predicts_as_its_8_bit_conversion(finished, tmp_path):
     Image.fromarray(gray).save(tmp_path / "eight.png")
     Image.fromarray(gray.astype("uint16") * 257).save(tmp_path / "sixteen.png")
     assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
-    eight, sixteen = transfer.workflow.predict_files(
+    eight, sixteen = transfer.prediction.predict_files(
         model, [str(tmp_path / "eight.png"), str(tmp_path / "sixteen.png")],
         top_k=2)
     assert [p["class"] for p in eight["predictions"]] == [

@@ -3,9 +3,11 @@
 Covers: transfer.reporting.streaming (StreamingEvaluation against
 scikit-learn and a brute-force top-k), transfer.reporting.report
 (evaluate_data), transfer.data.streams (LabelledDataset, read_batches)
-through transfer.workflow (labelled_dataset, iter_predictions,
-predict_files with bad files in the middle of the stream), transfer.run_report on streamed data, `transfer predict` (json,
-jsonl and csv rows written as batches finish, --skip-bad-files) and
+through transfer.evaluation_data (labelled_dataset, load_labelled_data)
+and transfer.prediction (iter_predictions, predict_files with bad files
+in the middle of the stream), transfer.run_report on streamed data,
+`transfer predict` (json, jsonl and csv rows written as batches finish,
+--skip-bad-files) and
 `transfer evaluate`, on a folder of 24 synthetic 32-pixel PNGs; and
 the short repr of transfer.data.preflight.PreflightReport (60,000 files).
 """
@@ -21,6 +23,8 @@ import pytest
 from PIL import Image
 
 import transfer
+from transfer import evaluation_data
+from transfer import prediction
 from transfer import workflow
 from transfer.cli import main
 from transfer.reporting import report
@@ -135,12 +139,12 @@ def test_accumulator_edges():
 @pytest.mark.all_backends
 def test_streaming_equals_in_memory(run, folder):
     _, model = run
-    data = workflow.labelled_dataset(str(folder), model, batch_size=5)
+    data = evaluation_data.labelled_dataset(str(folder), model, batch_size=5)
     assert len(data.file_paths) == NUM_IMAGES and len(data) == 5
     evaluation = report.evaluate_data(model, data, max_examples=4)
     metrics = evaluation.result()
     # The in-memory path: every image in one array, one `model.predict`.
-    x, y = workflow.load_labelled_data(str(folder), model)
+    x, y = evaluation_data.load_labelled_data(str(folder), model)
     assert x.shape == (NUM_IMAGES, 32, 32, 3)
     predicted = np.asarray(model.predict(x, verbose=0)).argmax(-1)
     _, _, matrix = _sklearn_metrics(y, predicted, 2)
@@ -158,7 +162,7 @@ def test_streaming_equals_in_memory(run, folder):
 
 def test_streamed_report_names_files(run, folder, tmp_path):
     run_dir, model = run
-    data = workflow.labelled_dataset(str(folder), model, batch_size=8)
+    data = evaluation_data.labelled_dataset(str(folder), model, batch_size=8)
     metrics = write_run_report(
         run_dir, model, data, class_names=["cat", "dog"], split="test",
         output_dir=str(tmp_path / "report"), max_examples=8)
@@ -178,7 +182,7 @@ def test_file_changed_after_preflight_is_named(run, folder, tmp_path):
     _, model = run
     copy = tmp_path / "data"
     _write_folder(str(copy))
-    data = workflow.labelled_dataset(str(copy), model, batch_size=4)
+    data = evaluation_data.labelled_dataset(str(copy), model, batch_size=4)
     victim = data.file_paths[10]
     (copy / victim).write_bytes(b"truncated")  # after the preflight
     batches = 0
@@ -204,14 +208,14 @@ def test_iter_predictions_bad_file_mid_stream(run, tmp_path):
     photos = _bad_folder(tmp_path)
     results = []
     with pytest.raises(ValueError, match="skip_bad_files=True") as e:
-        for batch in workflow.iter_predictions(model, [str(photos)],
-                                               batch_size=2):
+        for batch in prediction.iter_predictions(model, [str(photos)],
+                                                 batch_size=2):
             results.extend(r["file"] for r in batch.results)
     assert "3.png" in str(e.value) and "Received: " in str(e.value)
     # Batch [0, 1], then 2 (before the bad file) came out first.
     assert results == [str(photos / f"{i}.png") for i in range(3)]
-    kept = workflow.predict_files(model, [str(photos)], batch_size=2,
-                                  skip_bad_files=True, top_k=2)
+    kept = prediction.predict_files(model, [str(photos)], batch_size=2,
+                                    skip_bad_files=True, top_k=2)
     assert [r["file"] for r in kept] == [
         str(photos / f"{i}.png") for i in (0, 1, 2, 4, 5, 6)]
     # Batch by batch, the same probabilities as one `predict` call.
@@ -223,7 +227,7 @@ def test_iter_predictions_bad_file_mid_stream(run, tmp_path):
         got = {p["class"]: p["probability"] for p in row["predictions"]}
         assert got["cat"] == pytest.approx(probs[0], abs=1e-5)
     with pytest.raises(ValueError, match="Received: batch_size=0"):
-        next(workflow.iter_predictions(model, [str(photos)], batch_size=0))
+        next(prediction.iter_predictions(model, [str(photos)], batch_size=0))
 
 
 def test_cli_predict_streams_rows_and_names_bad_file(run, tmp_path, capsys):
@@ -260,7 +264,7 @@ def test_cli_evaluate_streams(run, folder, tmp_path, capsys):
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics["num_examples"] == NUM_IMAGES
     assert f"{NUM_IMAGES}/{NUM_IMAGES}" in err  # the progress line
-    x, y = workflow.load_labelled_data(str(folder), model)
+    x, y = evaluation_data.load_labelled_data(str(folder), model)
     predicted = np.asarray(model.predict(x, verbose=0)).argmax(-1)
     assert metrics["accuracy"] == float(np.mean(predicted == y))
 

@@ -8,8 +8,9 @@ model.save("flowers.keras")                                            # reload 
 
 This module is the public API: re-exports only. The code is laid out in
 layers that only point down (see "How the code is laid out" in the README):
-`cli` -> `workflow` -> `training` -> `models`, `data`, `tensorboard`,
-`reporting` -> `backbones`, `weights` -> the `_` modules.
+`cli` -> `prediction`, `evaluation_data` -> `workflow` -> `training` ->
+`models`, `data`, `tensorboard`, `reporting` -> `backbones`, `weights` ->
+the `_` modules.
 """
 
 from transfer import _startup
@@ -26,8 +27,10 @@ else:
     from transfer import backbones
     from transfer import callbacks
     from transfer import data
+    from transfer import evaluation_data
     from transfer import export
     from transfer import models
+    from transfer import prediction
     from transfer import pretraining
     from transfer import reporting
     from transfer import run_config
@@ -102,6 +105,7 @@ __all__ = [
     "default_callbacks",
     "distribution_scope",
     "evaluate_tta",
+    "evaluation_data",
     "export",
     "fetch_weights",
     "find_learning_rate",
@@ -118,6 +122,7 @@ __all__ = [
     "models",
     "predict_labels",
     "predict_tta",
+    "prediction",
     "pretrain_images",
     "pretraining",
     "register_backbone",

@@ -136,7 +136,7 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     single page that inlines them all. The page opens with what it covers:
     run, data folder, split, backbone, weights, `transfer` version and
     date; its worst examples are listed with their files when `data` knows
-    them (as `transfer.workflow.labelled_dataset` returns it).
+    them (as `transfer.evaluation_data.labelled_dataset` returns it).
 
     The data is read once, batch by batch: metrics, loss and the worst
     examples are accumulated together (`transfer.reporting.streaming.
@@ -149,7 +149,7 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
         data: labelled evaluation data (`(x, y)` arrays, a finite
             `tf.data.Dataset` or any iterable of `(x, y)` batches), or
             `None` for curves only; with `directory` and `file_paths`
-            attributes (a `transfer.workflow.LabelledDataset` or
+            attributes (a `transfer.evaluation_data.LabelledDataset` or
             `LabelledData`), the page names the data folder and each worst
             example's file. Defaults to `None`.
         class_names: class names. Defaults to `None` (`"0"`, `"1"`, ...).

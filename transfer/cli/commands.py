@@ -104,14 +104,15 @@ def train(args):
 
 
 def evaluate(args):
+    from transfer import evaluation_data  # lazy: --help needs no Keras
     from transfer import run_report  # lazy: --help needs no Keras
     from transfer import workflow  # lazy: --help needs no Keras
 
     model, config = workflow.load_run(args.run_dir)
     # Streamed: memory holds a few batches, whatever the folder's size.
-    data = workflow.labelled_dataset(args.data, model, config,
-                                     verbose=_progress_verbose(args),
-                                     run_dir=args.run_dir)
+    data = evaluation_data.labelled_dataset(args.data, model, config,
+                                            verbose=_progress_verbose(args),
+                                            run_dir=args.run_dir)
     output = args.output or run_dir_lib.path(args.run_dir, run_dir_lib.EVALUATION)
     metrics = run_report.write_run_report(
         args.run_dir, model, data, class_names=workflow.run_class_names(model),
@@ -168,12 +169,13 @@ class _RowWriter:
 def predict(args):
     import keras  # lazy: --help needs no Keras
 
+    from transfer import prediction  # lazy: --help needs no Keras
     from transfer import workflow  # lazy: --help needs no Keras
 
     model, _ = workflow.load_run(args.run_dir)
     modality = workflow.run_modality(model)
-    files = workflow.expand_files(args.paths, modality)
-    skipped = workflow.skipped_files(args.paths, modality)
+    files = prediction.expand_files(args.paths, modality)
+    skipped = prediction.skipped_files(args.paths, modality)
     if skipped:
         named = ", ".join(skipped[:_MAX_NAMED])
         more = len(skipped) - _MAX_NAMED
@@ -188,7 +190,7 @@ def predict(args):
     writer = _RowWriter(args.stdout, args.format)
     bad, done, failed = [], 0, True
     try:
-        for batch in workflow.iter_predictions(
+        for batch in prediction.iter_predictions(
             model, files, top_k=args.top_k, batch_size=args.batch_size,
             skip_bad_files=args.skip_bad_files,
         ):
@@ -294,23 +296,24 @@ def weights_verify(args):
 def _report_default_data(args, model, config, verbose):
     """`(data, split)` of the run's own data: a split root's test/ (or
     val/) folder, else the run's validation split, else `None`."""
-    from transfer import workflow  # lazy: --help needs no Keras
+    from transfer import evaluation_data  # lazy: --help needs no Keras
     from transfer.data import layout  # lazy, as the others
 
     found = layout.detect_layout(config["data"])
     if found.is_split and (found.test or found.val):
         split = "test" if found.test else "validation"
-        return workflow.labelled_dataset(
+        return evaluation_data.labelled_dataset(
             config["data"], model, config, verbose=verbose,
             run_dir=args.run_dir), split
     if not config.get("validation_split"):
         return None, "validation"
-    return workflow.labelled_dataset(
+    return evaluation_data.labelled_dataset(
         config["data"], model, config, validation_only=True,
         verbose=verbose, run_dir=args.run_dir), "validation"
 
 
 def report(args):
+    from transfer import evaluation_data  # lazy: --help needs no Keras
     from transfer import run_report  # lazy: --help needs no Keras
     from transfer import workflow  # lazy: --help needs no Keras
 
@@ -319,8 +322,8 @@ def report(args):
     # Streamed: memory holds a few batches, whatever the folder's size.
     verbose = _progress_verbose(args)
     if args.data:
-        data = workflow.labelled_dataset(args.data, model, config,
-                                         verbose=verbose, run_dir=args.run_dir)
+        data = evaluation_data.labelled_dataset(
+            args.data, model, config, verbose=verbose, run_dir=args.run_dir)
         split = "evaluation"
     elif config and config.get("data") and os.path.isdir(config["data"]):
         data, split = _report_default_data(args, model, config, verbose)

@@ -2,7 +2,7 @@
 hidden, and the one conversion to RGB.
 
 `IMAGE_EXTENSIONS` is the one list training (`load_image_folder`),
-evaluation and prediction (`transfer.workflow.predict_files`) accept.
+evaluation and prediction (`transfer.prediction.predict_files`) accept.
 Hidden files (names starting with `.`, macOS `._*` resource forks
 included) and hidden folders are skipped. `to_rgb` converts what
 TensorFlow's decoder would get wrong (16-bit values scaled, not clipped;
@@ -27,6 +27,18 @@ MAX_IMAGE_PIXELS = 89_478_485
 def is_hidden(name):
     """Whether a file or folder name is hidden (`.name`, macOS `._name`)."""
     return name.startswith(".")
+
+
+def visible_files(folder):
+    """The files under `folder`, hidden folders left out (not sorted).
+
+    What `transfer.workflow.detect_modality` counts and
+    `transfer.prediction.expand_files` reads; hidden files themselves are
+    kept, for the caller to count or skip with `is_hidden`.
+    """
+    for root, folders, names in os.walk(folder):
+        folders[:] = [d for d in folders if not is_hidden(d)]
+        yield from (os.path.join(root, name) for name in names)
 
 
 def image_files(directory):

@@ -1,10 +1,10 @@
 """Files read batch by batch, for evaluation and prediction.
 
 `read_batches` decodes files in a thread pool a few batches ahead of the
-caller (prediction: `transfer.workflow.iter_predictions`), and
+caller (prediction: `transfer.prediction.iter_predictions`), and
 `LabelledDataset` streams a labelled folder through `tf.data` in a fixed
 order, naming each example's file (evaluation:
-`transfer.workflow.labelled_dataset`). Either holds a few batches in
+`transfer.evaluation_data.labelled_dataset`). Either holds a few batches in
 memory, whatever the number of files, and names a file that cannot be
 read when the stream reaches it.
 """
@@ -81,7 +81,7 @@ def read_batches(files, modality, image_size, batch_size):
 class LabelledDataset:
     """Labelled images streamed from a folder, in a fixed order.
 
-    What `transfer.workflow.labelled_dataset` returns for image runs:
+    What `transfer.evaluation_data.labelled_dataset` returns for image runs:
     iterating it yields `(images, labels)` batches of its `dataset` (a
     `tf.data.Dataset` that decodes in parallel and prefetches), with
     `file_paths[i]` naming the file of the `i`-th example. Pass it wherever labelled data is taken

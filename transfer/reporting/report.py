@@ -93,7 +93,7 @@ def evaluate_data(model, data, class_names=None, *, max_examples=0,
     the data: pass a `tf.data.Dataset` (such as `load_image_folder`'s) to
     evaluate a folder of any size. When `data` has `directory` and
     `file_paths` (one file per example, relative to `directory`, in the
-    order it yields them, as `transfer.workflow.labelled_dataset` gives
+    order it yields them, as `transfer.evaluation_data.labelled_dataset` gives
     them), the worst examples keep their files.
 
     Args:

@@ -1,0 +1,300 @@
+"""Predicting on files: a run's model on image (or `.txt`) files and folders.
+
+`predict_files` returns every file's top-k classes; `iter_predictions`,
+its streaming form, yields them batch by batch (what `transfer predict`
+writes out as it goes). `expand_files` and `skipped_files` say which files
+of the folders given are read, with the extensions training reads.
+"""
+
+import collections
+import logging
+import os
+
+import numpy as np
+
+from transfer import _backend
+from transfer import _model_info
+from transfer.data import image_files
+from transfer.data import streams
+from transfer.data.image_files import IMAGE_EXTENSIONS
+from transfer.workflow import TEXT_EXTENSIONS
+from transfer.workflow import run_class_names
+from transfer.workflow import run_modality
+
+logger = logging.getLogger(__name__)
+
+
+def _walk(folder):
+    """The files under `folder`, sorted, hidden folders left out."""
+    return sorted(image_files.visible_files(folder))
+
+
+def _extensions(modality):
+    return IMAGE_EXTENSIONS if modality == "image" else TEXT_EXTENSIONS
+
+
+def expand_files(paths, modality="image"):
+    """Files named by `paths`, directories expanded (recursively, sorted).
+
+    Directories give their files with the modality's extensions
+    (`transfer.data.image_files.IMAGE_EXTENSIONS`, the list training reads,
+    or `.txt`), hidden files and folders (`.name`, macOS `._name`) skipped;
+    a file named directly must have one of those extensions too. `skipped_files` lists the other files.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a directory holds no file of the modality's kinds, or a
+            file has another extension.
+    """
+    extensions = _extensions(modality)
+    files, hidden = [], 0
+    for path in paths:
+        if os.path.isdir(path):
+            found = []
+            for file in _walk(path):
+                if not file.lower().endswith(extensions):
+                    continue
+                if image_files.is_hidden(os.path.basename(file)):
+                    hidden += 1
+                else:
+                    found.append(file)
+            if not found:
+                raise ValueError(
+                    f"No {', '.join(extensions)} files in folder '{path}'. "
+                    f"Received: {path!r}"
+                )
+            files.extend(sorted(found))
+        elif os.path.isfile(path):
+            if not path.lower().endswith(extensions):
+                raise ValueError(
+                    f"'{path}' is not a file type this {modality} model "
+                    f"reads ({', '.join(extensions)}): training would not "
+                    "read it either. Convert it (e.g. to PNG). "
+                    f"Received: {path!r}"
+                )
+            files.append(path)
+        else:
+            raise FileNotFoundError(
+                f"No such file or folder: '{path}'. Pass existing image "
+                f"files or folders. Received: {path!r}"
+            )
+    if hidden:
+        logger.info("Skipped %d hidden file(s) (names starting with '.').",
+                    hidden)
+    return files
+
+
+def skipped_files(paths, modality="image"):
+    """Files inside the folders of `paths` that `expand_files` leaves out.
+
+    Example:
+
+    >>> os.makedirs("photos")
+    >>> for name in ("rose.jpg", "notes.txt"):
+    ...     open(os.path.join("photos", name), "w").close()
+    >>> transfer.prediction.skipped_files(["photos"])
+    ['photos/notes.txt']
+    """
+    extensions = _extensions(modality)
+    return [f for path in paths if os.path.isdir(path)
+            for f in _walk(path) if not f.lower().endswith(extensions)
+            and not image_files.is_hidden(os.path.basename(f))]
+
+
+def probabilities(model, inputs, batch_size=32):
+    """Class probabilities of `model` on `inputs` (softmax of logits)."""
+
+    outputs = np.asarray(
+        model.predict(inputs, batch_size=batch_size, verbose=0),
+        dtype="float64",
+    )
+    return _softmax_if_logits(model, outputs)
+
+
+def _softmax_if_logits(model, outputs):
+    if not _model_info.is_logits(model):
+        return outputs
+    shifted = np.exp(outputs - outputs.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+PredictionBatch = collections.namedtuple(
+    "PredictionBatch", ["results", "skipped"]
+)
+
+
+def _check_top_k(top_k, class_names):
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not (
+        1 <= top_k <= len(class_names)
+    ):
+        raise ValueError(
+            f"`top_k` must be between 1 and the number of classes "
+            f"({len(class_names)}). Received: top_k={top_k!r}"
+        )
+
+
+def iter_predictions(model, paths, *, top_k=1, batch_size=32,
+                     skip_bad_files=False):
+    """Predicts files batch by batch, yielding each batch's results.
+
+    The streaming form of `predict_files`, for folders of any size: files
+    are decoded in threads a few batches ahead, predicted in batches of
+    `batch_size`, and each batch's results are yielded as soon as they
+    exist, so a caller can write them out before the next batch is read.
+    Memory holds a few batches, not the files. A file that cannot be read
+    stops the stream with an error naming it, after the results of the
+    files before it were yielded; with `skip_bad_files=True` it is skipped
+    and listed in its batch's `skipped`.
+
+    Args:
+        model: a classifier from `load_run` (its `transfer_metadata` names
+            the classes) or any image classifier taking `[0, 255]` pixels.
+        paths: image files (`.txt` files for text models) and folders,
+            expanded by `expand_files`.
+        top_k: how many classes per file, best first. Defaults to `1`.
+        batch_size: prediction batch size. Defaults to `32`.
+        skip_bad_files: skip files that cannot be read instead of raising.
+            Defaults to `False`.
+
+    Yields:
+        `PredictionBatch(results, skipped)`: `results` a list with one
+        dict per file (`file`, and `predictions`, a list of `{"class":
+        name, "probability": p}`), in the order of the files; `skipped` a
+        list of `(file, reason)`.
+
+    Raises:
+        ValueError: bad `top_k`, or a file that cannot be read (without
+            `skip_bad_files`), when the stream reaches it.
+        FileNotFoundError: a path does not exist (before any prediction).
+
+    Example:
+
+    >>> import os
+    >>> os.makedirs("photos")
+    >>> x, _ = transfer.synthetic_images(3, 32)
+    >>> for i, image in enumerate(x):
+    ...     keras.utils.save_img(f"photos/{i}.png", image)
+    >>> with open("photos/3.png", "w") as f:  # not an image
+    ...     _ = f.write("oops")
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> batches = transfer.prediction.iter_predictions(
+    ...     model, ["photos"], batch_size=2, skip_bad_files=True)
+    >>> for batch in batches:
+    ...     print([r["file"] for r in batch.results],
+    ...           [file for file, _ in batch.skipped])
+    ['photos/0.png', 'photos/1.png'] []
+    ['photos/2.png'] ['photos/3.png']
+    """
+    class_names = run_class_names(model)
+    _check_top_k(top_k, class_names)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+        batch_size < 1
+    ):
+        raise ValueError(
+            "`batch_size` must be a positive integer. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    modality = run_modality(model)
+    files = expand_files(paths, modality)
+    image_size = None if modality == "text" else int(model.input_shape[1])
+    kind = "UTF-8 text" if modality == "text" else "image"
+    for batch, reads in streams.read_batches(files, modality, image_size,
+                                      batch_size):
+        good, inputs, skipped, failure = [], [], [], None
+        for path, (value, reason) in zip(batch, reads, strict=True):
+            if reason is None:
+                good.append(path)
+                inputs.append(value)
+            elif skip_bad_files:
+                skipped.append((path, reason))
+            else:
+                failure = (path, reason)
+                break
+        results = []
+        if inputs:
+            if modality == "text":
+                probs = probabilities(
+                    model, np.asarray(inputs, dtype=object), batch_size)
+            else:
+                probs = _softmax_if_logits(model, np.asarray(
+                    _backend.predict_on_batch(model, np.stack(inputs)),
+                    dtype="float64",
+                ))
+            for path, row in zip(good, probs, strict=True):
+                order = np.argsort(-row, kind="stable")[:top_k]
+                results.append({
+                    "file": path,
+                    "predictions": [
+                        {"class": class_names[i], "probability": float(row[i])}
+                        for i in order
+                    ],
+                })
+        if results or skipped:
+            yield PredictionBatch(results, skipped)
+        if failure is not None:
+            path, reason = failure
+            raise ValueError(
+                f"Cannot read '{path}' as {kind} ({reason}). Remove it or "
+                f"pass only {kind} files, or pass skip_bad_files=True to "
+                "skip the files that cannot be read (the files before it "
+                f"were predicted). Received: {path!r}"
+            )
+
+
+def predict_files(model, paths, *, top_k=1, batch_size=32,
+                  skip_bad_files=False):
+    """Top-k classes and probabilities of a classifier on files.
+
+    Files are read and predicted batch by batch (`iter_predictions`); use
+    `iter_predictions` itself to handle each batch's results as they come,
+    without holding them all.
+
+    Args:
+        model: a classifier from `load_run` (its `transfer_metadata` names
+            the classes) or any image classifier taking `[0, 255]` pixels.
+        paths: image files (`.txt` files for text models) and folders.
+        top_k: how many classes per file, best first. Defaults to `1`.
+        batch_size: prediction batch size. Defaults to `32`.
+        skip_bad_files: leave out files that cannot be read (logged as a
+            warning) instead of raising. Defaults to `False`.
+
+    Returns:
+        A list with one dict per file: `file` and `predictions`, a list of
+        `{"class": name, "probability": p}`.
+
+    Raises:
+        ValueError: bad `top_k`, or a file that cannot be read (the error
+            names it), unless `skip_bad_files`.
+
+    Example:
+
+    >>> import os
+    >>> os.makedirs("photos")
+    >>> x, _ = transfer.synthetic_images(3, 32)
+    >>> for i, image in enumerate(x):
+    ...     keras.utils.save_img(f"photos/{i}.png", image)
+    >>> # A model from `load_run` names its classes; this one says "0", "1".
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> results = transfer.prediction.predict_files(model, ["photos"], top_k=2)
+    >>> [result["file"] for result in results]
+    ['photos/0.png', 'photos/1.png', 'photos/2.png']
+    >>> sorted(p["class"] for p in results[0]["predictions"])
+    ['0', '1']
+    >>> round(sum(p["probability"] for p in results[0]["predictions"]), 6)
+    1.0
+    """
+    results, skipped = [], []
+    for batch in iter_predictions(model, paths, top_k=top_k,
+                                  batch_size=batch_size,
+                                  skip_bad_files=skip_bad_files):
+        results.extend(batch.results)
+        skipped.extend(batch.skipped)
+    if skipped:
+        logger.warning(
+            "Skipped %d file(s) that cannot be read: %s", len(skipped),
+            "; ".join(f"{path} ({reason})" for path, reason in skipped[:3])
+            + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""),
+        )
+    return results
