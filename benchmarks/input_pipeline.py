@@ -4,9 +4,13 @@ The example's training pipeline (`transfer.make_dataset`: gray to RGB,
 resize, `keras.layers` augmentation) on Fashion-MNIST (digits when it is not
 installed), iterated without a model. Data-parallel training needs this
 rate to be at least devices x per-device training rate; README "Scaling
-out" uses it to size the next step. Prints one JSON object.
+out" uses it to size the next step. With `--folder`, the pipeline of an
+image folder instead (`transfer.load_image_folder`: JPEG/PNG decode and
+resize, no split, no augmentation), as `benchmarks/scale.py` uses it.
+Prints one JSON object.
 
     python benchmarks/input_pipeline.py --image-size 96 --images 2000
+    python benchmarks/input_pipeline.py --folder runs/scale_data/train-10000
 """
 
 import argparse
@@ -28,13 +32,26 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--folder", help="an image folder (one subfolder "
+                        "per class) to read instead of arrays; --images "
+                        "is then ignored")
     args = parser.parse_args(argv)
-    name = "fashion_mnist" if data_lib.fashion_mnist_available() else "digits"
-    ds = transfer.load_dataset(name)
-    x, y = ds.x_train[: args.images], ds.y_train[: args.images]
-    train = transfer.make_dataset(
-        x, y, image_size=args.image_size, batch_size=args.batch_size,
-        shuffle=True, augment=data_lib.default_augmentation(seed=0), seed=0)
+    if args.folder:
+        train, _, _ = transfer.load_image_folder(
+            args.folder, image_size=args.image_size,
+            batch_size=args.batch_size, validation_split=0, shuffle=False,
+            verbose=0)
+        name, num_images = args.folder, len(train.file_paths)
+    else:
+        name = ("fashion_mnist" if data_lib.fashion_mnist_available()
+                else "digits")
+        ds = transfer.load_dataset(name)
+        x, y = ds.x_train[: args.images], ds.y_train[: args.images]
+        num_images = len(y)
+        train = transfer.make_dataset(
+            x, y, image_size=args.image_size, batch_size=args.batch_size,
+            shuffle=True, augment=data_lib.default_augmentation(seed=0),
+            seed=0)
     rates = []
     for _ in range(args.epochs):
         started, count = time.perf_counter(), 0
@@ -44,7 +61,7 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     print(json.dumps({
-        "dataset": name, "images": len(y), "image_size": args.image_size,
+        "dataset": name, "images": num_images, "image_size": args.image_size,
         "batch_size": args.batch_size, "cpu_count": os.cpu_count(),
         "images_per_second": [round(r, 1) for r in rates],
         "best_images_per_second": round(float(np.max(rates)), 1),
