@@ -23,8 +23,8 @@ RSS (`os.wait4`) and wall seconds:
   (`model.predict_on_batch`).
 
 On the 10k test folder (or the largest one written), the streamed
-evaluation (`transfer.workflow.labelled_dataset`) and the in-memory one
-(`transfer.workflow.load_labelled_data`, then `model.predict`) must give
+evaluation (`transfer.evaluation_data.labelled_dataset`) and the in-memory one
+(`transfer.evaluation_data.load_labelled_data`, then `model.predict`) must give
 the same accuracy and confusion matrix. The issue's targets are checked
 as booleans (`null` when a size they need was not measured). Prints the
 JSON report (its last line is the report on one line); the load average
@@ -300,15 +300,15 @@ def _logits(model):
 def work_equality(args):
     import numpy as np
 
-    from transfer import workflow
+    from transfer import evaluation_data, workflow
     from transfer.reporting import report
 
     model, config = _load_model(args.run)
     streamed = report.evaluate_data(
-        model, workflow.labelled_dataset(args.folder, model, config,
-                                         batch_size=args.batch_size)
+        model, evaluation_data.labelled_dataset(args.folder, model, config,
+                                                batch_size=args.batch_size)
     ).result()
-    x, y = workflow.load_labelled_data(args.folder, model, config)
+    x, y = evaluation_data.load_labelled_data(args.folder, model, config)
     predicted = np.asarray(
         model.predict(x, batch_size=args.batch_size, verbose=0)).argmax(-1)
     num_classes = len(workflow.run_class_names(model))
