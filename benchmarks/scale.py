@@ -300,7 +300,8 @@ def _logits(model):
 def work_equality(args):
     import numpy as np
 
-    from transfer import evaluation_data, workflow
+    from transfer import evaluation_data
+    from transfer import workflow
     from transfer.reporting import report
 
     model, config = _load_model(args.run)

@@ -68,7 +68,7 @@ def saved(tmp_path_factory):
         )
     for backend, process in processes.items():
         _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
+        assert process.returncode == 0, f"saving on {backend}: {stderr[-3000:]}"
     return {backend: root / backend for backend in BACKENDS}
 
 
