@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# End to end on one backend (the suite's budget); the library code they use
-# is tested on every backend by the other files.
+# End to end on one backend each (the suite's budget); the library code they
+# use is tested on every backend by the other files.
 pytestmark = pytest.mark.requires_backend("tensorflow")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,6 +96,9 @@ def test_custom_fit(tmp_path, lite0_available):
         os.listdir(tmp_path / "out" / "logs"))
 
 
+# On torch: the same example took 276 s on TensorFlow, most of it tracing
+# the KerasHub model's graphs; torch runs it eagerly.
+@pytest.mark.requires_backend("torch")
 def test_text_finetune_with_pretraining_and_lora(tmp_path):
     from transfer.backbones import text as text_backbones
 
