@@ -289,3 +289,20 @@ def test_disk_cache_with_tf_data(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(feature_cache, "_features", _no_features)
     again = _head_run(second, shuffled, tmp_path / "b", cache)
     assert again["disk"] == "hit" and again["key"] == record["key"]
+
+
+def test_feature_pass_streams_batches_with_a_progress_bar(tiny_data, capsys):
+    x, y = tiny_data
+    model = transfer.build_classifier("tiny_cnn", 2, weights=None, dropout=0.0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    train = transfer.make_dataset(x, y, image_size=32, batch_size=8)
+    batches = int(train.cardinality())
+    cached = feature_cache.CachedHeadFit(model, train, None, 8, verbose=1)
+    features, labels = cached.train
+    assert features.ndim == 2 and len(features) == len(x)  # pooled, not images
+    np.testing.assert_array_equal(labels, y)
+    # One progress bar of the batches, ending at their count.
+    assert f"{batches}/{batches}" in capsys.readouterr().out
+    quiet = feature_cache.CachedHeadFit(model, train, None, 8, verbose=0)
+    assert len(quiet.train[0]) == len(x)
+    assert capsys.readouterr().out == ""

@@ -197,17 +197,24 @@ def plan_cache(model, stage, train_data, cache_features, *,
     return True, "on: backbone frozen, no random augmentation"
 
 
-def _features(feature_model, data, batch_size):
+def _features(feature_model, data, batch_size, verbose=0):
     """Backbone features and labels of every example of `data`.
 
     Batch by batch with the compiled `predict_on_batch`: `predict` on
     arrays would draw from the global RNG on torch (its `DataLoader`), and
     the head's shuffles would then differ between a run that computes the
-    features and one that loads them from disk."""
+    features and one that loads them from disk. One streaming pass: memory
+    holds the features and the batch being read, not the images. `verbose`
+    `1` shows a `keras.utils.Progbar` of batches."""
+    progress = keras.utils.Progbar(
+        _inputs.steps_per_epoch(data, batch_size), verbose=verbose,
+        unit_name="batch",
+    )
     features, labels = [], []
     for images, batch_labels in _inputs.iterate_batches(data, batch_size):
         features.append(np.asarray(feature_model.predict_on_batch(images)))
         labels.append(batch_labels)
+        progress.add(1)
     return np.concatenate(features), np.concatenate(labels)
 
 
@@ -252,12 +259,16 @@ class CachedHeadFit:
         batch_size: batch size for array data.
         cache_dir: a directory of features kept across runs
             (`transfer.training.feature_store`), or `None`. Defaults to `None`.
+        verbose: `1` (or `"auto"`) shows a progress bar while the features
+            are computed, `0` nothing. Defaults to `0`.
     """
 
     def __init__(self, model, train_data, validation_data, batch_size,
-                 cache_dir=None):
+                 cache_dir=None, verbose=0):
         pooler, head = _head_layers(model)
         self.model = model
+        # The feature pass shows progress as `fit` does ("auto" is 1).
+        self.verbose = 1 if verbose == "auto" else int(verbose)
         started = time.perf_counter()
         self.compute_seconds = 0.0
         feature_model = keras.Model(
@@ -311,7 +322,8 @@ class CachedHeadFit:
 
         def compute():
             started = time.perf_counter()
-            result = _features(feature_model, data, batch_size)
+            result = _features(feature_model, data, batch_size,
+                               verbose=self.verbose)
             self.compute_seconds += time.perf_counter() - started
             return result
 

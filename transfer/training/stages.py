@@ -250,6 +250,7 @@ def _fit(context, stage, callbacks, epochs, data):
             cached = feature_cache.CachedHeadFit(
                 model, context.train_data, context.validation_data,
                 context.batch_size, cache_dir=context.feature_cache_dir,
+                verbose=context.verbose,
             )
             record.update(cached.to_dict())
             cached.fit(initial_epoch=first, epochs=end,
