@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -267,6 +268,25 @@ def test_cli_evaluate_streams(run, folder, tmp_path, capsys):
     x, y = evaluation_data.load_labelled_data(str(folder), model)
     predicted = np.asarray(model.predict(x, verbose=0)).argmax(-1)
     assert metrics["accuracy"] == float(np.mean(predicted == y))
+
+
+def test_cli_evaluate_skip_bad_files(run, folder, tmp_path, capsys):
+    run_dir, _ = run
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    (data / "cat" / "broken.png").write_bytes(b"not a png")
+    args = ["evaluate", run_dir, "--data", str(data), "--output",
+            str(tmp_path / "evaluation")]
+    # Without the flag: bad input (exit 2) before anything is predicted.
+    assert main(args) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert not (tmp_path / "evaluation").exists()
+    # With it: evaluated without the file, which stderr names.
+    assert main([*args, "--skip-bad-files"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["num_examples"] == NUM_IMAGES
+    assert "Skipped 1 file(s) that could not be read (--skip-bad-files)" in err
+    assert "broken.png" in err
 
 
 def test_preflight_repr_is_a_summary():

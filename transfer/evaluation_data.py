@@ -113,7 +113,8 @@ def _evaluation_source(data_dir, config, validation_only, run_dir):
     )
 
 
-def _image_evaluation_data(source, model, config, batch_size, verbose):
+def _image_evaluation_data(source, model, batch_size, verbose,
+                           skip_bad_files):
     folder, split = source.folder, source.split
     if source.files is not None:
         split = 0  # the listed files are the validation split
@@ -123,7 +124,7 @@ def _image_evaluation_data(source, model, config, batch_size, verbose):
         folder, image_size=int(model.input_shape[1]),
         batch_size=batch_size, validation_split=split or 0,
         seed=source.seed or 0, verbose=0,
-        skip_bad_files=bool(config and config.get("skip_bad_files")),
+        skip_bad_files=skip_bad_files,
         shuffle=bool(split) and not source.stratify, files=source.files,
         stratify=source.stratify,
     )
@@ -136,7 +137,8 @@ def _image_evaluation_data(source, model, config, batch_size, verbose):
 
 
 def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
-                     batch_size=32, verbose=0, run_dir=None):
+                     batch_size=32, verbose=0, run_dir=None,
+                     skip_bad_files=None):
     """Labelled evaluation data for a run's model, streamed from disk.
 
     For image runs, a `LabelledDataset`: a `tf.data` pipeline over the
@@ -166,6 +168,10 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
             Defaults to `0`.
         run_dir: the run directory, whose split files name the validation
             files. Defaults to `None`.
+        skip_bad_files: leave out images that cannot be read (the
+            preflight names them before any is predicted; the dataset's
+            `transfer_preflight` lists them) instead of raising. Defaults
+            to `None`: the run's own setting (`config["skip_bad_files"]`).
 
     Returns:
         A `LabelledDataset` (images) or a `LabelledData` (text).
@@ -202,8 +208,10 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
         data = LabelledData(np.asarray(pair[0], dtype=object),
                             np.asarray(pair[1]), source.folder, None)
     else:
-        data, names = _image_evaluation_data(source, model, config,
-                                             batch_size, verbose)
+        if skip_bad_files is None:
+            skip_bad_files = bool(config and config.get("skip_bad_files"))
+        data, names = _image_evaluation_data(source, model, batch_size,
+                                             verbose, skip_bad_files)
     if list(names) != class_names:
         raise ValueError(
             f"The classes of '{source.folder}' {list(names)} differ from the "

@@ -72,6 +72,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   transfer evaluate runs/flowers --data flowers_test/
   transfer evaluate runs/flowers --data flowers_test/ --output reports/test
   transfer evaluate runs/imagenette --data imagenette/   # its test/ folder (else val/)
+  transfer evaluate runs/flowers --data scraped/ --skip-bad-files
 """,
     "predict": """examples:
   transfer predict runs/flowers rose.jpg tulip.png
@@ -96,6 +97,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
     "report": """examples:
   transfer report runs/flowers                      # the run's validation split (or its data's test/ folder)
   transfer report runs/flowers --data flowers_test/
+  transfer report runs/flowers --data scraped/ --skip-bad-files
 """,
 }
 
@@ -260,6 +262,10 @@ def build_parser():
                       "root with train/ and test/ (else val/) folders")
     p.add_argument("--output", help="report folder (default: "
                    "RUN_DIR/evaluation)")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
+                   help="leave out images that cannot be read (named on "
+                   "stderr) instead of failing (default: the run's own "
+                   "setting)")
     p.set_defaults(handler=commands.evaluate)
 
     p = _subparser(sub, "predict", "classes and probabilities per file",
@@ -321,6 +327,10 @@ def build_parser():
     p.add_argument("--data", help="labelled folder (default: the test/, "
                    "else val/, folder of the run's data, or the run's "
                    "validation split of it)")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
+                   help="leave out images that cannot be read (named on "
+                   "stderr) instead of failing (default: the run's own "
+                   "setting)")
     p.set_defaults(handler=commands.report)
     return parser
 

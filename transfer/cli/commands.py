@@ -110,9 +110,10 @@ def evaluate(args):
 
     model, config = workflow.load_run(args.run_dir)
     # Streamed: memory holds a few batches, whatever the folder's size.
-    data = evaluation_data.labelled_dataset(args.data, model, config,
-                                            verbose=_progress_verbose(args),
-                                            run_dir=args.run_dir)
+    data = evaluation_data.labelled_dataset(
+        args.data, model, config, verbose=_progress_verbose(args),
+        run_dir=args.run_dir, skip_bad_files=args.skip_bad_files)
+    _note_unreadable(args, data)
     output = args.output or run_dir_lib.path(args.run_dir, run_dir_lib.EVALUATION)
     metrics = run_report.write_run_report(
         args.run_dir, model, data, class_names=workflow.run_class_names(model),
@@ -120,6 +121,20 @@ def evaluate(args):
     )
     metrics["data"] = args.data
     _out(args, metrics)
+
+
+def _note_unreadable(args, data):
+    """Names the images the preflight left out (`--skip-bad-files`)."""
+    report = getattr(getattr(data, "dataset", None), "transfer_preflight", None)
+    bad = [path for path, _ in report.bad] if report is not None else []
+    if bad and report.skip_bad_files:
+        named = ", ".join(bad[:_MAX_NAMED])
+        more = len(bad) - _MAX_NAMED
+        _note(args, (
+            f"Skipped {len(bad)} file(s) that could not be read "
+            f"(--skip-bad-files): {named}"
+            + (f" and {more} more" if more > 0 else "")
+        ))
 
 
 def _progress_verbose(args):
@@ -304,12 +319,13 @@ def _report_default_data(args, model, config, verbose):
         split = "test" if found.test else "validation"
         return evaluation_data.labelled_dataset(
             config["data"], model, config, verbose=verbose,
-            run_dir=args.run_dir), split
+            run_dir=args.run_dir, skip_bad_files=args.skip_bad_files), split
     if not config.get("validation_split"):
         return None, "validation"
     return evaluation_data.labelled_dataset(
         config["data"], model, config, validation_only=True,
-        verbose=verbose, run_dir=args.run_dir), "validation"
+        verbose=verbose, run_dir=args.run_dir,
+        skip_bad_files=args.skip_bad_files), "validation"
 
 
 def report(args):
@@ -323,10 +339,12 @@ def report(args):
     verbose = _progress_verbose(args)
     if args.data:
         data = evaluation_data.labelled_dataset(
-            args.data, model, config, verbose=verbose, run_dir=args.run_dir)
+            args.data, model, config, verbose=verbose, run_dir=args.run_dir,
+            skip_bad_files=args.skip_bad_files)
         split = "evaluation"
     elif config and config.get("data") and os.path.isdir(config["data"]):
         data, split = _report_default_data(args, model, config, verbose)
+    _note_unreadable(args, data)
     if data is None:
         _note(args, "No labelled data (pass --data DIR): curves only.")
     metrics = run_report.write_run_report(
