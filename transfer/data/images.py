@@ -107,9 +107,10 @@ def load_image_folder(
     split (every class in both parts, in the same proportion:
     `transfer.data.layout.stratified_split`), after checking the layout and
     decoding every image once (`transfer.data.preflight.check_images`,
-    cached), so that a wrong path or a bad file fails before any training. Grayscale, RGBA, CMYK and 16-bit
-    images become RGB; bad files are an error listing them, or are left out
-    with `skip_bad_files=True`. The returned datasets carry `class_names`,
+    cached), so that a wrong path or a bad file fails before any training.
+    Grayscale, RGBA, CMYK and 16-bit images become RGB; bad files are an
+    error listing them, or are left out with `skip_bad_files=True`. The
+    returned datasets carry `class_names`,
     `transfer_preflight` (the `PreflightReport`, which `fit_recipe` writes
     into the manifest) and, as Keras's do, `file_paths`: the image files
     under `directory`, in the order the dataset yields them for the
