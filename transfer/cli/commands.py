@@ -126,15 +126,22 @@ def evaluate(args):
 def _note_unreadable(args, data):
     """Names the images the preflight left out (`--skip-bad-files`)."""
     report = getattr(getattr(data, "dataset", None), "transfer_preflight", None)
-    bad = [path for path, _ in report.bad] if report is not None else []
-    if bad and report.skip_bad_files:
-        named = ", ".join(bad[:_MAX_NAMED])
-        more = len(bad) - _MAX_NAMED
-        _note(args, (
-            f"Skipped {len(bad)} file(s) that could not be read "
-            f"(--skip-bad-files): {named}"
-            + (f" and {more} more" if more > 0 else "")
-        ))
+    if report is not None and report.skip_bad_files:
+        _note_skipped(args, [path for path, _ in report.bad])
+
+
+def _note_skipped(args, bad):
+    """Counts and names (the first few of) the files `--skip-bad-files`
+    left out, on stderr."""
+    if not bad:
+        return
+    named = ", ".join(bad[:_MAX_NAMED])
+    more = len(bad) - _MAX_NAMED
+    _note(args, (
+        f"Skipped {len(bad)} file(s) that could not be read "
+        f"(--skip-bad-files): {named}"
+        + (f" and {more} more" if more > 0 else "")
+    ))
 
 
 def _progress_verbose(args):
@@ -218,14 +225,7 @@ def predict(args):
         # Rows already written stay written, and a JSON array is closed.
         if writer.count or not failed:
             writer.close()
-        if bad:
-            named = ", ".join(bad[:_MAX_NAMED])
-            more = len(bad) - _MAX_NAMED
-            _note(args, (
-                f"Skipped {len(bad)} file(s) that could not be read "
-                f"(--skip-bad-files): {named}"
-                + (f" and {more} more" if more > 0 else "")
-            ))
+        _note_skipped(args, bad)
 
 
 def before_export(args):

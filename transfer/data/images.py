@@ -215,8 +215,9 @@ def load_image_folder(
         )
         parts = tuple((dataset, source) for dataset in parts)
     else:
-        parts = _stratified_parts(report, (classes, source), listed, kwargs,
-                                  (validation_split, seed, shuffle))
+        parts = _stratified_parts(
+            report, classes, source, listed, kwargs,
+            validation_split=validation_split, seed=seed, shuffle=shuffle)
     class_names = list(parts[0][0].class_names)
     settings = {
         "directory": report.directory, "image_size": image_size,
@@ -253,11 +254,11 @@ def _listed_files(directory, files):
     return {os.path.normpath(name) for name in files}
 
 
-def _stratified_parts(report, folders, listed, kwargs, split):
+def _stratified_parts(report, classes, whole_source, listed, kwargs, *,
+                      validation_split, seed, shuffle):
     """`((train, source), (val, source) or None)`: Keras datasets over
-    views holding each part's files (`layout.stratified_split`); `folders`
-    is `(class folders, the usable directory of every good file)`."""
-    (classes, whole_source), (validation_split, seed, shuffle) = folders, split
+    views holding each part's files (`layout.stratified_split`);
+    `whole_source` is the usable directory of every good file."""
     good = [name for name in report.good_files
             if listed is None or name in listed]
     if validation_split:
