@@ -33,6 +33,7 @@ is recorded before and after.
     python benchmarks/scale.py --output benchmarks/results/scale.json
     python benchmarks/scale.py --quick      # 1k and 10k, 20 fine-tune steps
     python benchmarks/scale.py --smoke      # 200 images, 32 px, 5 steps
+    python benchmarks/scale.py --sizes 60000 --commands-only  # RSS only
 
 Evaluate, report and predict are timed as whole commands (imports, model
 load and preflight included): `images_per_second` is N / seconds. The
@@ -408,6 +409,10 @@ def measure_size(args, run, size, folder, model_rate, startup):
             round((size - 20) / extra, 1)
             if extra > 0 and size > 20 and not fixed["returncode"]
             and not row[name]["returncode"] else None)
+    row["peak_rss_bytes"] = {name: row[name]["peak_rss_bytes"]
+                             for name in ("evaluate", "report", "predict")}
+    if args.commands_only:
+        return row
     cache = tempfile.mkdtemp(prefix="preflight-", dir=args.scratch)
     for state in ("cold", "cached"):
         row[f"preflight_{state}"] = measure(
@@ -449,8 +454,6 @@ def measure_size(args, run, size, folder, model_rate, startup):
         "finetune_folder_to_memory": _ratio(rates["finetune_folder"],
                                             rates["finetune_memory"]),
     }
-    row["peak_rss_bytes"] = {name: row[name]["peak_rss_bytes"]
-                             for name in ("evaluate", "report", "predict")}
     return row
 
 
@@ -477,7 +480,7 @@ def targets(rows):
             for n in names) if ten and sixty else None)
 
     def each(key, floor):
-        values = [row["ratios"][key] for row in rows]
+        values = [row["ratios"][key] for row in rows if "ratios" in row]
         if not values or any(v is None for v in values):
             return None
         return all(v >= floor for v in values)
@@ -525,17 +528,24 @@ def run_benchmark(args):
     for size in args.sizes:
         report["rows"].append(measure_size(args, run, size, folders[size],
                                            model_rate, startup))
-        print(json.dumps({"size": size, "rates": report["rows"][-1]["rates"],
+        print(json.dumps({"size": size,
+                          "rates": report["rows"][-1].get("rates"),
                           "peak_rss_bytes":
                               report["rows"][-1]["peak_rss_bytes"]}),
               file=sys.stderr, flush=True)
+    report["targets"] = targets(report["rows"])
+    if args.commands_only:
+        return _finish(args, report, started)
     report["equality"] = measure(
         _worker("equality", args, run=run, folder=test), env=_env())
-    report["targets"] = targets(report["rows"])
     equal = _nested(report["equality"], "accuracy_equal"), _nested(
         report["equality"], "confusion_matrix_equal")
     report["targets"]["streamed_equals_in_memory"] = (
         all(equal) if None not in equal else None)
+    return _finish(args, report, started)
+
+
+def _finish(args, report, started):
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["loadavg_after"] = _loadavg()
     if not args.keep_scratch:
@@ -561,6 +571,10 @@ def main(argv=None):
                         help="200 images, 32 px, 5 steps: checks it runs")
     parser.add_argument("--keep-scratch", action="store_true",
                         help="keep the run, reports and caches made")
+    parser.add_argument("--commands-only", action="store_true",
+                        help="per size, only evaluate, report and predict "
+                        "(peak RSS and seconds): no preflight, head stage, "
+                        "fine-tune, input pipeline or equality check")
     parser.add_argument("--output")
     parser.add_argument("--worker", choices=sorted(WORKERS),
                         help=argparse.SUPPRESS)
