@@ -62,7 +62,7 @@ test-browser: install browser
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider -m browser -rs tests
 
 weights: install
-	$(PY) -c "import transfer; transfer.fetch_weights('efficientnet_lite0'); print('efficientnet_lite0 weights ready')"
+	$(PY) -c "import transfer; [transfer.fetch_weights(f'efficientnet_lite{i}') for i in range(3)]; print('efficientnet_lite0/1/2 weights ready')"
 
 demo: install data weights
 	$(PY) examples/image_finetune.py

@@ -334,9 +334,9 @@ WORKERS = {"preflight": work_preflight, "model_rate": work_model_rate,
 
 def choose_backbone(requested):
     """The backbone, weights flag and a note on what was used."""
-    from transfer.weights import efficientnet_lite0
+    from transfer.weights import efficientnet_lite
 
-    found = efficientnet_lite0.find_source_file()
+    found = efficientnet_lite.find_source_file("efficientnet_lite0")
     if requested == "auto":
         requested = "efficientnet_lite0" if found else "small_cnn"
         note = ("efficientnet_lite0 with its offline weights" if found else
@@ -493,7 +493,7 @@ def targets(rows):
 
 
 def run_benchmark(args):
-    from transfer.weights import efficientnet_lite0  # noqa: F401
+    from transfer.weights import efficientnet_lite  # noqa: F401
 
     report = {"loadavg_before": _loadavg(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

