@@ -208,6 +208,8 @@ def set_trainable_blocks(
 
 
 def _display_name(pattern):
+    # `(^|_)name$`: a layer name that may carry a KerasHub name prefix.
+    pattern = pattern.replace("(^|_)", "^")
     name = re.sub(r"\[.*?\]|\(\?!.*?\)|[\^$\\?]", "", pattern)
     name = name.replace("_|", "|").replace("_)", ")")
     if len(name) > 24 and "|" in name:
