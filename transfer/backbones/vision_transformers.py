@@ -134,9 +134,9 @@ def layer_names(family, num_layers, pooling=None, prefix=""):
     return names
 
 
-def family_blocks(family, num_layers, pooling=None):
+def family_blocks(family, num_layers):
     """Block regexes: the embedding (stem), each encoder layer, the final
-    norm (and SigLIP's attention-pooling head with `pooling="map"`).
+    norm (with SigLIP's attention-pooling head, when the model keeps it).
 
     Names may carry a KerasHub name prefix (`vision_encoder_...`), so the
     regexes match a name's end after `^` or `_`.
@@ -146,9 +146,10 @@ def family_blocks(family, num_layers, pooling=None):
     >>> family_blocks("vit", 2)
     ('(^|_)vit_patching_and_embedding$', '(^|_)transformer_block_1$',
      '(^|_)transformer_block_2$', '(^|_)ln$')
+    >>> family_blocks("siglip", 1)[-1]
+    '(^|_)(post_layer_norm|head)$'
     """
     family = FAMILIES[family] if isinstance(family, str) else family
-    pooling = pooling or family.pooling[0]
     stem = family.stem[0] if len(family.stem) == 1 else (
         "(" + "|".join(family.stem) + ")"
     )
@@ -157,9 +158,10 @@ def family_blocks(family, num_layers, pooling=None):
         f"(^|_){family.block.format(i + family.first)}$"
         for i in range(num_layers)
     ]
-    blocks.append(f"(^|_){family.final}$")
-    if pooling == "map":
-        blocks.append("(^|_)head$")
+    final = family.final
+    if "map" in family.pooling:
+        final = f"({final}|head)"
+    blocks.append(f"(^|_){final}$")
     return tuple(blocks)
 
 
@@ -179,8 +181,7 @@ def infer_family_blocks(backbone):
             final.search(n) and not n.endswith("pre_layer_norm")
             for n in names
         ):
-            pooling = "map" if names[-1].endswith("head") else None
-            return family_blocks(family, count, pooling)
+            return family_blocks(family, count)
     return None
 
 
@@ -299,8 +300,13 @@ def _build_vision(family, preset, weights, input_shape, drop_path):
 
 def _builder(family, preset, source, interpolation):
     def builder(weights, input_shape, pooling=None, drop_path=0.0):
-        vision = _build_vision(family, preset, weights, input_shape, drop_path)
+        # A path is a `.weights.h5` file of this re-wired backbone.
+        path = weights if weights not in (None, "imagenet", "preset") else None
+        load = None if path else weights
+        vision = _build_vision(family, preset, load, input_shape, drop_path)
         model = flatten(family, vision, input_shape, pooling)
+        if path:
+            model.load_weights(path)
         info = {
             "weights": weights,
             "source": source if weights is not None else "random init",

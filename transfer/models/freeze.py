@@ -244,4 +244,11 @@ def _keep_lora_base_frozen(backbone, assignment, first_trainable):
             layer._kernel.trainable = False
         elif not flatten_layers(layer):
             layer.trainable = False
+        else:
+            # A layer with sublayers may own variables too (a class token,
+            # a pooling probe): those are base weights as well.
+            inner = {id(w) for sub in flatten_layers(layer) for w in sub.weights}
+            for weight in layer.weights:
+                if id(weight) not in inner:
+                    weight.trainable = False
 
