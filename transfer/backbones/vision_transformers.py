@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from typing import Tuple
 
 import keras
@@ -185,6 +186,58 @@ def infer_family_blocks(backbone):
     return None
 
 
+# Config keys some KerasHub layers write in `get_config` but refuse in their
+# constructor, so a `.keras` file holding them directly would not reload.
+_UNACCEPTED_KEYS = {
+    "ViTPatchingAndEmbedding": ("num_patches", "num_positions"),
+    "DeiTEmbeddings": ("num_patches", "num_positions"),
+    "ViTEncoderBlock": ("key_dim",),
+    "DeiTEncoderBlock": ("key_dim",),
+}
+
+
+@keras.saving.register_keras_serializable(package="transfer")
+class HubLayer(keras.layers.Wrapper):
+    """Calls a KerasHub layer, returns its first output, and saves it so
+    that it reloads.
+
+    ViT and DeiT layers write config keys their constructors refuse, and
+    DeiT's encoder layers return `(tokens, None)`, which a functional graph
+    does not take. The wrapper has the wrapped layer's name, so blocks and
+    layer names stay KerasHub's.
+
+    Args:
+        layer: the KerasHub layer.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Example:
+
+    >>> inner = keras.layers.Dense(2, name="dense_in_hub_layer")
+    >>> layer = HubLayer(inner, name=inner.name)
+    >>> tuple(layer(np.ones((1, 3))).shape)
+    (1, 2)
+    """
+
+    def call(self, inputs):
+        outputs = self.layer(inputs)
+        if isinstance(outputs, (tuple, list)):
+            return outputs[0]
+        return outputs
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = dict(config.pop("layer"))
+        extra = _UNACCEPTED_KEYS.get(layer.get("class_name"), ())
+        layer["config"] = {
+            k: v for k, v in layer["config"].items() if k not in extra
+        }
+        inner = keras.saving.deserialize_keras_object(
+            layer, custom_objects=custom_objects
+        )
+        return cls(inner, **config)
+
+
 def _rescaling(mean, std):
     """`Rescaling(scale, offset)` arguments for `(pixel / 255 - mean) / std`."""
     scale = tuple(1.0 / (255.0 * s) for s in std)
@@ -224,17 +277,16 @@ def flatten(family, vision, input_shape, pooling=None):
     pooling = pooling or family.pooling[0]
     inputs = keras.Input(input_shape, name="images")
     if family.name in ("vit", "deit"):
-        embedding = vision.layers[1]
         encoder = vision.layers[2]
-        x = embedding(inputs)
-        stages = ([encoder.dropout] if family.name == "vit" else [])
+        stages = [vision.layers[1]]
+        stages += [encoder.dropout] if family.name == "vit" else []
         stages += list(encoder.encoder_layers) + [encoder.layer_norm]
     elif family.name == "dinov2":
-        x = vision.embeddings(inputs)
-        stages = list(vision.encoder.layers) + [vision.layernorm]
+        stages = [vision.embeddings]
+        stages += list(vision.encoder.layers) + [vision.layernorm]
     else:
-        x = vision.embedding(inputs)
-        stages = [vision.pre_layer_norm] if family.name == "clip" else []
+        stages = [vision.embedding]
+        stages += [vision.pre_layer_norm] if family.name == "clip" else []
         final = (
             vision.layer_norm if family.name == "clip"
             else vision.post_layer_norm
@@ -242,13 +294,11 @@ def flatten(family, vision, input_shape, pooling=None):
         stages += list(vision.encoder_layers) + [final]
         if pooling == "map":
             stages.append(vision.head)
+    x = inputs
     for layer in stages:
-        if family.name == "deit" and layer is not stages[-1]:
-            # DeiT's encoder layers return `(tokens, None)`, and a
-            # functional graph takes tensors only: ask for the scores too.
-            x, _ = layer(x, return_attention_scores=True)
-        else:
-            x = layer(x)
+        if type(layer).__name__ in _UNACCEPTED_KEYS:
+            layer = HubLayer(layer, name=layer.name)
+        x = layer(x)
     return keras.Model(inputs, x, name=vision.name)
 
 
@@ -293,9 +343,33 @@ def _build_vision(family, preset, weights, input_shape, drop_path):
     if changes:
         rebuilt = type(vision).from_config({**config, **changes})
         if load:
-            rebuilt.set_weights(vision.get_weights())
+            # Through a file: DINOv2 interpolates its position embeddings
+            # for the new size when it loads them.
+            with tempfile.TemporaryDirectory() as directory:
+                path = os.path.join(directory, "vision.weights.h5")
+                vision.save_weights(path)
+                rebuilt.load_weights(path)
         vision = rebuilt
     return vision
+
+
+def prefix_tokens(family, config):
+    """Tokens before the patch tokens: class, distillation, registers.
+
+    Read from the family, not the output shape: SigLIP's embedding layer
+    reports one token more than it returns.
+
+    Example:
+
+    >>> prefix_tokens("dinov2", {"num_register_tokens": 4})
+    5
+    """
+    name = family if isinstance(family, str) else family.name
+    if name == "vit":
+        return 1 if config.get("use_class_token", True) else 0
+    if name == "dinov2":
+        return 1 + int(config.get("num_register_tokens", 0))
+    return {"deit": 2, "siglip": 0, "clip": 1}[name]
 
 
 def _builder(family, preset, source, interpolation):
@@ -311,6 +385,7 @@ def _builder(family, preset, source, interpolation):
             "weights": weights,
             "source": source if weights is not None else "random init",
             "interpolation": interpolation,
+            "prefix_tokens": prefix_tokens(family, vision.get_config()),
         }
         return model, info
 

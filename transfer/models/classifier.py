@@ -299,14 +299,13 @@ def resolve_precision(precision):
     return policy
 
 
-def _pooler(spec, backbone_model, pooling, image_size):
+def _pooler(spec, backbone_model, pooling, info):
     """The `pooler` layer for the backbone's output rank."""
     shape = backbone_model.output_shape
     if len(shape) == 2:  # already pooled by the backbone's own head
         return keras.layers.Identity(name="pooler")
     if len(shape) == 3:  # tokens: class/distillation/register, patches
-        patches = (image_size // (spec.patch_size or 1)) ** 2
-        prefix = shape[1] - patches
+        prefix = info.get("prefix_tokens", 0)
         if pooling == "token" and prefix < 1:
             raise ValueError(
                 f"Backbone '{spec.name}' has no class token; use "
@@ -363,7 +362,7 @@ def _build(spec, weights, image_size, options, head):
         x = backbone_model(x)
     else:
         x = backbone_model(x, training=False)
-    x = _pooler(spec, backbone_model, pooling, image_size)(x)
+    x = _pooler(spec, backbone_model, pooling, info)(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes, activation=activation, name="predictions", dtype="float32"
