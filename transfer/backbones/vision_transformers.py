@@ -144,9 +144,9 @@ def family_blocks(family, num_layers):
 
     Example:
 
-    >>> family_blocks("vit", 2)
-    ('(^|_)vit_patching_and_embedding$', '(^|_)transformer_block_1$',
-     '(^|_)transformer_block_2$', '(^|_)ln$')
+    >>> family_blocks("dinov2", 2)
+    ('(^|_)embeddings$', '(^|_)layers_0$', '(^|_)layers_1$',
+     '(^|_)layernorm$')
     >>> family_blocks("siglip", 1)[-1]
     '(^|_)(post_layer_norm|head)$'
     """
