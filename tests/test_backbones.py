@@ -33,6 +33,8 @@ def test_spec_contract(name):
     """Every block regex matches a layer of the real architecture, in order."""
     spec = transfer.get_backbone_spec(name)
     size = max(spec.min_image_size, 32)
+    if spec.patch_size:  # vision transformers: a multiple of the patch size
+        size = -(-size // spec.patch_size) * spec.patch_size
     model, _, info = transfer.build_backbone(name, weights=None, image_size=size)
     assert info["weights"] is None
     assert model.name == name

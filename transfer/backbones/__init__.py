@@ -8,3 +8,4 @@ from transfer.backbones import applications  # noqa: F401
 from transfer.backbones import efficientnet_lite  # noqa: F401
 from transfer.backbones import small  # noqa: F401
 from transfer.backbones import text  # noqa: F401
+from transfer.backbones import vision_transformers  # noqa: F401

@@ -2,6 +2,8 @@
 
 import re
 
+from transfer.backbones import vision_transformers
+
 
 def flatten_layers(layer):
     """Every layer below `layer` (itself excluded), depth first, in order.
@@ -58,13 +60,17 @@ def infer_blocks(backbone):
     """Block regexes for a backbone that has no spec, from its layer names.
 
     Transformer encoders (`transformer_layer_<i>`) get the embeddings as the
-    stem and one block per layer. Otherwise uses the first `_`-separated
+    stem and one block per layer; re-wired vision transformers (ViT, DeiT,
+    DINOv2, SigLIP, CLIP) their family's blocks. Otherwise uses the first `_`-separated
     token of each layer that holds weights, with
     a trailing sub-block letter dropped (`block3b_...` -> `block3`), so
     `stem_*`, `block1a_*`, ..., `top_*` become blocks in order.
     """
     import keras
 
+    family = vision_transformers.infer_family_blocks(backbone)
+    if family is not None:
+        return family
     transformer = [
         layer.name for layer in backbone.layers
         if re.fullmatch(r"transformer_layer_\d+", layer.name)

@@ -8,6 +8,7 @@ from transfer.backbones import hub
 from transfer.backbones import local
 from transfer.backbones import registry
 from transfer.backbones import text
+from transfer.backbones import vision_transformers
 from transfer.backbones.spec import BackboneSpec
 
 
@@ -59,7 +60,8 @@ def get_backbone_spec(backbone, modality="image"):
         preset = backbone[len("hub:") :] if backbone.startswith("hub:") else backbone
         if modality == "text":
             return text.text_preset_spec(preset)
-        return hub.hub_spec(preset)
+        family = vision_transformers.preset_spec(preset)
+        return family if family is not None else hub.hub_spec(preset)
     if backbone.endswith(".keras"):
         return local.keras_file_spec(backbone)
     same_kind = registry.registered_names(modality)

@@ -39,6 +39,22 @@ class BackboneSpec:
         modality: `"image"` or `"text"`. Text specs' builders take
             `(weights, sequence_length)` and return a KerasHub `Backbone`.
             Defaults to `"image"`.
+        pooling: the `build_classifier(pooling=...)` values the backbone
+            offers, its default first: `("avg", "max")` for feature maps;
+            vision transformers offer `"token"` (class token), `"avg"`
+            (mean of the patch tokens) and their own head (`"map"`).
+            Defaults to `("avg", "max")`.
+        patch_size: image sizes must be a multiple of it (vision
+            transformers); `None` for any size. Defaults to `None`.
+        options: keyword options the builder takes besides `weights` and
+            `input_shape`: `"pooling"` (the builder needs it, e.g. to keep
+            SigLIP's attention-pooling head) and `"drop_path"` (stochastic
+            depth rate). Defaults to `()`.
+        lora_layers: names of the attention projection layers
+            `build_classifier(lora_rank=...)` adds LoRA adapters to; `()`
+            for backbones without attention. Defaults to `()`.
+        interpolation: how images are resized for this backbone (recorded
+            from the preset's image converter). Defaults to `"bilinear"`.
 
     Example:
 
@@ -72,6 +88,11 @@ class BackboneSpec:
     description: str = ""
     fetch: Optional[Callable] = None
     modality: str = "image"
+    pooling: Tuple[str, ...] = ("avg", "max")
+    patch_size: Optional[int] = None
+    options: Tuple[str, ...] = ()
+    lora_layers: Tuple[str, ...] = ()
+    interpolation: str = "bilinear"
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name != self.name.lower():
@@ -82,6 +103,8 @@ class BackboneSpec:
         object.__setattr__(self, "blocks", tuple(self.blocks))
         object.__setattr__(self, "weights", tuple(self.weights))
         object.__setattr__(self, "weights_files", tuple(self.weights_files))
+        for field in ("pooling", "options", "lora_layers"):
+            object.__setattr__(self, field, tuple(getattr(self, field)))
 
     @property
     def has_preprocessing(self):

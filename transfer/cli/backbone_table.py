@@ -74,6 +74,8 @@ def count_parameters(name):
         model = spec.builder(None, None)[0]
     else:
         size = max(spec.min_image_size, 32)
+        if spec.patch_size:  # a multiple of a vision transformer's patches
+            size = -(-size // spec.patch_size) * spec.patch_size
         model = spec.builder(None, (size, size, 3))[0]
     count = int(model.count_params())
     keras.backend.clear_session()

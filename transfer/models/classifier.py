@@ -5,7 +5,12 @@ import logging
 import keras
 
 from transfer import _backend
+from transfer.backbones import registry
+from transfer.backbones.blocks import assign_blocks
+from transfer.backbones.blocks import flatten_layers
+from transfer.backbones.blocks import infer_blocks
 from transfer.backbones.resolve import get_backbone_spec
+from transfer.models.pooling import TokenPooling
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +46,68 @@ def _check_image_size(spec, image_size):
             f"{spec.min_image_size} pixels (default {spec.image_size}). "
             f"Pass a larger image_size. Received: image_size={image_size!r}"
         )
+    if spec.patch_size and image_size % spec.patch_size:
+        raise ValueError(
+            f"Backbone '{spec.name}' cuts images in {spec.patch_size}-pixel "
+            f"patches, so image_size must be a multiple of {spec.patch_size} "
+            f"(default {spec.image_size}). "
+            f"Received: image_size={image_size!r}"
+        )
 
 
-def build_backbone(backbone, *, weights="imagenet", image_size=None):
+def _check_options(spec, pooling, drop_path, lora_rank):
+    """Raises `ValueError` for build options `spec` does not offer."""
+    if pooling not in spec.pooling:
+        raise ValueError(
+            f"Backbone '{spec.name}' offers pooling {list(spec.pooling)} "
+            f"(default {spec.pooling[0]!r}). Received: pooling={pooling!r}"
+        )
+    if (
+        isinstance(drop_path, bool)
+        or not isinstance(drop_path, (int, float))
+        or not 0 <= drop_path < 1
+    ):
+        raise ValueError(
+            f"`drop_path` must be a rate in [0, 1). "
+            f"Received: drop_path={drop_path!r}"
+        )
+    if drop_path and "drop_path" not in spec.options:
+        names = sorted(
+            name for name in registry.registered_names("image")
+            if "drop_path" in registry.registered_spec(name).options
+        )
+        raise ValueError(
+            f"Backbone '{spec.name}' has no stochastic depth option; "
+            f"drop_path works with {names} (and their presets). "
+            f"Received: drop_path={drop_path!r}"
+        )
+    if lora_rank is None:
+        return
+    if (
+        isinstance(lora_rank, bool)
+        or not isinstance(lora_rank, int)
+        or lora_rank < 1
+    ):
+        raise ValueError(
+            "`lora_rank` must be a positive integer or None. "
+            f"Received: lora_rank={lora_rank!r}"
+        )
+    if not spec.lora_layers:
+        names = sorted(
+            name for name in registry.registered_names("image")
+            if registry.registered_spec(name).lora_layers
+        )
+        raise ValueError(
+            f"Backbone '{spec.name}' has no attention layers for LoRA "
+            f"adapters; lora_rank works with the vision transformers {names} "
+            "(and their presets). Use trainable_blocks to fine-tune it. "
+            f"Received: lora_rank={lora_rank!r}"
+        )
+
+
+def build_backbone(
+    backbone, *, weights="imagenet", image_size=None, **options
+):
     """Builds a registered backbone alone: images in, feature map out.
 
     Args:
@@ -52,6 +116,8 @@ def build_backbone(backbone, *, weights="imagenet", image_size=None):
         weights: `"imagenet"`, `None` (random init) or a path to a
             `.weights.h5` file. Defaults to `"imagenet"`.
         image_size: square input size. Defaults to the spec's `image_size`.
+        **options: the spec's build `options` (`pooling`, `drop_path`),
+            passed to its builder; a default (`None`, `0`) is not passed.
 
     Returns:
         `(backbone_model, spec, weights_info)`; the model is named after the
@@ -69,7 +135,11 @@ def build_backbone(backbone, *, weights="imagenet", image_size=None):
     spec = get_backbone_spec(backbone)
     image_size = spec.image_size if image_size is None else image_size
     _check_image_size(spec, image_size)
-    model, info = spec.builder(weights, (image_size, image_size, 3))
+    options = {
+        key: value for key, value in options.items()
+        if key in spec.options and value
+    }
+    model, info = spec.builder(weights, (image_size, image_size, 3), **options)
     # The registry key names the nested model, so a reloaded classifier can
     # find its spec (blocks, preprocessing) again.
     model.name = spec.name
@@ -82,19 +152,24 @@ def build_classifier(
     *,
     weights="imagenet",
     image_size=None,
-    pooling="avg",
+    pooling=None,
     dropout=0.2,
     activation=None,
     precision="float32",
+    lora_rank=None,
+    drop_path=0.0,
 ):
     """A functional `keras.Model`: preprocessing, backbone and a new head.
 
     Inputs are RGB images with pixel values in `[0, 255]`, shaped
     `(batch, image_size, image_size, 3)`; the backbone's own preprocessing is
     inside the model. The backbone is frozen to start with (stage 1 of a
-    recipe trains the head only) and called with `training=False`; its
+    recipe trains the head only) and called with `training=False` (unless
+    `drop_path` asks for stochastic depth in training); its
     BatchNormalization layers stay frozen until `set_trainable_blocks` says
-    otherwise. The result is a plain `keras.Model`: compile and fit it
+    otherwise. Vision transformers (`vit`, `deit`, `dinov2`, `siglip`,
+    `clip` and their presets) output tokens, which `pooling` turns into one
+    vector per image. The result is a plain `keras.Model`: compile and fit it
     yourself, or pass it to `transfer.fit_recipe`.
 
     Args:
@@ -106,7 +181,13 @@ def build_classifier(
             or a path to a backbone `.weights.h5` file.
             Defaults to `"imagenet"`.
         image_size: square input size in pixels. Defaults to the backbone's.
-        pooling: `"avg"` or `"max"`. Defaults to `"avg"`.
+        pooling: `"avg"` or `"max"` for feature maps; for vision
+            transformers `"token"` (class token), `"avg"` (mean of the patch
+            tokens, without class, distillation or register tokens) or the
+            family's own head (`"map"`, SigLIP's attention pooling).
+            `spec.pooling` lists a backbone's. Defaults to `None`: the
+            backbone's standard (`"avg"` for CNNs, `"token"` for ViT, DeiT,
+            DINOv2 and CLIP, `"map"` for SigLIP).
         dropout: dropout rate before the head. Defaults to `0.2`.
         activation: activation of the `predictions` layer; `None` outputs
             logits. Defaults to `None`.
@@ -117,6 +198,15 @@ def build_classifier(
             float32 on CPU, where bfloat16 measured slower). The head's
             output and BatchNormalization statistics stay float32.
             Defaults to `"float32"`.
+        lora_rank: rank of LoRA adapters on the attention query, key and
+            value projections of a vision transformer's encoder layers;
+            their base kernels stay frozen in every stage, and
+            `trainable_blocks` chooses which blocks' adapters train (with
+            the projections' biases, as KerasHub's `enable_lora` leaves
+            them). `None` for none. Defaults to `None`.
+        drop_path: stochastic depth rate, for families that have it
+            (`dinov2`); the backbone then runs in training mode during
+            `fit`. Defaults to `0.0`.
 
     Returns:
         A `keras.Model` with layers `preprocessing` (where needed), the
@@ -132,14 +222,25 @@ def build_classifier(
     >>> [layer.name for layer in model.layers]
     ['images', 'preprocessing', 'small_cnn', 'pooler', 'head_dropout',
      'predictions']
+
+    A vision transformer (here a small random-init ViT saved as a local
+    KerasHub preset folder; real presets need a download):
+
+    >>> import keras_hub
+    >>> keras_hub.models.ViTBackbone(
+    ...     image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+    ...     hidden_dim=16, mlp_dim=32).save_to_preset("tiny_vit")
+    >>> vit = transfer.build_classifier(
+    ...     "tiny_vit", 3, weights=None, pooling="avg", lora_rank=2)
+    >>> vit.get_layer("hub_tiny_vit").output_shape  # 16 patches + class
+    (None, 17, 16)
+    >>> vit.output_shape, vit.transfer_metadata["lora_rank"]
+    ((None, 3), 2)
     """
     spec = get_backbone_spec(backbone)
     check_num_classes(num_classes)
-    if pooling not in _POOLING:
-        raise ValueError(
-            f"`pooling` must be one of {sorted(_POOLING)}. "
-            f"Received: pooling={pooling!r}"
-        )
+    pooling = spec.pooling[0] if pooling is None else pooling
+    _check_options(spec, pooling, drop_path, lora_rank)
     if not 0 <= dropout < 1:
         raise ValueError(
             f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
@@ -155,8 +256,12 @@ def build_classifier(
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        model, spec, info = _build(spec, weights, image_size, pooling,
-                                   (dropout, num_classes, activation))
+        model, spec, info = _build(
+            spec, weights, image_size,
+            {"pooling": pooling, "drop_path": drop_path,
+             "lora_rank": lora_rank},
+            (dropout, num_classes, activation),
+        )
     finally:
         keras.config.set_dtype_policy(previous)
     model.transfer_metadata = {
@@ -166,6 +271,8 @@ def build_classifier(
         "num_classes": num_classes,
         "weights": info,
         "precision": policy,
+        "pooling": pooling,
+        "lora_rank": lora_rank,
     }
     logger.info(
         "Built %s: %s weights from %s, %s", model.name, info.get("weights"),
@@ -192,20 +299,70 @@ def resolve_precision(precision):
     return policy
 
 
-def _build(spec, weights, image_size, pooling, head):
+def _pooler(spec, backbone_model, pooling, info):
+    """The `pooler` layer for the backbone's output rank."""
+    shape = backbone_model.output_shape
+    if len(shape) == 2:  # already pooled by the backbone's own head
+        return keras.layers.Identity(name="pooler")
+    if len(shape) == 3:  # tokens: class/distillation/register, patches
+        prefix = info.get("prefix_tokens", 0)
+        if pooling == "token" and prefix < 1:
+            raise ValueError(
+                f"Backbone '{spec.name}' has no class token; use "
+                "pooling='avg'. Received: pooling='token'"
+            )
+        return TokenPooling(pooling, num_prefix_tokens=prefix, name="pooler")
+    return _POOLING[pooling](name="pooler")
+
+
+def enable_lora(spec, backbone_model, rank):
+    """Adds rank-`rank` LoRA adapters to the attention projections of the
+    backbone's encoder layers (the blocks between stem and final norm).
+
+    Returns:
+        The number of layers adapted.
+    """
+    patterns = spec.blocks or infer_blocks(backbone_model)
+    last = len(patterns) - 1
+    adapted = 0
+    for layer, index in assign_blocks(backbone_model, patterns):
+        if index in (0, last):
+            continue
+        for sub in flatten_layers(layer):
+            if sub.name in spec.lora_layers and hasattr(sub, "enable_lora"):
+                sub.enable_lora(rank)
+                adapted += 1
+    if not adapted:
+        raise ValueError(
+            f"Backbone '{spec.name}' has no layers named {spec.lora_layers} "
+            "in its encoder layers to add LoRA adapters to. "
+            f"Received: lora_rank={rank!r}"
+        )
+    return adapted
+
+
+def _build(spec, weights, image_size, options, head):
     """Backbone and head under the dtype policy in force."""
     dropout, num_classes, activation = head
+    pooling = options["pooling"]
     backbone_model, spec, info = build_backbone(
-        spec, weights=weights, image_size=image_size
+        spec, weights=weights, image_size=image_size,
+        pooling=pooling, drop_path=options["drop_path"],
     )
+    if options["lora_rank"] is not None:
+        enable_lora(spec, backbone_model, options["lora_rank"])
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = inputs
     if spec.has_preprocessing:
         x = keras.layers.Rescaling(
             spec.scale, spec.offset, name="preprocessing"
         )(x)
-    x = backbone_model(x, training=False)
-    x = _POOLING[pooling](name="pooler")(x)
+    if options["drop_path"]:
+        # Stochastic depth acts in training only: let `fit` decide.
+        x = backbone_model(x)
+    else:
+        x = backbone_model(x, training=False)
+    x = _pooler(spec, backbone_model, pooling, info)(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes, activation=activation, name="predictions", dtype="float32"

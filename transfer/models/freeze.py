@@ -208,6 +208,8 @@ def set_trainable_blocks(
 
 
 def _display_name(pattern):
+    # `(^|_)name$`: a layer name that may carry a KerasHub name prefix.
+    pattern = pattern.replace("(^|_)", "^")
     name = re.sub(r"\[.*?\]|\(\?!.*?\)|[\^$\\?]", "", pattern)
     name = name.replace("_|", "|").replace("_)", ")")
     if len(name) > 24 and "|" in name:
@@ -242,4 +244,11 @@ def _keep_lora_base_frozen(backbone, assignment, first_trainable):
             layer._kernel.trainable = False
         elif not flatten_layers(layer):
             layer.trainable = False
+        else:
+            # A layer with sublayers may own variables too (a class token,
+            # a pooling probe): those are base weights as well.
+            inner = {id(w) for sub in flatten_layers(layer) for w in sub.weights}
+            for weight in layer.weights:
+                if id(weight) not in inner:
+                    weight.trainable = False
 
