@@ -57,6 +57,8 @@ def array_fingerprint(array):
 
 
 def _is_array(value):
+    if isinstance(value, tuple):  # sentence pairs: (first, second) texts
+        return len(value) == 2 and all(_is_array(part) for part in value)
     return isinstance(value, (np.ndarray, list)) or hasattr(value, "__array__")
 
 

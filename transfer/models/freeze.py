@@ -13,6 +13,7 @@ from transfer.backbones import registry
 from transfer.backbones.blocks import assign_blocks
 from transfer.backbones.blocks import flatten_layers
 from transfer.backbones.blocks import infer_blocks
+from transfer.backbones.text_families import family_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +90,12 @@ def _count(variables):
 
 
 def backbone_blocks(backbone):
-    """Block regexes for a nested backbone, from its spec or its names."""
+    """Block regexes for a nested backbone: its spec's, its text family's
+    (by KerasHub class), else inferred from its layer names."""
     spec = registry.registered_spec(backbone.name)
     if spec is not None and spec.blocks:
         return spec.blocks
-    return infer_blocks(backbone)
+    return family_blocks(backbone) or infer_blocks(backbone)
 
 
 def _resolve_count(trainable_blocks, num_blocks):
