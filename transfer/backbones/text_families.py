@@ -181,8 +181,14 @@ def preset_family(preset):
         return family, (int(count) if count is not None else None), class_name
     import keras_hub  # optional: only text presets need it
 
+    found = []
     for family in _FAMILY_LIST:
         cls = getattr(keras_hub.models, family.backbone_class, None)
         if cls is not None and preset in getattr(cls, "presets", {}):
-            return family, None, family.backbone_class
-    return None, None, None
+            found.append((len(cls.__mro__), family))
+    if not found:
+        return None, None, None
+    # A base class lists its subclasses' presets too (RoBERTa lists
+    # XLM-RoBERTa's): the most derived class is the preset's own.
+    family = max(found, key=lambda item: item[0])[1]
+    return family, None, family.backbone_class
