@@ -164,11 +164,11 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
      'model.keras', 'recipe.json', 'report']
     """
     table = is_table(config["data"])
+    _check_text_source(config, table)
     layout = None if table else detect_layout(config["data"])
     modality = config["modality"]
     if modality == "auto":
         modality = "text" if table else detect_modality(layout.train)
-    _check_text_source(config, table, modality)
     spec = get_backbone_spec(config["backbone"], modality=modality)
     run_dir_lib.check_run_dir(run_dir)
     check_free(run_dir)  # fail fast; fit_recipe checks again, locked
@@ -261,9 +261,10 @@ def _text_parts(layout, config):
     return train, val, class_names
 
 
-def _check_text_source(config, table, modality):
+def _check_text_source(config, table):
     """CSV data is text; sentence pairs need CSV data: checked first."""
-    if table and modality != "text":
+    modality = config["modality"]
+    if table and modality == "image":
         raise ValueError(
             f"'{config['data']}' is a CSV file: `transfer train` reads CSV "
             "files as text (a text column and a label column), and images "

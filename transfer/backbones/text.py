@@ -113,7 +113,7 @@ def text_preset_spec(preset):
 
     Example:
 
-    >>> spec = text_preset_spec("hub:roberta_base_en"[len("hub:"):])
+    >>> spec = text_preset_spec("roberta_base_en")  # offline: nothing built
     >>> spec.name, spec.description
     ('hub_roberta_base_en', 'KerasHub text preset roberta_base_en (roberta)')
     """

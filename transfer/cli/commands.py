@@ -221,7 +221,8 @@ def predict(args):
     bad, done, failed = [], 0, True
     try:
         for batch in prediction.iter_predictions(
-            model, files, top_k=args.top_k, batch_size=args.batch_size,
+            model, tables + files, top_k=args.top_k,
+            batch_size=args.batch_size,
             skip_bad_files=args.skip_bad_files,
             text_columns=workflow.text_columns(config),
         ):
