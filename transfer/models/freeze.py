@@ -242,6 +242,8 @@ def _keep_lora_base_frozen(backbone, assignment, first_trainable):
             layer.trainable = id(layer) in trainable_ids
             # The base kernel stays frozen; only lora_kernel_a/b train.
             layer._kernel.trainable = False
-        elif not flatten_layers(layer):
+        elif not any(_is_lora(x) for x in flatten_layers(layer)):
+            # Leaves, and layers with weights of their own but no adapter
+            # inside (DeBERTa's `rel_embedding`): frozen.
             layer.trainable = False
 
