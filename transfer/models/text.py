@@ -114,7 +114,8 @@ def build_text_classifier(
     >>> # Sentence pairs: a tuple of first and second texts.
     >>> pairs = transfer.build_text_classifier(
     ...     "minilm_l6", 3, sequence_length=16, text_pairs=True)
-    >>> tokens = pairs.preprocessor((["a cat sat"], ["an animal sat"]))
+    >>> # (`preprocessor((a, b))` would read `b` as labels: name `x=`.)
+    >>> tokens = pairs.preprocessor(x=(["a cat sat"], ["an animal sat"]))
     >>> tuple(pairs(tokens).shape), pairs.transfer_metadata["text_pairs"]
     ((1, 3), True)
     """
