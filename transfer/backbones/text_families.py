@@ -20,7 +20,7 @@ from typing import Tuple
 # Layers of KerasHub encoders that hold no weights of their own before the
 # first block (the inputs) join the stem: `assign_blocks` does that.
 _BERT_STEM = (
-    "^(token_embedding|position_embedding|segment_embedding|embeddings_"
+    "^(embeddings_|token_embedding|position_embedding|segment_embedding"
     "|embedding_projection)"
 )
 
