@@ -55,11 +55,11 @@ def iterate_batches(data, batch_size=32):
     """
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
-        for start in range(0, len(x), batch_size):
-            yield (
-                np.asarray(x[start : start + batch_size]),
-                np.asarray(y[start : start + batch_size]),
-            )
+        for start in range(0, num_samples(x), batch_size):
+            part = slice(start, start + batch_size)
+            yield _as_numpy(
+                tuple(p[part] for p in x) if is_text_pairs(x) else x[part]
+            ), np.asarray(y[part])
         return
     cardinality = getattr(data, "cardinality", None)
     if cardinality is not None and int(cardinality()) == -1:
@@ -78,7 +78,19 @@ def iterate_batches(data, batch_size=32):
                 "Evaluation data must yield (images, labels) batches. "
                 f"Received: a batch of type {type(batch).__name__}"
             )
-        yield np.asarray(batch[0]), np.asarray(batch[1])
+        yield _as_numpy(batch[0]), np.asarray(batch[1])
+
+
+def _as_numpy(x):
+    """A batch's inputs as NumPy; a sentence-pair tuple stays a tuple."""
+    if isinstance(x, tuple):
+        return tuple(np.asarray(part) for part in x)
+    return np.asarray(x)
+
+
+def num_samples(x):
+    """How many samples `x` holds: its length, or a pair's first part's."""
+    return len(x[0]) if is_text_pairs(x) else len(x)
 
 
 def first_batch_size(data, batch_size):
@@ -101,8 +113,8 @@ def _text_dataset(items, batch_size, shuffle):
 
     ds = tf.data.Dataset.from_tensor_slices(items)
     if shuffle:
-        ds = ds.shuffle(len(items[0]) if isinstance(items, tuple) else len(items),
-                        reshuffle_each_iteration=True)
+        count = num_samples(items[0]) if isinstance(items, tuple) else len(items)
+        ds = ds.shuffle(count, reshuffle_each_iteration=True)
     return ds.batch(batch_size)
 
 
@@ -110,11 +122,43 @@ def is_text(x):
     return len(x) > 0 and isinstance(x[0], str)
 
 
+def is_text_pairs(x):
+    """Whether `x` is a sentence-pair input: `(first_texts, second_texts)`.
+
+    Example:
+
+    >>> is_text_pairs((["a cat"], ["an animal"])), is_text_pairs(["a", "b"])
+    (True, False)
+    """
+    return (
+        isinstance(x, tuple) and len(x) == 2
+        and all(isinstance(p, (list, np.ndarray)) and is_text(p) for p in x)
+    )
+
+
+def is_text_input(x):
+    """Whether `x` is raw text: strings, or sentence pairs of them."""
+    return is_text_pairs(x) or (
+        isinstance(x, (list, np.ndarray)) and is_text(x)
+    )
+
+
 def fit_kwargs(data, batch_size, shuffle):
     if isinstance(data, (list, np.ndarray)):  # unlabelled (e.g. masked LM)
         if is_text(data):
             return {"x": _text_dataset(list(data), batch_size, shuffle), "shuffle": False}
         return {"x": data, "batch_size": batch_size, "shuffle": shuffle}
+    if isinstance(data, tuple) and len(data) == 2 and is_text_pairs(data[0]):
+        (first, second), labels = data
+        if not len(first) == len(second) == len(labels):
+            raise ValueError(
+                "Sentence pairs and labels differ in length: "
+                f"{len(first)} first texts, {len(second)} second texts, "
+                f"{len(labels)} labels. Pass ((first, second), labels) of "
+                "one length."
+            )
+        items = ((list(first), list(second)), np.asarray(labels))
+        return {"x": _text_dataset(items, batch_size, shuffle), "shuffle": False}
     if isinstance(data, tuple) and len(data) == 2 and is_text(data[0]):
         if len(data[0]) != len(data[1]):
             raise ValueError(
@@ -142,7 +186,7 @@ def steps_per_epoch(data, batch_size):
     if isinstance(data, (list, np.ndarray)):
         return int(np.ceil(len(data) / batch_size))
     if isinstance(data, tuple):
-        return int(np.ceil(len(data[0]) / batch_size))
+        return int(np.ceil(num_samples(data[0]) / batch_size))
     if is_tf_dataset(data):
         count = int(data.cardinality())
         return count if count > 0 else None

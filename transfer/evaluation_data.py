@@ -19,10 +19,15 @@ from transfer.data.layout import SPLIT_FILES
 from transfer.data.layout import detect_layout
 from transfer.data.layout import parse_file_list
 from transfer.data.streams import LabelledDataset  # noqa: F401 (public here)
+from transfer.data.text import load_text_csv
 from transfer.data.text import load_text_folder
+from transfer.data.text import split_texts
 from transfer.training import run_dir as run_dir_lib
+from transfer.workflow import is_table
 from transfer.workflow import run_class_names
 from transfer.workflow import run_modality
+from transfer.workflow import run_takes_pairs
+from transfer.workflow import text_columns
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +203,8 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
     ['0/0.png', '0/2.png']
     """
     class_names = run_class_names(model)
+    if run_modality(model) == "text" and is_table(data_dir):
+        return _text_table_data(data_dir, model, config, validation_only)
     source = _evaluation_source(data_dir, config, validation_only, run_dir)
     if run_modality(model) == "text":
         train, val, names = load_text_folder(
@@ -219,6 +226,31 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
             f"subfolders. Received: data={data_dir!r}"
         )
     return data
+
+
+def _text_table_data(path, model, config, validation_only):
+    """A text run's labelled CSV file (or its validation split), read with
+    the run's columns; a sentence-pair model needs both of its columns."""
+    first, second = text_columns(config)
+    if run_takes_pairs(model) and not second:
+        raise ValueError(
+            f"This run's model classifies sentence pairs, but its config "
+            f"names no second text column, so '{path}' cannot be read as "
+            "pairs. Restore the run's config.json (text_pair_column). "
+            f"Received: data={path!r}"
+        )
+    texts, labels, _ = load_text_csv(
+        path, text_column=first, text_pair_column=second,
+        label_column=(config or {}).get("label_column") or "label",
+        class_names=run_class_names(model))
+    if validation_only:
+        _, (texts, labels) = split_texts(
+            texts, labels, config["validation_split"], config["seed"])
+    if second:
+        x = tuple(np.asarray(part, dtype=object) for part in texts)
+    else:
+        x = np.asarray(texts, dtype=object)
+    return LabelledData(x, np.asarray(labels), path, None)
 
 
 def load_labelled_data(data_dir, model, config=None, *, validation_only=False,

@@ -17,9 +17,12 @@ from transfer import _model_info
 from transfer.data import image_files
 from transfer.data import streams
 from transfer.data.image_files import IMAGE_EXTENSIONS
+from transfer.data.text import load_text_csv
 from transfer.workflow import TEXT_EXTENSIONS
+from transfer.workflow import is_table
 from transfer.workflow import run_class_names
 from transfer.workflow import run_modality
+from transfer.workflow import run_takes_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +136,68 @@ def _check_top_k(top_k, class_names):
         )
 
 
+def _top_k_results(names, probs, class_names, top_k):
+    results = []
+    for name, row in zip(names, probs, strict=True):
+        order = np.argsort(-row, kind="stable")[:top_k]
+        results.append({
+            "file": name,
+            "predictions": [
+                {"class": class_names[i], "probability": float(row[i])}
+                for i in order
+            ],
+        })
+    return results
+
+
+def _read_tables(model, paths, columns):
+    """`[(path, texts)]` of the CSV files among a text model's `paths`, and
+    the other paths; pairs for a sentence-pair model, checked first."""
+    if run_modality(model) != "text":
+        return [], list(paths)
+    first, second = columns
+    pairs = run_takes_pairs(model)
+    tables = [p for p in paths if is_table(p)]
+    others = [p for p in paths if not is_table(p)]
+    if pairs and (others or not second):
+        raise ValueError(
+            "This run's model classifies sentence pairs: pass CSV files "
+            f"with its text columns {first!r} and {second!r}, one pair a "
+            "row; a .txt file or folder holds single texts. "
+            f"Received: {(others or paths)[:3]}"
+        )
+    if not pairs and second:
+        second = None  # a single-text model reads the first column only
+    read = []
+    for path in tables:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"No such CSV file: '{path}'. Received: {path!r}")
+        texts, _, _ = load_text_csv(path, text_column=first,
+                                    text_pair_column=second,
+                                    label_column=None)
+        read.append((path, texts))
+    return read, others
+
+
+def _iter_table_predictions(model, tables, class_names, top_k, batch_size):
+    """Results of CSV rows, named `path:row` (row 1 is the header)."""
+    for path, texts in tables:
+        pairs = isinstance(texts, tuple)
+        count = len(texts[0]) if pairs else len(texts)
+        for start in range(0, count, batch_size):
+            part = slice(start, start + batch_size)
+            x = (tuple(np.asarray(t[part], dtype=object) for t in texts)
+                 if pairs else np.asarray(texts[part], dtype=object))
+            probs = probabilities(model, x, batch_size)
+            names = [f"{path}:{row + 2}"
+                     for row in range(start, start + len(probs))]
+            yield PredictionBatch(
+                _top_k_results(names, probs, class_names, top_k), [])
+
+
 def iter_predictions(model, paths, *, top_k=1, batch_size=32,
-                     skip_bad_files=False):
+                     skip_bad_files=False, text_columns=("text", None)):
     """Predicts files batch by batch, yielding each batch's results.
 
     The streaming form of `predict_files`, for folders of any size: files
@@ -150,11 +213,16 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
         model: a classifier from `load_run` (its `transfer_metadata` names
             the classes) or any image classifier taking `[0, 255]` pixels.
         paths: image files (`.txt` files for text models) and folders,
-            expanded by `expand_files`.
+            expanded by `expand_files`. Text models also take CSV files:
+            one result per row, named `file.csv:<row>` (row 1 is the
+            header).
         top_k: how many classes per file, best first. Defaults to `1`.
         batch_size: prediction batch size. Defaults to `32`.
         skip_bad_files: skip files that cannot be read instead of raising.
             Defaults to `False`.
+        text_columns: `(text_column, text_pair_column)` of CSV files, for
+            text models (`transfer.workflow.text_columns(config)` gives a
+            run's). Defaults to `("text", None)`.
 
     Yields:
         `PredictionBatch(results, skipped)`: `results` a list with one
@@ -196,7 +264,10 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
             f"Received: batch_size={batch_size!r}"
         )
     modality = run_modality(model)
-    files = expand_files(paths, modality)
+    tables, paths = _read_tables(model, paths, text_columns)
+    files = expand_files(paths, modality) if paths or not tables else []
+    yield from _iter_table_predictions(model, tables, class_names, top_k,
+                                       batch_size)
     image_size = None if modality == "text" else int(model.input_shape[1])
     kind = "UTF-8 text" if modality == "text" else "image"
     for batch, reads in streams.read_batches(files, modality, image_size,
@@ -221,15 +292,7 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
                     _backend.predict_on_batch(model, np.stack(inputs)),
                     dtype="float64",
                 ))
-            for path, row in zip(good, probs, strict=True):
-                order = np.argsort(-row, kind="stable")[:top_k]
-                results.append({
-                    "file": path,
-                    "predictions": [
-                        {"class": class_names[i], "probability": float(row[i])}
-                        for i in order
-                    ],
-                })
+            results = _top_k_results(good, probs, class_names, top_k)
         if results or skipped:
             yield PredictionBatch(results, skipped)
         if failure is not None:

@@ -32,6 +32,9 @@ DEFAULTS = {
     "weights": "pretrained",
     "image_size": None,
     "sequence_length": 128,
+    "text_column": "text",
+    "text_pair_column": None,
+    "label_column": "label",
     "batch_size": 32,
     "validation_split": 0.2,
     "seed": 1337,
@@ -157,6 +160,15 @@ def resolve_config(path=None, overrides=None, *, epochs=None,
         )
     if config["weights"] in ("none", "None", "null", "random"):
         config["weights"] = None
+    for key in ("text_column", "text_pair_column", "label_column"):
+        value = config[key]
+        if not (isinstance(value, str) and value) and not (
+            key == "text_pair_column" and value is None
+        ):
+            raise ValueError(
+                f"Option `{key}` must be a CSV column name. "
+                f"Received: {key}={value!r}"
+            )
     _check_number(config, "image_size", int, 16)
     _check_number(config, "sequence_length", int, 8)
     _check_number(config, "batch_size", int, 1)

@@ -21,7 +21,9 @@ from transfer.data.images import load_image_folder
 from transfer.data.layout import SPLIT_FILES
 from transfer.data.layout import detect_layout
 from transfer.data.layout import format_file_list
+from transfer.data.text import load_text_csv
 from transfer.data.text import load_text_folder
+from transfer.data.text import split_texts
 from transfer.models.classifier import build_classifier
 from transfer.models.text import build_text_classifier
 from transfer.saving import load_model
@@ -33,6 +35,23 @@ from transfer.training.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt",)
+TABLE_EXTENSIONS = (".csv",)
+
+
+def is_table(path):
+    """Whether `path` names a CSV file (text runs read rows from it)."""
+    return str(path).lower().endswith(TABLE_EXTENSIONS)
+
+
+def text_columns(config, model=None):
+    """`(text_column, text_pair_column)` of a run's CSV data.
+
+    From the run's config; runs made before sentence pairs have none and
+    read the `"text"` column.
+    """
+    config = config or {}
+    return (config.get("text_column") or "text",
+            config.get("text_pair_column"))
 
 
 def detect_modality(directory):
@@ -144,10 +163,12 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     ['.transfer.lock', 'checkpoints', 'config.json', 'logs', 'manifest.json',
      'model.keras', 'recipe.json', 'report']
     """
-    layout = detect_layout(config["data"])
+    table = is_table(config["data"])
+    _check_text_source(config, table)
+    layout = None if table else detect_layout(config["data"])
     modality = config["modality"]
     if modality == "auto":
-        modality = detect_modality(layout.train)
+        modality = "text" if table else detect_modality(layout.train)
     spec = get_backbone_spec(config["backbone"], modality=modality)
     run_dir_lib.check_run_dir(run_dir)
     check_free(run_dir)  # fail fast; fit_recipe checks again, locked
@@ -160,11 +181,16 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     if config.get("feature_cache_dir"):
         resolved["feature_cache_dir"] = os.path.abspath(
             os.path.expanduser(config["feature_cache_dir"]))
-    if layout.val is not None and config["validation_split"]:
+    if layout is not None and layout.val is not None and config[
+        "validation_split"
+    ]:
         logger.info(
             "'%s' has its own validation folder '%s': validation_split=%s "
             "is ignored.", layout.root, layout.val, config["validation_split"])
-    resolved["split"] = "folders" if layout.val is not None else "stratified"
+    resolved["split"] = (
+        "folders" if layout is not None and layout.val is not None
+        else "stratified"
+    )
     run_files = {}
     if modality == "image":
         image_size = config["image_size"] or spec.image_size
@@ -183,13 +209,17 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
                 precision=config.get("precision", "float32"),
             )
     else:
-        train, val, class_names = _text_parts(layout, config)
+        if table:
+            train, val, class_names = _text_table_parts(config)
+        else:
+            train, val, class_names = _text_parts(layout, config)
         with distribution_scope(config["distribute"]):
             model = build_text_classifier(
                 config["backbone"], len(class_names),
                 weights=config["weights"],
                 sequence_length=config["sequence_length"],
                 dropout=config["dropout"],
+                text_pairs=bool(config.get("text_pair_column")),
             )
     resolved["class_names"] = list(class_names)
     run_files[run_config.CONFIG_FILE] = run_config.dumps(resolved)
@@ -228,6 +258,45 @@ def _text_parts(layout, config):
     train, _, class_names = load_text_folder(layout.train,
                                              validation_split=0)
     val, _, _ = load_text_folder(layout.val, validation_split=0)
+    return train, val, class_names
+
+
+def _check_text_source(config, table):
+    """CSV data is text; sentence pairs need CSV data: checked first."""
+    modality = config["modality"]
+    if table and modality == "image":
+        raise ValueError(
+            f"'{config['data']}' is a CSV file: `transfer train` reads CSV "
+            "files as text (a text column and a label column), and images "
+            "from class folders. Pass modality='text' (--modality text) or "
+            f"a folder of images. Received: modality={modality!r}"
+        )
+    if table and not os.path.isfile(config["data"]):
+        raise FileNotFoundError(
+            f"CSV file '{config['data']}' does not exist. "
+            f"Received: data={config['data']!r}"
+        )
+    if config.get("text_pair_column") and not table:
+        raise ValueError(
+            "Sentence pairs are read from a CSV file with two text columns; "
+            f"'{config['data']}' is a folder. Pass --data FILE.csv with "
+            "--text-column and --text-pair-column, or leave out "
+            "--text-pair-column. "
+            f"Received: text_pair_column={config['text_pair_column']!r}"
+        )
+
+
+def _text_table_parts(config):
+    """`(train, val, class_names)` of a CSV file of texts (or pairs):
+    a stratified, seeded split holding out `validation_split`."""
+    first, second = text_columns(config)
+    texts, labels, class_names = load_text_csv(
+        config["data"], text_column=first, text_pair_column=second,
+        label_column=config.get("label_column") or "label")
+    if not config["validation_split"]:
+        return (texts, labels), None, class_names
+    train, val = split_texts(texts, labels, config["validation_split"],
+                             config["seed"])
     return train, val, class_names
 
 
@@ -328,6 +397,12 @@ def run_modality(model):
     """`"text"` for text classifiers, else `"image"`."""
     metadata = getattr(model, "transfer_metadata", None) or {}
     return metadata.get("modality") or "image"
+
+
+def run_takes_pairs(model):
+    """Whether a text run's model classifies sentence pairs."""
+    metadata = getattr(model, "transfer_metadata", None) or {}
+    return bool(metadata.get("text_pairs"))
 
 
 def run_class_names(model):

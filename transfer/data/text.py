@@ -133,24 +133,53 @@ def load_text_folder(directory, *, validation_split=0.2, seed=1337, errors="stri
 
 def split_texts(texts, labels, fraction, seed):
     """`((train_texts, train_labels), (held_texts, held_labels))`: a
-    stratified, seeded split holding out `fraction` of every class."""
+    stratified, seeded split holding out `fraction` of every class.
+
+    `texts` may be sentence pairs `(first_texts, second_texts)`: both parts
+    are split alike, and come back as pairs.
+    """
     from sklearn.model_selection import train_test_split  # heavy: on use
 
-    x_train, x_val, y_train, y_val = train_test_split(
-        texts, labels, test_size=fraction, random_state=seed, stratify=labels
+    pairs = isinstance(texts, tuple)
+    parts = list(texts) if pairs else [texts]
+    split = train_test_split(
+        *parts, labels, test_size=fraction, random_state=seed, stratify=labels
     )
-    return (list(x_train), np.asarray(y_train)), (list(x_val), np.asarray(y_val))
+    train = [list(p) for p in split[0:-2:2]]
+    held = [list(p) for p in split[1:-2:2]]
+    y_train, y_val = np.asarray(split[-2]), np.asarray(split[-1])
+    if pairs:
+        return (tuple(train), y_train), (tuple(held), y_val)
+    return (train[0], y_train), (held[0], y_val)
 
 
-def load_text_csv(path, *, text_column="text", label_column="label", class_names=None):
+def load_text_csv(
+    path, *, text_column="text", label_column="label", class_names=None,
+    text_pair_column=None,
+):
     """Reads a CSV with a text column and a label column.
 
     Labels are class names (or integers as text). With `class_names`, a label
     outside it is an error listing the rows; without it, the sorted distinct
-    labels become the classes.
+    labels become the classes. With `text_pair_column`, every row is a
+    sentence pair (premise and hypothesis, say) for a classifier built with
+    `text_pairs=True`.
+
+    Args:
+        path: the CSV file, with a header row.
+        text_column: the column of texts (of first texts, for pairs).
+            Defaults to `"text"`.
+        label_column: the column of labels. Defaults to `"label"`;
+            `None` reads no labels (texts to predict).
+        class_names: the classes, in order, or `None` for the sorted
+            distinct labels. Defaults to `None`.
+        text_pair_column: the column of second texts, or `None` for single
+            texts. Defaults to `None`.
 
     Returns:
-        `(texts, labels, class_names)`.
+        `(texts, labels, class_names)`; `texts` is a list of strings, or a
+        tuple `(first_texts, second_texts)` with `text_pair_column`;
+        `labels` is `None` without a label column.
 
     Example:
 
@@ -162,27 +191,51 @@ def load_text_csv(path, *, text_column="text", label_column="label", class_names
     >>> texts, labels, names = transfer.text.load_text_csv("reviews.csv")
     >>> texts, labels.tolist(), names
     (['great fun', 'dull', 'loved it'], [1, 0, 1], ['neg', 'pos'])
+    >>> # Sentence pairs: two text columns.
+    >>> rows = [["premise", "hypothesis", "label"],
+    ...         ["a cat sleeps", "an animal rests", "entailment"],
+    ...         ["a cat sleeps", "a dog barks", "neutral"]]
+    >>> with open("pairs.csv", "w", newline="") as f:
+    ...     csv.writer(f).writerows(rows)
+    >>> (first, second), labels, names = transfer.text.load_text_csv(
+    ...     "pairs.csv", text_column="premise",
+    ...     text_pair_column="hypothesis")
+    >>> second, labels.tolist(), names
+    (['an animal rests', 'a dog barks'], [0, 1], ['entailment', 'neutral'])
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"CSV file '{path}' does not exist.")
+    roles = {"text_column": text_column, "text_pair_column": text_pair_column,
+             "label_column": label_column}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in (text_column, label_column)
-                   if c not in (reader.fieldnames or [])]
+        columns = reader.fieldnames or []
+        missing = {k: c for k, c in roles.items()
+                   if c is not None and c not in columns}
         if missing:
+            flags = ", ".join(f"{k}={c!r}" for k, c in missing.items())
             raise ValueError(
-                f"'{path}' has no column(s) {missing}; its columns are "
-                f"{reader.fieldnames}. Pass text_column= and label_column=."
+                f"'{path}' has no column(s) {list(missing.values())}; its "
+                f"columns are {columns}. Pass the right column names "
+                f"(--text-column, --text-pair-column, --label-column on the "
+                f"command line). Received: {flags}"
             )
         rows = list(reader)
-    texts = [row[text_column] for row in rows]
-    raw_labels = [row[label_column].strip() for row in rows]
-    empty = [i + 2 for i, t in enumerate(texts) if not (t or "").strip()]
-    if empty:
-        raise ValueError(
-            f"'{path}': empty text in row(s) {empty[:10]} (row 1 is the "
-            "header). Remove or fill them."
-        )
+    text_columns = [c for c in (text_column, text_pair_column) if c]
+    parts = []
+    for column in text_columns:
+        texts = [row[column] or "" for row in rows]
+        empty = [i + 2 for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise ValueError(
+                f"'{path}': empty text in row(s) {empty[:10]} of column "
+                f"{column!r} (row 1 is the header). Remove or fill them."
+            )
+        parts.append(texts)
+    texts = tuple(parts) if text_pair_column else parts[0]
+    if label_column is None:
+        return texts, None, list(class_names) if class_names else None
+    raw_labels = [(row[label_column] or "").strip() for row in rows]
     if class_names is None:
         class_names = sorted(set(raw_labels))
     index = {str(name): i for i, name in enumerate(class_names)}

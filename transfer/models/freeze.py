@@ -13,6 +13,7 @@ from transfer.backbones import registry
 from transfer.backbones.blocks import assign_blocks
 from transfer.backbones.blocks import flatten_layers
 from transfer.backbones.blocks import infer_blocks
+from transfer.backbones.text_families import family_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +90,12 @@ def _count(variables):
 
 
 def backbone_blocks(backbone):
-    """Block regexes for a nested backbone, from its spec or its names."""
+    """Block regexes for a nested backbone: its spec's, its text family's
+    (by KerasHub class), else inferred from its layer names."""
     spec = registry.registered_spec(backbone.name)
     if spec is not None and spec.blocks:
         return spec.blocks
-    return infer_blocks(backbone)
+    return family_blocks(backbone) or infer_blocks(backbone)
 
 
 def _resolve_count(trainable_blocks, num_blocks):
@@ -242,7 +244,9 @@ def _keep_lora_base_frozen(backbone, assignment, first_trainable):
             layer.trainable = id(layer) in trainable_ids
             # The base kernel stays frozen; only lora_kernel_a/b train.
             layer._kernel.trainable = False
-        elif not flatten_layers(layer):
+        elif not any(_is_lora(x) for x in flatten_layers(layer)):
+            # Leaves, and layers with weights of their own but no adapter
+            # inside (DeBERTa's `rel_embedding`): frozen.
             layer.trainable = False
         else:
             # A layer with sublayers may own variables too (a class token,

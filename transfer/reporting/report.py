@@ -122,7 +122,7 @@ def evaluate_data(model, data, class_names=None, *, max_examples=0,
         file_paths = getattr(data, "file_paths", None)
     total = len(file_paths) if file_paths is not None else None
     if total is None and isinstance(data, tuple) and len(data) == 2:
-        total = len(data[0])
+        total = _inputs.num_samples(data[0])
     progress = keras.utils.Progbar(total, verbose=verbose,
                                    unit_name="example")
     for images, labels, probabilities in predict_batches(
@@ -132,6 +132,11 @@ def evaluate_data(model, data, class_names=None, *, max_examples=0,
         paths = None
         if file_paths is not None:
             paths = file_paths[start : start + len(labels)]
+        if isinstance(images, tuple):  # sentence pairs, shown as one text
+            images = np.asarray([" || ".join(
+                t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
+                for t in pair) for pair in zip(*images, strict=True)],
+                dtype=object)
         evaluation.update(labels, probabilities, images, paths)
         progress.update(evaluation.num_examples)
     if verbose:

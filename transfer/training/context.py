@@ -14,6 +14,7 @@ from typing import Optional
 from transfer import _backend
 from transfer import _inputs
 from transfer import _model_info
+from transfer.models.text import check_text_inputs
 from transfer.training import run_dir as run_dir_lib
 
 
@@ -66,11 +67,18 @@ class StageContext:
         self.num_classes = (
             None if self.self_supervised else model.output_shape[-1]
         )
+        for where, data in (("train_data", self.train_data),
+                            ("validation_data", self.validation_data)):
+            if not self.is_image and isinstance(data, tuple) and len(data) == 2:
+                # Before anything trains: pairs for a pair model, and back.
+                check_text_inputs(model, data[0], f"the x of {where}")
         self.fit_kwargs = _inputs.fit_kwargs(
             self.train_data, self.batch_size, shuffle=True
         )
         validation = self.validation_data
-        if isinstance(validation, tuple) and _inputs.is_text(validation[0]):
+        if isinstance(validation, tuple) and _inputs.is_text_input(
+            validation[0]
+        ):
             # (texts, labels) become the tf.data pipeline KerasHub tokenizes.
             self.validation_data = _inputs.fit_kwargs(
                 validation, self.batch_size, False
