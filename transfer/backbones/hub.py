@@ -3,6 +3,7 @@
 `keras_hub` is imported lazily, inside the builders.
 """
 
+import json
 import os
 import re
 
@@ -74,3 +75,24 @@ def hub_spec(preset, image_size=224):
         weights=("imagenet", "preset"),
         description=f"KerasHub preset {preset}",
     )
+
+
+def read_preset_config(directory):
+    """A preset folder's `config.json` as a dict; `None` when it has none.
+
+    Raises:
+        ValueError: the file is there but cannot be read as JSON.
+    """
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"Preset folder '{directory}' has an unreadable config.json "
+            f"({e}). Save the preset again with `save_to_preset`. "
+            f"Received: backbone={directory!r}"
+        ) from None
+    return config if isinstance(config, dict) else None

@@ -13,9 +13,10 @@ in tests/tiny_text_presets.py for the contract test.
 """
 
 import dataclasses
-import json
 import os
 from typing import Tuple
+
+from transfer.backbones import hub
 
 # Layers of KerasHub encoders that hold no weights of their own before the
 # first block (the inputs) join the stem: `assign_blocks` does that.
@@ -131,22 +132,6 @@ def family_blocks(backbone):
     return family.blocks(int(getattr(backbone, family.count)))
 
 
-def _read_preset_config(directory):
-    path = os.path.join(directory, "config.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(
-            f"Preset folder '{directory}' has an unreadable config.json "
-            f"({e}). Save the preset again with `save_to_preset`. "
-            f"Received: backbone={directory!r}"
-        ) from None
-    return config if isinstance(config, dict) else None
-
-
 def preset_family(preset):
     """`(family, num_blocks, class_name)` of a preset, as far as known
     without building it.
@@ -161,7 +146,7 @@ def preset_family(preset):
             image preset, for one): the message names its backbone class.
     """
     if os.path.isdir(str(preset)):
-        config = _read_preset_config(preset)
+        config = hub.read_preset_config(preset)
         if not config or "class_name" not in config:
             return None, None, None  # a Hugging Face folder: converted later
         class_name = str(config["class_name"])

@@ -465,7 +465,7 @@ def preset_spec(preset):
     """The family spec for a KerasHub preset id or local preset folder of a
     family here, or `None` (other classes keep `hub.hub_spec`)."""
     if os.path.isdir(preset):
-        found = _read_json(os.path.join(preset, "config.json")) or {}
+        found = hub.read_preset_config(preset) or {}
         class_name = found.get("class_name")
         config = found.get("config") or {}
         if "vision_encoder" in config:
