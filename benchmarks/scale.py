@@ -17,7 +17,9 @@ RSS (`os.wait4`) and wall seconds:
 - the head stage on cached features (`fit_recipe` with a
   `feature_cache_dir`, 1 epoch on the folder), cold and warm;
 - `--finetune-steps` steps of a fine-tune epoch (every block trainable)
-  read from the folder, and the same steps from in-memory arrays;
+  read from the folder, and the same steps from in-memory arrays, in one
+  process, alternating for `--finetune-rounds` rounds (median step times,
+  median of the rounds' ratios);
 - the input pipeline alone (`benchmarks/input_pipeline.py --folder`) and
   the model's own inference rate on batches in memory
   (`model.predict_on_batch`).
@@ -34,6 +36,7 @@ is recorded before and after.
     python benchmarks/scale.py --quick      # 1k and 10k, 20 fine-tune steps
     python benchmarks/scale.py --smoke      # 200 images, 32 px, 5 steps
     python benchmarks/scale.py --sizes 60000 --commands-only  # RSS only
+    python benchmarks/scale.py --sizes 10000 --finetune-only  # folder vs memory
 
 Evaluate, report and predict are timed as whole commands (imports, model
 load and preflight included): `images_per_second` is N / seconds. The
@@ -235,8 +238,8 @@ def work_head(args):
     return {"fit_recipe_seconds": round(seconds, 2)}
 
 
-class _StepTimer:
-    """Seconds from the end of the first step (traced) to the last."""
+class _StepTimes:
+    """The wall time of every training step (`on_train_batch_end` gaps)."""
 
     def __init__(self):
         import keras
@@ -244,18 +247,35 @@ class _StepTimer:
         timer = self
 
         class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                timer.last = time.perf_counter()
+
             def on_train_batch_end(self, batch, logs=None):
-                if batch == 0:
-                    timer.start = time.perf_counter()
-                timer.end = time.perf_counter()
-                timer.steps = batch + 1
+                now = time.perf_counter()
+                timer.seconds.append(now - timer.last)
+                timer.last = now
 
         self.callback = Callback()
-        self.start = self.end = None
-        self.steps = 0
+        self.seconds, self.last = [], None
+
+
+# Steps dropped at the start of every fit: the first traces (on the first
+# fit) or refills the folder's shuffle buffer and prefetch queue.
+WARMUP_STEPS = 2
 
 
 def work_finetune(args):
+    """Fine-tune steps read from the folder against the same from memory.
+
+    One process, one model, one compiled train step. The two sources
+    alternate for `--finetune-rounds` rounds of `--finetune-steps` steps
+    each (folder first in even rounds, memory first in odd ones), so that
+    a change in the machine's load falls on both; each source's rate is
+    its median step time, and the ratio is the median of the rounds'
+    ratios.
+    """
+    import statistics
+
     import keras
     import numpy as np
 
@@ -269,26 +289,44 @@ def work_finetune(args):
     model.compile(optimizer=keras.optimizers.Adam(1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=_logits(model)))
-    steps = args.finetune_steps
-    if args.source == "memory":
-        # The same files, decoded once into arrays before timing.
-        x, y = [], []
-        for images, labels in train.take(steps):
-            x.append(np.asarray(images))
-            y.append(np.asarray(labels))
-        data = {"x": np.concatenate(x), "y": np.concatenate(y),
-                "batch_size": args.batch_size, "shuffle": True}
-        steps = min(steps, len(y))
-    else:
-        data = {"x": train.repeat()}
-    timer = _StepTimer()
-    model.fit(**data, epochs=1, steps_per_epoch=steps, verbose=0,
-              callbacks=[timer.callback])
-    timed = (timer.steps - 1) * args.batch_size
-    seconds = timer.end - timer.start
-    return {"source": args.source, "steps": timer.steps,
-            "images_per_second": round(timed / seconds, 1)
-            if seconds > 0 else None}
+    steps = args.finetune_steps + WARMUP_STEPS
+    # The same files, decoded once into arrays before timing.
+    x, y = [], []
+    for images, labels in train.take(steps):
+        x.append(np.asarray(images))
+        y.append(np.asarray(labels))
+    sources = {"folder": {"x": train.repeat()},
+               "memory": {"x": np.concatenate(x), "y": np.concatenate(y),
+                          "batch_size": args.batch_size, "shuffle": True}}
+    steps = min(steps, len(y))
+    # One untimed fit per source: tracing, and the memory path's adapter.
+    for data in sources.values():
+        model.fit(**data, epochs=1, steps_per_epoch=WARMUP_STEPS, verbose=0)
+    step_seconds = {name: [] for name in sources}
+    round_ratios = []
+    for round_index in range(args.finetune_rounds):
+        order = ("folder", "memory") if round_index % 2 == 0 else (
+            "memory", "folder")
+        medians = {}
+        for name in order:
+            timer = _StepTimes()
+            model.fit(**sources[name], epochs=1, steps_per_epoch=steps,
+                      verbose=0, callbacks=[timer.callback])
+            timed = timer.seconds[WARMUP_STEPS:]
+            step_seconds[name] += timed
+            medians[name] = statistics.median(timed)
+        round_ratios.append(round(medians["memory"] / medians["folder"], 3))
+
+    def rate(name):
+        return round(args.batch_size / statistics.median(step_seconds[name]),
+                     1)
+
+    return {"rounds": args.finetune_rounds,
+            "timed_steps_per_round": steps - WARMUP_STEPS,
+            "folder_images_per_second": rate("folder"),
+            "memory_images_per_second": rate("memory"),
+            "round_ratios": round_ratios,
+            "folder_to_memory": round(statistics.median(round_ratios), 3)}
 
 
 def _logits(model):
@@ -398,7 +436,18 @@ def measure_commands(args, run, size, folder):
     return row
 
 
+def measure_finetune(args, run, size, folder):
+    row = {"size": size, "folder": folder, "finetune": measure(
+        _worker("finetune", args, run=run, folder=folder,
+                finetune_rounds=args.finetune_rounds), env=_env())}
+    row["ratios"] = {"finetune_folder_to_memory": _nested(
+        row["finetune"], "folder_to_memory")}
+    return row
+
+
 def measure_size(args, run, size, folder, model_rate, startup):
+    if args.finetune_only:
+        return measure_finetune(args, run, size, folder)
     row = {"size": size, "folder": folder}
     row.update(measure_commands(args, run, size, folder))
     for name in ("evaluate", "report", "predict"):
@@ -424,10 +473,7 @@ def measure_size(args, run, size, folder, model_rate, startup):
             _worker("head", args, run=run, folder=folder,
                     feature_cache_dir=features, scratch=args.scratch),
             env=_env())
-    for source in ("folder", "memory"):
-        row[f"finetune_{source}"] = measure(
-            _worker("finetune", args, run=run, folder=folder, source=source),
-            env=_env())
+    row["finetune"] = measure_finetune(args, run, size, folder)["finetune"]
     row["input_pipeline"] = measure(
         [sys.executable, os.path.join(HERE, "input_pipeline.py"),
          "--folder", folder, "--image-size", str(args.image_size),
@@ -440,10 +486,10 @@ def measure_size(args, run, size, folder, model_rate, startup):
         "input_pipeline": _nested(row["input_pipeline"],
                                   "best_images_per_second"),
         "model": model_rate,
-        "finetune_folder": _nested(row["finetune_folder"],
-                                   "images_per_second"),
-        "finetune_memory": _nested(row["finetune_memory"],
-                                   "images_per_second"),
+        "finetune_folder": _nested(row["finetune"],
+                                   "folder_images_per_second"),
+        "finetune_memory": _nested(row["finetune"],
+                                   "memory_images_per_second"),
     }
     row["rates"] = rates
     row["ratios"] = {
@@ -451,8 +497,9 @@ def measure_size(args, run, size, folder, model_rate, startup):
         "predict_to_model": _ratio(rates["predict"], model_rate),
         "input_pipeline_to_model": _ratio(rates["input_pipeline"],
                                           model_rate),
-        "finetune_folder_to_memory": _ratio(rates["finetune_folder"],
-                                            rates["finetune_memory"]),
+        # The median of the interleaved rounds' ratios.
+        "finetune_folder_to_memory": _nested(row["finetune"],
+                                             "folder_to_memory"),
     }
     return row
 
@@ -468,7 +515,8 @@ def _ratio(a, b):
 
 def targets(rows):
     """The issue's targets as booleans; `None` where not measured."""
-    by_size = {row["size"]: row for row in rows}
+    by_size = {row["size"]: row for row in rows
+               if "peak_rss_bytes" in row}
     names = ("evaluate", "report", "predict")
     ten, sixty = by_size.get(10000), by_size.get(60000)
     out = {}
@@ -480,7 +528,7 @@ def targets(rows):
             for n in names) if ten and sixty else None)
 
     def each(key, floor):
-        values = [row["ratios"][key] for row in rows if "ratios" in row]
+        values = [row["ratios"].get(key) for row in rows if "ratios" in row]
         if not values or any(v is None for v in values):
             return None
         return all(v >= floor for v in values)
@@ -523,22 +571,25 @@ def run_benchmark(args):
     if trained["returncode"]:
         report["loadavg_after"] = _loadavg()
         return report
-    model = measure(_worker("model_rate", args, run=run), env=_env())
-    report["model_rate"] = model
-    model_rate = _nested(model, "images_per_second")
-    startup = measure_commands(args, run, 20, folders["startup"])
-    report["startup_20_images"] = startup
+    model_rate = startup = None
+    if not args.finetune_only:
+        model = measure(_worker("model_rate", args, run=run), env=_env())
+        report["model_rate"] = model
+        model_rate = _nested(model, "images_per_second")
+        startup = measure_commands(args, run, 20, folders["startup"])
+        report["startup_20_images"] = startup
     report["rows"] = []
     for size in args.sizes:
         report["rows"].append(measure_size(args, run, size, folders[size],
                                            model_rate, startup))
         print(json.dumps({"size": size,
                           "rates": report["rows"][-1].get("rates"),
+                          "ratios": report["rows"][-1].get("ratios"),
                           "peak_rss_bytes":
-                              report["rows"][-1]["peak_rss_bytes"]}),
+                              report["rows"][-1].get("peak_rss_bytes")}),
               file=sys.stderr, flush=True)
     report["targets"] = targets(report["rows"])
-    if args.commands_only:
+    if args.commands_only or args.finetune_only:
         return _finish(args, report, started)
     report["equality"] = measure(
         _worker("equality", args, run=run, folder=test), env=_env())
@@ -579,11 +630,16 @@ def main(argv=None):
                         help="per size, only evaluate, report and predict "
                         "(peak RSS and seconds): no preflight, head stage, "
                         "fine-tune, input pipeline or equality check")
+    parser.add_argument("--finetune-rounds", type=int, default=5,
+                        help="rounds of folder and in-memory fine-tune "
+                        "steps, interleaved")
+    parser.add_argument("--finetune-only", action="store_true",
+                        help="per size, only the fine-tune comparison "
+                        "(folder against memory)")
     parser.add_argument("--output")
     parser.add_argument("--worker", choices=sorted(WORKERS),
                         help=argparse.SUPPRESS)
-    for hidden in ("--run", "--folder", "--feature-cache-dir", "--scratch",
-                   "--source"):
+    for hidden in ("--run", "--folder", "--feature-cache-dir", "--scratch"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
