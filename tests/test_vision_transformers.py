@@ -327,7 +327,7 @@ def test_drop_path_for_dinov2_only(presets):
 
 
 @pytest.mark.backend_independent
-def test_bad_input_is_refused_before_training(presets):
+def test_bad_input_is_refused_before_training(presets, tmp_path):
     vit = presets["vit"]
     with pytest.raises(ValueError, match="multiple of 8.*Received: "
                                          "image_size=36"):
@@ -347,6 +347,36 @@ def test_bad_input_is_refused_before_training(presets):
     with pytest.raises(ValueError, match="trained at 32 px.*Received: "
                                          "image_size=48"):
         transfer.build_classifier(vit, 2, weights="preset", image_size=48)
+    # A stage deeper than the encoder: refused before stage 1 trains.
+    recipe = [transfer.Stage("head", 1, 1e-3, 0),
+              transfer.Stage("deep", 1, 1e-3, 5)]
+    with pytest.raises(ValueError, match="Stage 'deep': The backbone has 4 "
+                                         "blocks.*Received: "
+                                         "trainable_blocks=5"):
+        transfer.fit_recipe(model, recipe, _data(4),
+                            run_dir=str(tmp_path / "deep"), verbose=0)
+    assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.backend_independent
+def test_preset_of_the_other_modality_is_refused(presets, tmp_path):
+    from tiny_bert import make_tiny_bert_preset
+
+    from transfer.models import text
+
+    bert = make_tiny_bert_preset(str(tmp_path / "tiny_bert"))
+    with pytest.raises(ValueError, match=r"holds a text encoder "
+                       r"\(BertBackbone\), not an image backbone.*"
+                       r"build_text_classifier.*Received: backbone="):
+        transfer.build_classifier(bert, 2, weights=None)
+    # A KerasHub text preset name: known offline, nothing downloaded.
+    with pytest.raises(ValueError, match="'roberta_base_en' is a text "
+                                         "encoder.*Received: backbone="
+                                         "'hub:roberta_base_en'"):
+        transfer.build_classifier("hub:roberta_base_en", 2, weights=None)
+    with pytest.raises(ValueError, match="holds a ViTBackbone without a "
+                                         "tokenizer.*not a text preset"):
+        text.build_text_classifier(presets["vit"], 2, weights=None)
 
 
 @pytest.mark.backend_independent
@@ -358,3 +388,25 @@ def test_other_sizes_and_registered_families(presets):
     assert set(FAMILIES) <= set(transfer.list_backbones("image"))
     assert transfer.get_backbone_spec("siglip").pooling == ("map", "avg")
     assert transfer.get_backbone_spec("small_cnn").pooling == ("avg", "max")
+
+
+@pytest.mark.backend_independent
+def test_resume_compares_pooling_lora_and_drop_path(presets):
+    from transfer.training import fingerprint
+
+    def model_print(*args, **kwargs):
+        model = transfer.build_classifier(*args, 2, weights=None, **kwargs)
+        return fingerprint.run_fingerprint(
+            model, transfer.Recipe((transfer.Stage("head", 1, 1e-3),)),
+            _data(2), None, batch_size=2, class_names=None)[1]["model"]
+
+    token = model_print(presets["dinov2"])
+    assert token["build_options"] == {"pooling": "token"}
+    others = [model_print(presets["dinov2"], pooling="avg"),
+              model_print(presets["dinov2"], lora_rank=2),
+              model_print(presets["dinov2"], drop_path=0.1)]
+    assert others[2]["build_options"] == {"pooling": "token",
+                                          "drop_path": 0.1}
+    assert all(other != token for other in others)
+    # CNNs with the default pooling record none: their older runs resume.
+    assert "build_options" not in model_print("tiny_cnn")
