@@ -710,7 +710,7 @@ def test_train_takes_the_vision_transformer_options(tiny_vit, capsys):
     [
         (["--pooling", "max"], "offers pooling ['token', 'avg'] (default "
          "'token'). Received: --pooling max"),
-        (["--drop-path", "0.1"], "--drop-path works with ['dinov2']"),
+        (["--drop-path", "0.1"], "--drop-path works with ['dinov2', 'dinov3']"),
         (["--drop-path", "1.5"], "Option `--drop-path` must be a number >= 0 "
          "and < 1. Received: --drop-path 1.5"),
         (["--lora-rank", "0"], "Option `--lora-rank` must be an integer >= 1."

@@ -280,7 +280,7 @@ def build_parser():
                    "backbone's own weights stay frozen (default: none)")
     p.add_argument("--drop-path", type=float, metavar="RATE",
                    help="stochastic depth rate in [0, 1), for families that "
-                   f"have it (dinov2) (default: {d['drop_path']})")
+                   f"have it (dinov2, dinov3) (default: {d['drop_path']})")
     p.add_argument("--force-resume", action="store_true",
                    help="resume an interrupted run although its data or "
                    "settings changed (the differences are recorded)")

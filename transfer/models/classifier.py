@@ -191,9 +191,9 @@ def build_classifier(
     recipe trains the head only) and called with `training=False` (unless
     `drop_path` asks for stochastic depth in training); its
     BatchNormalization layers stay frozen until `set_trainable_blocks` says
-    otherwise. Vision transformers (`vit`, `deit`, `dinov2`, `siglip`,
-    `clip` and their presets) output tokens, which `pooling` turns into one
-    vector per image. The result is a plain `keras.Model`: compile and fit it
+    otherwise. Vision transformers (`vit`, `deit`, `dinov2`, `dinov3`,
+    `siglip`, `clip` and their presets) output tokens, which `pooling` turns
+    into one vector per image. The result is a plain `keras.Model`: compile and fit it
     yourself, or pass it to `transfer.fit_recipe`.
 
     Args:
@@ -229,7 +229,7 @@ def build_classifier(
             the projections' biases, as KerasHub's `enable_lora` leaves
             them). `None` for none. Defaults to `None`.
         drop_path: stochastic depth rate, for families that have it
-            (`dinov2`); the backbone then runs in training mode during
+            (`dinov2`, `dinov3`); the backbone then runs in training mode during
             `fit`. Defaults to `0.0`.
 
     Returns:
