@@ -661,3 +661,84 @@ def test_validation_split_is_rebuilt_with_the_runs_seed_even_zero(monkeypatch,
             evaluation_data.load_labelled_data(str(tmp_path), model, config,
                                                validation_only=True)
         assert seeds[-1] == expected
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A 2-layer random-init ViT preset folder (32 px, patch 8) and an
+    8-image class folder."""
+    import keras_hub
+
+    root = tmp_path_factory.mktemp("cli_vit")
+    folder = str(root / "tiny_vit")
+    keras_hub.models.ViTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+        hidden_dim=16, mlp_dim=32).save_to_preset(folder)
+    _write_folder(str(root / "data"), num_images=8)
+    return root, folder
+
+
+def test_train_takes_the_vision_transformer_options(tiny_vit, capsys):
+    root, vit = tiny_vit
+    (root / "lora.yaml").write_text(
+        "image_size: 32\nbatch_size: 4\nvalidation_split: 0\naugment: false\n"
+        "stages:\n  - {name: lora, epochs: 1, learning_rate: 1.0e-2, "
+        "trainable_blocks: all}\n")
+    run = str(root / "run")
+    code = main(["--quiet", "train", "--data", str(root / "data"),
+                 "--backbone", vit, "--config", str(root / "lora.yaml"),
+                 "--weights", "none", "--pooling", "avg", "--lora-rank", "2",
+                 "--output", run])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    config = json.loads((root / "run" / "config.json").read_text())
+    assert (config["pooling"], config["lora_rank"], config["drop_path"]) == (
+        "avg", 2, 0.0)
+    manifest = json.loads((root / "run" / "manifest.json").read_text())
+    assert (manifest["pooling"], manifest["lora_rank"]) == ("avg", 2)
+    # evaluate and report load the same model (avg pooling; Keras saves
+    # the LoRA adapters merged into the q/k/v kernels).
+    model, _ = transfer.workflow.load_run(run)
+    assert model.get_layer("pooler").mode == "avg"
+    assert model.transfer_metadata["pooling"] == "avg"
+    code = main(["--quiet", "evaluate", run, "--data", str(root / "data")])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--pooling", "max"], "offers pooling ['token', 'avg'] (default "
+         "'token'). Received: --pooling max"),
+        (["--drop-path", "0.1"], "--drop-path works with ['dinov2', 'dinov3']"),
+        (["--drop-path", "1.5"], "Option `--drop-path` must be a number >= 0 "
+         "and < 1. Received: --drop-path 1.5"),
+        (["--lora-rank", "0"], "Option `--lora-rank` must be an integer >= 1."
+         " Received: --lora-rank 0"),
+        (["--backbone", "tiny_cnn", "--lora-rank", "2"],
+         "has no attention layers for LoRA adapters; --lora-rank works with"),
+    ],
+)
+def test_vision_transformer_options_refused_before_data(tiny_vit, flags,
+                                                        needle, capsys):
+    root, vit = tiny_vit
+    run = root / "refused"
+    code = main(["--quiet", "train", "--data", str(root / "data"),
+                 "--backbone", vit, "--weights", "none", "--output", str(run),
+                 *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err, err
+    assert "lora_rank=" not in err and "drop_path=" not in err
+    assert not run.exists()
+
+
+def test_text_runs_refuse_image_model_options(tmp_path, capsys):
+    data = tmp_path / "texts.csv"
+    data.write_text("text,label\nred apple,a\nblue sky,b\n")
+    code = main(["--quiet", "train", "--data", str(data), "--backbone",
+                 "minilm_l6", "--pooling", "avg", "--output",
+                 str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "`--pooling` is an option of image models" in err, err
+    assert "Received: --pooling avg" in err

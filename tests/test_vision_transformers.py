@@ -1,4 +1,4 @@
-"""Vision transformer families (ViT, DeiT, DINOv2, SigLIP, CLIP).
+"""Vision transformer families (ViT, DeiT, DINOv2, DINOv3, SigLIP, CLIP).
 
 Each family's real KerasHub class, in a small random-init configuration
 (2 layers, width 16, 32 px, patch 8), is saved once per session as a local
@@ -21,7 +21,7 @@ from transfer.backbones.blocks import assign_blocks
 from transfer.backbones.blocks import infer_blocks
 from transfer.models.freeze import backbone_blocks
 
-FAMILIES = ("vit", "deit", "dinov2", "siglip", "clip")
+FAMILIES = ("vit", "deit", "dinov2", "dinov3", "siglip", "clip")
 # JAX compiles each family's training step anew (10-20 s each on 2 CPU
 # cores): there, training runs for the class-token ViT and for SigLIP's
 # attention-pooling head; TensorFlow and torch train every family.
@@ -38,7 +38,8 @@ SMALL = {"num_layers": LAYERS, "num_heads": 2, "hidden_dim": WIDTH}
 # The contract: the direct layer names of each re-wired backbone, as a saved
 # preset reloads them (DINOv2, SigLIP and CLIP prefix them with the model's
 # name). It fails when KerasHub renames a layer the block regexes rely on.
-PREFIX = {"dinov2": "dinov2_backbone_", "siglip": "sig_lip_vision_encoder_",
+PREFIX = {"dinov2": "dinov2_backbone_", "dinov3": "dinov3_backbone_",
+          "siglip": "sig_lip_vision_encoder_",
           "clip": "clip_vision_encoder_"}
 EXPECTED_NAMES = {
     "vit": ["images", "vit_patching_and_embedding", "dropout",
@@ -48,6 +49,9 @@ EXPECTED_NAMES = {
     # A saved DINOv2 preset's name prefixes its top-level layers.
     "dinov2": ["images", "dinov2_backbone_embeddings", "layers_0",
                "layers_1", "dinov2_backbone_layernorm"],
+    "dinov3": ["images", "dinov3_backbone_embeddings",
+               "dinov3_backbone_rope_embedding", "layers_0", "layers_1",
+               "dinov3_backbone_layernorm"],
     "siglip": ["images"] + [f"sig_lip_vision_encoder_{n}" for n in (
         "embedding", "encoder_block_0", "encoder_block_1", "post_layer_norm",
         "head")],
@@ -56,7 +60,8 @@ EXPECTED_NAMES = {
         "layer_norm")],
 }
 # Tokens before the patch tokens: class, distillation, registers.
-PREFIX_TOKENS = {"vit": 1, "deit": 2, "dinov2": 3, "siglip": 0, "clip": 1}
+PREFIX_TOKENS = {"vit": 1, "deit": 2, "dinov2": 3, "dinov3": 3, "siglip": 0,
+                 "clip": 1}
 
 
 def _small_backbone(family):
@@ -73,6 +78,10 @@ def _small_backbone(family):
         return models.DINOV2Backbone(
             patch_size=PATCH, intermediate_dim=32, image_shape=shape,
             position_embedding_shape=shape, num_register_tokens=2, **SMALL)
+    if family == "dinov3":
+        return models.DINOV3Backbone(
+            patch_size=PATCH, intermediate_dim=32, image_shape=shape,
+            num_register_tokens=2, **SMALL)
     cls = (models.SigLIPVisionEncoder if family == "siglip"
            else models.CLIPVisionEncoder)
     return cls(patch_size=PATCH, intermediate_dim=32, image_shape=shape,
@@ -86,10 +95,11 @@ def _converter(family):
         "vit": keras_hub.layers.ViTImageConverter,
         "deit": keras_hub.layers.DeiTImageConverter,
         "dinov2": keras_hub.layers.DINOV2ImageConverter,
+        "dinov3": keras_hub.layers.DINOV3ImageConverter,
         "siglip": keras_hub.layers.SigLIPImageConverter,
         "clip": keras_hub.layers.CLIPImageConverter,
     }[family]
-    if family in ("deit", "dinov2"):  # per-channel ImageNet mean and std
+    if family in ("deit", "dinov2", "dinov3"):  # ImageNet mean and std
         std = np.array([0.229, 0.224, 0.225])
         return cls(image_size=(SIZE, SIZE), scale=list(1 / (255 * std)),
                    offset=list(-np.array([0.485, 0.456, 0.406]) / std),
@@ -157,7 +167,7 @@ def test_block_regexes_match_the_real_layer_names_in_order(presets, family):
 def test_preprocessing_comes_from_the_image_converter(presets, family):
     spec = transfer.get_backbone_spec(presets[family])
     assert (spec.image_size, spec.patch_size) == (SIZE, PATCH)
-    if family in ("deit", "dinov2"):
+    if family in ("deit", "dinov2", "dinov3"):
         np.testing.assert_allclose(spec.scale, 1 / (255 * np.array(
             [0.229, 0.224, 0.225])))
         assert spec.interpolation == "bicubic"
@@ -310,16 +320,20 @@ def test_token_pooling_layer_round_trip():
 
 
 @pytest.mark.backend_independent
-def test_drop_path_for_dinov2_only(presets):
-    model = transfer.build_classifier(presets["dinov2"], 2, weights=None,
-                                      drop_path=0.1)
-    rates = [x.rate for x in _backbone(model)._flatten_layers()
-             if type(x).__name__ == "DINOV2DropPath"]
-    assert rates == [0.1] * LAYERS
+def test_drop_path_for_dinov2_and_dinov3_only(presets):
+    for family in ("dinov3", "dinov2"):
+        model = transfer.build_classifier(presets[family], 2, weights=None,
+                                          drop_path=0.1)
+        rates = [x.rate for x in _backbone(model)._flatten_layers()
+                 if type(x).__name__.endswith("DropPath")]
+        # DINOv2 uses the rate in every layer; DINOv3 ramps it up linearly
+        # over the depth (0 in the first layer: no DropPath layer there).
+        expected = [0.1] * LAYERS if family == "dinov2" else [0.1]
+        np.testing.assert_allclose(rates, expected, err_msg=family)
     x = _data(2)[0]
     np.testing.assert_allclose(model.predict(x, verbose=0),
                                model.predict(x, verbose=0))
-    with pytest.raises(ValueError, match=r"drop_path works with \['dinov2'\]"
+    with pytest.raises(ValueError, match=r"drop_path works with \['dinov2', 'dinov3'\]"
                                          r".*Received: drop_path=0.1"):
         transfer.build_classifier(presets["vit"], 2, drop_path=0.1)
     with pytest.raises(ValueError, match="Received: drop_path=1.5"):
@@ -327,7 +341,7 @@ def test_drop_path_for_dinov2_only(presets):
 
 
 @pytest.mark.backend_independent
-def test_bad_input_is_refused_before_training(presets):
+def test_bad_input_is_refused_before_training(presets, tmp_path):
     vit = presets["vit"]
     with pytest.raises(ValueError, match="multiple of 8.*Received: "
                                          "image_size=36"):
@@ -347,6 +361,36 @@ def test_bad_input_is_refused_before_training(presets):
     with pytest.raises(ValueError, match="trained at 32 px.*Received: "
                                          "image_size=48"):
         transfer.build_classifier(vit, 2, weights="preset", image_size=48)
+    # A stage deeper than the encoder: refused before stage 1 trains.
+    recipe = [transfer.Stage("head", 1, 1e-3, 0),
+              transfer.Stage("deep", 1, 1e-3, 5)]
+    with pytest.raises(ValueError, match="Stage 'deep': The backbone has 4 "
+                                         "blocks.*Received: "
+                                         "trainable_blocks=5"):
+        transfer.fit_recipe(model, recipe, _data(4),
+                            run_dir=str(tmp_path / "deep"), verbose=0)
+    assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.backend_independent
+def test_preset_of_the_other_modality_is_refused(presets, tmp_path):
+    from tiny_bert import make_tiny_bert_preset
+
+    from transfer.models import text
+
+    bert = make_tiny_bert_preset(str(tmp_path / "tiny_bert"))
+    with pytest.raises(ValueError, match=r"holds a text encoder "
+                       r"\(BertBackbone\), not an image backbone.*"
+                       r"build_text_classifier.*Received: backbone="):
+        transfer.build_classifier(bert, 2, weights=None)
+    # A KerasHub text preset name: known offline, nothing downloaded.
+    with pytest.raises(ValueError, match="'roberta_base_en' is a text "
+                                         "encoder.*Received: backbone="
+                                         "'hub:roberta_base_en'"):
+        transfer.build_classifier("hub:roberta_base_en", 2, weights=None)
+    with pytest.raises(ValueError, match="holds a ViTBackbone without a "
+                                         "tokenizer.*not a text preset"):
+        text.build_text_classifier(presets["vit"], 2, weights=None)
 
 
 @pytest.mark.backend_independent
@@ -358,3 +402,25 @@ def test_other_sizes_and_registered_families(presets):
     assert set(FAMILIES) <= set(transfer.list_backbones("image"))
     assert transfer.get_backbone_spec("siglip").pooling == ("map", "avg")
     assert transfer.get_backbone_spec("small_cnn").pooling == ("avg", "max")
+
+
+@pytest.mark.backend_independent
+def test_resume_compares_pooling_lora_and_drop_path(presets):
+    from transfer.training import fingerprint
+
+    def model_print(*args, **kwargs):
+        model = transfer.build_classifier(*args, 2, weights=None, **kwargs)
+        return fingerprint.run_fingerprint(
+            model, transfer.Recipe((transfer.Stage("head", 1, 1e-3),)),
+            _data(2), None, batch_size=2, class_names=None)[1]["model"]
+
+    token = model_print(presets["dinov2"])
+    assert token["build_options"] == {"pooling": "token"}
+    others = [model_print(presets["dinov2"], pooling="avg"),
+              model_print(presets["dinov2"], lora_rank=2),
+              model_print(presets["dinov2"], drop_path=0.1)]
+    assert others[2]["build_options"] == {"pooling": "token",
+                                          "drop_path": 0.1}
+    assert all(other != token for other in others)
+    # CNNs with the default pooling record none: their older runs resume.
+    assert "build_options" not in model_print("tiny_cnn")

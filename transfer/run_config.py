@@ -40,6 +40,9 @@ DEFAULTS = {
     "seed": 1337,
     "augment": True,
     "dropout": 0.2,
+    "pooling": None,
+    "lora_rank": None,
+    "drop_path": 0.0,
     "skip_bad_files": False,
     "distribute": "none",
     "feature_cache_dir": None,
@@ -84,6 +87,21 @@ def _check_number(config, key, kind, low, high=None):
             f"Option `{key}` must be {'an integer' if kind is int else 'a number'}"
             f" {bound}. Received: {key}={value!r}"
         )
+
+
+def _check_build_options(config):
+    """Types of the image model's build options; whether the backbone offers
+    them is checked by `transfer.workflow.train_run`, before any data."""
+    pooling = config["pooling"]
+    if pooling is not None and not (isinstance(pooling, str) and pooling):
+        raise ValueError(
+            "Option `pooling` must be a pooling name (token, avg, max, map: "
+            "see `transfer backbones`) or null for the backbone's default. "
+            f"Received: pooling={pooling!r}"
+        )
+    if config["lora_rank"] is not None:
+        _check_number(config, "lora_rank", int, 1)
+    _check_number(config, "drop_path", (int, float), 0, 1)
 
 
 def resolve_config(path=None, overrides=None, *, epochs=None,
@@ -175,6 +193,7 @@ def resolve_config(path=None, overrides=None, *, epochs=None,
     _check_number(config, "validation_split", (int, float), 0, 1)
     _check_number(config, "seed", int, 0)
     _check_number(config, "dropout", (int, float), 0, 1)
+    _check_build_options(config)
     for key in ("augment", "skip_bad_files"):
         if not isinstance(config[key], bool):
             raise ValueError(

@@ -25,6 +25,7 @@ from transfer.data.text import load_text_csv
 from transfer.data.text import load_text_folder
 from transfer.data.text import split_texts
 from transfer.models.classifier import build_classifier
+from transfer.models.classifier import check_build_options
 from transfer.models.text import build_text_classifier
 from transfer.saving import load_model
 from transfer.training import run_dir as run_dir_lib
@@ -170,6 +171,7 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     if modality == "auto":
         modality = "text" if table else detect_modality(layout.train)
     spec = get_backbone_spec(config["backbone"], modality=modality)
+    pooling = _check_model_options(spec, config, modality)
     run_dir_lib.check_run_dir(run_dir)
     check_free(run_dir)  # fail fast; fit_recipe checks again, locked
     recipe = Recipe.from_config({
@@ -195,6 +197,8 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     if modality == "image":
         image_size = config["image_size"] or spec.image_size
         resolved["image_size"] = image_size
+        # The default resolved: evaluate, report and a resume read it back.
+        resolved["pooling"] = pooling
         train, val, class_names = _image_parts(layout, config, image_size,
                                                verbose)
         run_files.update(_split_files(layout, train, val))
@@ -207,6 +211,8 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
                 weights=_image_weights(config["weights"]),
                 image_size=image_size, dropout=config["dropout"],
                 precision=config.get("precision", "float32"),
+                pooling=pooling, lora_rank=config.get("lora_rank"),
+                drop_path=config.get("drop_path") or 0.0,
             )
     else:
         if table:
@@ -220,6 +226,7 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
                 sequence_length=config["sequence_length"],
                 dropout=config["dropout"],
                 text_pairs=bool(config.get("text_pair_column")),
+                lora_rank=config.get("lora_rank"),
             )
     resolved["class_names"] = list(class_names)
     run_files[run_config.CONFIG_FILE] = run_config.dumps(resolved)
@@ -231,6 +238,24 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
         force_resume=force_resume, run_files=run_files,
     )
     return model
+
+
+def _check_model_options(spec, config, modality):
+    """The image model's pooling; raises for build options the backbone
+    does not offer, before any data is read."""
+    if modality == "image":
+        return check_build_options(
+            spec, config.get("pooling"), config.get("drop_path") or 0.0,
+            config.get("lora_rank"))
+    for key in ("pooling", "drop_path"):
+        if config.get(key):
+            raise ValueError(
+                f"`{key}` is an option of image models; text classifiers "
+                "pool their encoder's own way and take only `lora_rank`. "
+                f"Leave it out for a text run. Received: {key}="
+                f"{config[key]!r}"
+            )
+    return None
 
 
 def _image_parts(layout, config, image_size, verbose):

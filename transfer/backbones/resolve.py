@@ -8,6 +8,7 @@ from transfer.backbones import hub
 from transfer.backbones import local
 from transfer.backbones import registry
 from transfer.backbones import text
+from transfer.backbones import text_families
 from transfer.backbones import vision_transformers
 from transfer.backbones.spec import BackboneSpec
 
@@ -60,6 +61,7 @@ def get_backbone_spec(backbone, modality="image"):
         preset = backbone[len("hub:") :] if backbone.startswith("hub:") else backbone
         if modality == "text":
             return text.text_preset_spec(preset)
+        _check_not_text(preset, backbone)
         family = vision_transformers.preset_spec(preset)
         return family if family is not None else hub.hub_spec(preset)
     if backbone.endswith(".keras"):
@@ -71,4 +73,30 @@ def get_backbone_spec(backbone, modality="image"):
         f"Unknown backbone '{backbone}'. {hint}See transfer.list_backbones(), "
         "pass a KerasHub preset as 'hub:<preset>', a local preset directory "
         f"or a .keras file. Received: backbone={backbone!r}"
+    )
+
+
+def _check_not_text(preset, backbone):
+    """Raises when an image model is asked to use a text encoder preset: a
+    folder with a tokenizer or a text family's class, or a KerasHub text
+    preset name."""
+    if os.path.isdir(preset):
+        config = hub.read_preset_config(preset) or {}
+        class_name = config.get("class_name")
+        tokenizer = os.path.exists(os.path.join(preset, "tokenizer.json"))
+        if not tokenizer and class_name not in text_families.FAMILIES:
+            return
+        what = f"Preset folder '{preset}' holds a text encoder"
+    else:
+        family, _, class_name = text_families.preset_family(preset)
+        if family is None:
+            return
+        what = f"KerasHub preset '{preset}' is a text encoder"
+    kind = f" ({class_name})" if class_name else ""
+    raise ValueError(
+        f"{what}{kind}, not an image backbone. Image classifiers take a "
+        "registered image backbone (transfer.list_backbones()), an image "
+        "preset (`hub:<preset>`) or folder; a text preset goes to "
+        "transfer.build_text_classifier (`transfer train --modality text` "
+        f"with text data). Received: backbone={backbone!r}"
     )

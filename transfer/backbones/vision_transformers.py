@@ -1,4 +1,4 @@
-"""Vision transformers from KerasHub: ViT, DeiT, DINOv2, SigLIP and CLIP.
+"""Vision transformers from KerasHub: ViT, DeiT, DINOv2/v3, SigLIP, CLIP.
 
 Each family is one registered `BackboneSpec` built from a KerasHub preset.
 `hub:<preset>` and local preset folders whose `config.json` names one of
@@ -36,7 +36,8 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _HALF = (0.5, 0.5, 0.5)
 # The attention projections LoRA adapts (`keras.layers.MultiHeadAttention`'s
-# query, key and value `EinsumDense` layers, in every family here).
+# query, key and value `EinsumDense` layers; DINOv3 names its own Dense
+# layers `q_proj`, `k_proj`, `v_proj`).
 LORA_LAYERS = ("query", "key", "value")
 
 
@@ -65,6 +66,7 @@ class Family:
     pooling: Tuple[str, ...]
     drop_path: bool = False
     interpolates: bool = False
+    lora_layers: Tuple[str, ...] = LORA_LAYERS
     description: str = ""
     # The default preset's architecture, to build it offline with
     # `weights=None`: `(KerasHub class, ((argument, value), ...))`.
@@ -93,6 +95,15 @@ FAMILIES = {
                drop_path=True, interpolates=True,
                description="DINOv2 self-supervised (KerasHub) presets",
                architecture=("DINOV2Backbone", (("patch_size", 14), ("num_layers", 12), ("num_heads", 6), ("hidden_dim", 384), ("intermediate_dim", 1536), ("position_embedding_shape", (518, 518, 3))))),
+        # RoPE positions: any multiple of the patch size, weights kept. The
+        # position layer (`rope_embedding`, no weights) joins the stem.
+        Family("dinov3", ("DINOV3Backbone",), "dinov3_vit_small_lvd1689m",
+               12, 224, 16, _IMAGENET_MEAN, _IMAGENET_STD, "bilinear",
+               ("embeddings",), "layers_{}", 0, "layernorm",
+               ("token", "avg"), drop_path=True, interpolates=True,
+               lora_layers=("q_proj", "k_proj", "v_proj"),
+               description="DINOv3 self-supervised (KerasHub) presets",
+               architecture=("DINOV3Backbone", (("patch_size", 16), ("num_layers", 12), ("num_heads", 6), ("hidden_dim", 384), ("intermediate_dim", 1536), ("num_register_tokens", 4)))),
         Family("siglip", ("SigLIPBackbone", "SigLIPVisionEncoder"),
                "siglip_base_patch16_224", 12, 224, 16, _HALF, _HALF,
                "bicubic", ("embedding",), "encoder_block_{}", 0,
@@ -121,9 +132,11 @@ def layer_names(family, num_layers, pooling=None, prefix=""):
     pooling = pooling or family.pooling[0]
     names = ["images"]
     # Only the layers KerasHub builds at the top level carry the prefix.
-    nested = family.name in ("vit", "deit", "dinov2")
-    outer = "" if nested and family.name != "dinov2" else prefix
+    nested = family.name in ("vit", "deit", "dinov2", "dinov3")
+    outer = "" if family.name in ("vit", "deit") else prefix
     names += [outer + n for n in family.stem]
+    if family.name == "dinov3":
+        names.append(outer + "rope_embedding")
     inner = "" if nested else prefix
     names += [
         inner + family.block.format(i + family.first)
@@ -284,6 +297,8 @@ def flatten(family, vision, input_shape, pooling=None):
     elif family.name == "dinov2":
         stages = [vision.embeddings]
         stages += list(vision.encoder.layers) + [vision.layernorm]
+    elif family.name == "dinov3":
+        return _flatten_dinov3(vision, inputs)
     else:
         stages = [vision.embedding]
         stages += [vision.pre_layer_norm] if family.name == "clip" else []
@@ -299,6 +314,18 @@ def flatten(family, vision, input_shape, pooling=None):
         if type(layer).__name__ in _UNACCEPTED_KEYS:
             layer = HubLayer(layer, name=layer.name)
         x = layer(x)
+    return keras.Model(inputs, x, name=vision.name)
+
+
+def _flatten_dinov3(vision, inputs):
+    """DINOv3's encoder layers also take the rotary position embeddings
+    (computed from the image size, no weights) and the prefix count."""
+    x = vision.embeddings(inputs)
+    positions = vision.rope_embedding(inputs)
+    prefix = 1 + vision.num_register_tokens
+    for layer in vision.encoder.layers:
+        x = layer(x, position_embeddings=positions, num_prefix_tokens=prefix)
+    x = vision.layernorm(x)
     return keras.Model(inputs, x, name=vision.name)
 
 
@@ -369,6 +396,8 @@ def prefix_tokens(family, config):
         return 1 if config.get("use_class_token", True) else 0
     if name == "dinov2":
         return 1 + int(config.get("num_register_tokens", 0))
+    if name == "dinov3":
+        return 1 + int(config.get("num_register_tokens", 4))
     return {"deit": 2, "siglip": 0, "clip": 1}[name]
 
 
@@ -429,7 +458,7 @@ def family_spec(family, *, preset=None, name=None, num_layers=None,
         pooling=family.pooling,
         patch_size=patch_size,
         options=("pooling", "drop_path") if family.drop_path else ("pooling",),
-        lora_layers=LORA_LAYERS,
+        lora_layers=family.lora_layers,
         interpolation=interpolation,
     )
 

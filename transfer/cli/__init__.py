@@ -36,6 +36,7 @@ TRAIN_DEFAULTS = {
     "modality": "auto",
     "distribute": "none",
     "precision": "float32",
+    "drop_path": 0.0,
 }
 
 EPILOG = """examples:
@@ -267,6 +268,19 @@ def build_parser():
                    help="Keras dtype policy of the image model (auto: mixed "
                    "bfloat16 on GPUs/TPUs that have it) "
                    f"(default: {d['precision']})")
+    p.add_argument("--pooling", metavar="NAME",
+                   help="how the image model pools the backbone's output: "
+                   "avg or max for CNNs; token (class token), avg (patch "
+                   "tokens) or map (SigLIP's head) for vision transformers; "
+                   "`transfer backbones` lists each backbone's (default: "
+                   "the backbone's own)")
+    p.add_argument("--lora-rank", type=int, metavar="N",
+                   help="LoRA adapters of rank N on the attention "
+                   "projections (vision transformers, text encoders); the "
+                   "backbone's own weights stay frozen (default: none)")
+    p.add_argument("--drop-path", type=float, metavar="RATE",
+                   help="stochastic depth rate in [0, 1), for families that "
+                   f"have it (dinov2, dinov3) (default: {d['drop_path']})")
     p.add_argument("--force-resume", action="store_true",
                    help="resume an interrupted run although its data or "
                    "settings changed (the differences are recorded)")

@@ -76,6 +76,9 @@ def train(args):
         "distribute": args.distribute,
         "feature_cache_dir": args.feature_cache_dir,
         "precision": args.precision,
+        "pooling": args.pooling,
+        "lora_rank": args.lora_rank,
+        "drop_path": args.drop_path,
     }
     config = run_config.resolve_config(
         args.config, overrides, epochs=args.epochs,

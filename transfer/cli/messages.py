@@ -19,11 +19,29 @@ _WORDS = (
     (r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>", r"a \1 object"),
 )
 
+def _flag(match):
+    """The image model options as `transfer train` takes them:
+    `lora_rank=2` -> `--lora-rank 2`, `pooling='max'` -> `--pooling max`,
+    `` `drop_path` `` -> `` `--drop-path` ``."""
+    flag = "--" + match.group(1).replace("_", "-")
+    text = match.group(0)
+    if text.startswith("`"):
+        return f"`{flag}`"
+    if "=" in text:
+        value = match.group(2) if match.lastindex == 2 else ""
+        return f"{flag} {value}"
+    return flag
+
+
 # (pattern, replacement) for one command's flags.
 _COMMAND_WORDS = {
     "train": (
         (r"Pass a new run_dir\b", "Pass a new --output"),
         (r"Choose a writable run_dir\b", "Choose a writable --output"),
+        (r"\b(pooling|lora_rank|drop_path)='([^']*)'", _flag),
+        (r"\b(pooling|lora_rank|drop_path)=", _flag),
+        (r"`(pooling|lora_rank|drop_path)`", _flag),
+        (r"\b(lora_rank|drop_path)(?= works with\b)", _flag),
         (r"\(load it with transfer\.load_model\)",
          "(use it with `transfer predict`, `evaluate` or `export`)"),
     ),

@@ -55,8 +55,31 @@ def _check_image_size(spec, image_size):
         )
 
 
-def _check_options(spec, pooling, drop_path, lora_rank):
-    """Raises `ValueError` for build options `spec` does not offer."""
+def check_build_options(spec, pooling=None, drop_path=0.0, lora_rank=None):
+    """The pooling to build with; raises for options `spec` does not offer.
+
+    `transfer train` calls it before reading any data.
+
+    Returns:
+        `pooling`, or the backbone's default (`spec.pooling[0]`) for `None`.
+
+    Raises:
+        ValueError: a pooling the backbone does not offer, a `drop_path`
+            outside `[0, 1)` or for a family without stochastic depth, a
+            `lora_rank` that is not a positive integer or for a backbone
+            without attention layers.
+
+    Example:
+
+    >>> spec = transfer.get_backbone_spec("small_cnn")
+    >>> check_build_options(spec)
+    'avg'
+    >>> check_build_options(spec, lora_rank=4)
+    Traceback (most recent call last):
+        ...
+    ValueError: Backbone 'small_cnn' has no attention layers for LoRA ...
+    """
+    pooling = spec.pooling[0] if pooling is None else pooling
     if pooling not in spec.pooling:
         raise ValueError(
             f"Backbone '{spec.name}' offers pooling {list(spec.pooling)} "
@@ -82,7 +105,7 @@ def _check_options(spec, pooling, drop_path, lora_rank):
             f"Received: drop_path={drop_path!r}"
         )
     if lora_rank is None:
-        return
+        return pooling
     if (
         isinstance(lora_rank, bool)
         or not isinstance(lora_rank, int)
@@ -103,6 +126,7 @@ def _check_options(spec, pooling, drop_path, lora_rank):
             "(and their presets). Use trainable_blocks to fine-tune it. "
             f"Received: lora_rank={lora_rank!r}"
         )
+    return pooling
 
 
 def build_backbone(
@@ -167,9 +191,9 @@ def build_classifier(
     recipe trains the head only) and called with `training=False` (unless
     `drop_path` asks for stochastic depth in training); its
     BatchNormalization layers stay frozen until `set_trainable_blocks` says
-    otherwise. Vision transformers (`vit`, `deit`, `dinov2`, `siglip`,
-    `clip` and their presets) output tokens, which `pooling` turns into one
-    vector per image. The result is a plain `keras.Model`: compile and fit it
+    otherwise. Vision transformers (`vit`, `deit`, `dinov2`, `dinov3`,
+    `siglip`, `clip` and their presets) output tokens, which `pooling` turns
+    into one vector per image. The result is a plain `keras.Model`: compile and fit it
     yourself, or pass it to `transfer.fit_recipe`.
 
     Args:
@@ -205,7 +229,7 @@ def build_classifier(
             the projections' biases, as KerasHub's `enable_lora` leaves
             them). `None` for none. Defaults to `None`.
         drop_path: stochastic depth rate, for families that have it
-            (`dinov2`); the backbone then runs in training mode during
+            (`dinov2`, `dinov3`); the backbone then runs in training mode during
             `fit`. Defaults to `0.0`.
 
     Returns:
@@ -239,8 +263,7 @@ def build_classifier(
     """
     spec = get_backbone_spec(backbone)
     check_num_classes(num_classes)
-    pooling = spec.pooling[0] if pooling is None else pooling
-    _check_options(spec, pooling, drop_path, lora_rank)
+    pooling = check_build_options(spec, pooling, drop_path, lora_rank)
     if not 0 <= dropout < 1:
         raise ValueError(
             f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
@@ -273,6 +296,7 @@ def build_classifier(
         "precision": policy,
         "pooling": pooling,
         "lora_rank": lora_rank,
+        "drop_path": float(drop_path),
     }
     logger.info(
         "Built %s: %s weights from %s, %s", model.name, info.get("weights"),

@@ -44,11 +44,23 @@ def _model_summary(model):
                               keras.layers.Normalization))
     ]
     shape = getattr(model, "input_shape", None)
-    return _plain({
+    metadata = _model_info.metadata(model)
+    summary = {
         "input_shape": list(shape) if isinstance(shape, tuple) else shape,
-        "backbone": _model_info.metadata(model).get("backbone"),
+        "backbone": metadata.get("backbone"),
         "preprocessing": preprocessing,
-    })
+    }
+    # Build options that leave the weight shapes alone (pooling, drop
+    # path) or add weights (LoRA), where they differ from the CNN defaults:
+    # runs recorded before they were compared still resume.
+    options = {
+        key: metadata.get(key) for key in ("pooling", "lora_rank", "drop_path")
+        if metadata.get(key) and not (key == "pooling"
+                                      and metadata.get(key) == "avg")
+    }
+    if options:
+        summary["build_options"] = options
+    return _plain(summary)
 
 
 def run_fingerprint(model, recipe, train_data, validation_data, *,

@@ -278,15 +278,16 @@ def preset_dir(name="efficientnet_lite0"):
 def _timm_config(variant):
     pool = math.ceil(variant.image_size / 32)
     return {
-        # KerasHub's timm converter names the Lite family `lite0`; the
-        # variant's channels and repeats come from `backbone_kwargs`.
+        # KerasHub's timm converter knows the Lite family only as `lite0`
+        # (it refuses `efficientnet_lite1`); the variant's channels and
+        # repeats come from `backbone_kwargs`, and its own name is
+        # `transfer_variant` (and the `pretrained_cfg` tag).
         "architecture": "efficientnet_lite0",
-        **({} if variant.name == "efficientnet_lite0"
-           else {"transfer_variant": variant.name}),
+        "transfer_variant": variant.name,
         "num_classes": 1000,
         "num_features": _HEAD_FILTERS,
         "pretrained_cfg": {
-            "tag": "keras_transfer_from_efficientnet_pytorch",
+            "tag": f"{variant.name}.keras_transfer_from_efficientnet_pytorch",
             "input_size": [3, variant.image_size, variant.image_size],
             "interpolation": "bicubic",
             "mean": [0.5, 0.5, 0.5],
