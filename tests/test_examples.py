@@ -1,10 +1,19 @@
 """The examples run end to end, as a user runs them (tiny settings).
 
+The argument check and custom_fit.py run as `__main__` (`runpy`), in this
+process: a subprocess only added the interpreter's and TensorFlow's start
+(about 20 s each under load). image_finetune.py's runs stay in
+subprocesses: the data-parallel run sets process-wide state, and the digits
+run (two models) was not measured faster in process.
+
 Covers: examples/.
 """
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -28,6 +37,18 @@ def _run(script, *args, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result
+
+
+def _run_main(script, *args, tmp_path, monkeypatch):
+    """Runs `examples/<script>` as `__main__` here; its JSON line and stdout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        runpy.run_path(os.path.join(ROOT, "examples", script), run_name="__main__")
+    keras.backend.clear_session()
+    out = stdout.getvalue()
+    return json.loads(out.strip().splitlines()[-1]), out
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +99,21 @@ def test_image_finetune_on_a_folder(tmp_path, lite0_available):
     assert out["num_train"] + out["num_test"] == 12
 
 
-def test_image_finetune_rejects_bad_epochs(tmp_path):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "image_finetune.py"),
-         "--epochs", "x"], capture_output=True, text=True, cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    assert "--epochs takes HEAD,FINETUNE" in result.stderr
+def test_image_finetune_rejects_bad_epochs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["image_finetune.py", "--epochs", "x"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(ROOT, "examples", "image_finetune.py"),
+                       run_name="__main__")
+    assert exit_info.value.code == 2
+    assert "--epochs takes HEAD,FINETUNE" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # refused before any run directory
 
 
-def test_custom_fit(tmp_path, lite0_available):
-    out, _ = _run("custom_fit.py", "--image-size", "32", "--epochs", "1",
-                  "--output", str(tmp_path / "out"), tmp_path=tmp_path)
+def test_custom_fit(tmp_path, lite0_available, monkeypatch):
+    out, _ = _run_main("custom_fit.py", "--image-size", "32", "--epochs", "1",
+                       "--output", str(tmp_path / "out"), tmp_path=tmp_path,
+                       monkeypatch=monkeypatch)
     assert out["reload_matches"] is True
     assert out["epochs"] == 1
     assert {"train", "validation", "stage", "validation_images"} <= set(

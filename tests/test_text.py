@@ -87,6 +87,8 @@ def test_lora_trains_adapters_only_and_reloads(tiny_preset, tmp_path):
     assert any(not np.array_equal(a, keras.ops.convert_to_numpy(x.lora_kernel_b))
                for a, x in zip(adapters, _lora_layers(model), strict=True))
     reloaded = transfer.load_model(str(tmp_path / "lora" / "model.keras"))
+    # From the manifest beside model.keras (the family tests reload files alone).
+    assert reloaded.transfer_metadata["family"] == "bert"
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
 
