@@ -17,6 +17,7 @@ Covers: transfer.serving, transfer.cli (serve).
 import base64
 import concurrent.futures
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -388,19 +389,29 @@ def test_cli_serves_concurrent_clients(cli_server, images, expected):
     assert 1 <= stats["largest_batch"] <= 4
 
 
-def _cdp_browser(chromium, profile):
+def _above(fd, lowest=10):
+    """`fd` moved to a number from `lowest` up."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, lowest)
+    os.close(fd)
+    return high
+
+
+def _cdp_browser(chromium, profile, log):
     """Chromium driven over `--remote-debugging-pipe` (fds 3 and 4)."""
     commands_read, commands_write = os.pipe()
     events_read, events_write = os.pipe()
+    # Above 4, so that `3<&N 4>&M` cannot overwrite one with the other
+    # (bash: dash takes one-digit numbers only).
+    commands_read, events_write = _above(commands_read), _above(events_write)
     process = subprocess.Popen(
-        ["sh", "-c", f'exec "$0" "$@" 3<&{commands_read} 4>&{events_write}',
+        ["bash", "-c", f'exec "$0" "$@" 3<&{commands_read} 4>&{events_write}',
          chromium, "--headless", "--no-sandbox", "--disable-gpu",
          "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync",
          "--remote-debugging-pipe", f"--user-data-dir={profile}",
          "--window-size=1000,700", "about:blank"],
         pass_fds=(commands_read, events_write),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=log,
     )
     os.close(commands_read)
     os.close(events_write)
@@ -433,7 +444,7 @@ class _DevTools:
             ready, _, _ = select.select([self.read_fd], [], [], max(0, left))
             assert ready, f"no answer to {method}"
             chunk = os.read(self.read_fd, 1 << 20)
-            assert chunk, "chromium closed its pipe"
+            assert chunk, f"chromium closed its pipe after {method}"
             self.buffer += chunk
 
     def evaluate(self, session, expression):
@@ -446,11 +457,13 @@ class _DevTools:
 def test_page_in_headless_chromium(cli_server, images, expected, tmp_path):
     url, _, _ = cli_server
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    process, write_fd, read_fd = _cdp_browser(chromium, tmp_path / "profile")
+    log = open(tmp_path / "chromium.log", "w")
+    process, write_fd, read_fd = _cdp_browser(chromium, tmp_path / "profile",
+                                              log)
     tools = _DevTools(write_fd, read_fd)
     try:
         target = tools.call("Target.createTarget", url="about:blank",
-                            width=1000, height=700)
+                            newWindow=True, width=1000, height=700)
         session = tools.call("Target.attachToTarget", flatten=True,
                              targetId=target["targetId"])["sessionId"]
         tools.call("Page.enable", session)
@@ -490,6 +503,7 @@ def test_page_in_headless_chromium(cli_server, images, expected, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+        log.close()
     assert state == "done", status
     want = expected[images[3]]
     assert [name for name, _ in rows] == [p["class"] for p in want]
