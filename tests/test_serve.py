@@ -135,6 +135,9 @@ def _check_error(response, status):
     return body["error"]
 
 
+# The serving path on every backend: a model called from the batcher's
+# thread, batches padded to a power of two.
+@pytest.mark.all_backends
 def test_predict_matches_transfer_predict(client, images, expected):
     for path in images:
         data = open(path, "rb").read()
@@ -350,14 +353,16 @@ def cli_server(tiny_run, tmp_path_factory):
         assert started["url"].startswith(f"http://{HOST}:")
         assert started["class_names"] == ["cat", "dog"]
         yield started["url"], process, log
+        # Ctrl+C stops it gracefully: exit 0, no traceback.
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        log.seek(0)
+        stderr = log.read()
+        assert "Traceback" not in stderr and "Stopped." in stderr, stderr
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+            process.kill()
+            process.wait(timeout=30)
         process.stdout.close()
         log.close()
 

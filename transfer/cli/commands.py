@@ -325,6 +325,7 @@ def serve(args):
             f"Listening on {host}, not only this machine: anyone who can "
             "reach it can use the model (there is no authentication)."))
     server.run(app, args.socket, access_log=bool(args.verbose))
+    _note(args, "Stopped.")
 
 
 def backbones(args):

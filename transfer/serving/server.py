@@ -167,7 +167,8 @@ def run(app, sock, *, access_log=False):
     """Serves `app` on the bound socket `sock` with uvicorn until stopped.
 
     Ctrl+C (SIGINT) or SIGTERM stops it gracefully: requests in flight are
-    answered, then the batcher's thread ends.
+    answered, then the batcher's thread ends. After Ctrl+C it returns;
+    after SIGTERM uvicorn ends the process with that signal.
     """
     import uvicorn  # optional: the serve extra
 
@@ -178,5 +179,9 @@ def run(app, sock, *, access_log=False):
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn raises Ctrl+C again once it has shut down gracefully:
+        # the normal way to stop a server, not a failure.
+        logger.info("Stopped by Ctrl+C.")
     finally:
         sock.close()
