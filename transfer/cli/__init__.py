@@ -20,6 +20,15 @@ from transfer import _startup
 from transfer.cli import commands
 from transfer.cli import messages
 
+# `transfer serve`'s limits: transfer.serving.app's defaults, repeated so
+# that `--help` needs no Keras (tests/test_serve.py checks they agree).
+SERVE_DEFAULTS = {
+    "max_request_mb": 10,
+    "max_image_pixels": 40_000_000,
+    "max_batch_size": 8,
+    "batch_wait_ms": 5,
+}
+
 # What `transfer train` uses when neither a flag nor the config file sets an
 # option: `transfer.run_config.DEFAULTS` and `two_stage_recipe()`, repeated
 # so that `--help` needs no Keras (tests/test_cli.py checks they agree).
@@ -46,6 +55,7 @@ EPILOG = """examples:
   transfer predict runs/flowers rose.jpg more_photos/ --top-k 3 --format csv
   transfer export runs/flowers --format onnx
   transfer report runs/flowers
+  transfer serve runs/flowers --port 8000
   transfer backbones
   transfer weights fetch efficientnet_lite0
   transfer weights verify
@@ -91,6 +101,16 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   transfer export runs/flowers --format saved_model
   transfer export runs/flowers --format onnx --output flowers.onnx
   KERAS_BACKEND=tensorflow transfer export runs/flowers --format litert --quantize dynamic
+""",
+    "serve": """examples:
+  transfer serve runs/flowers                   # http://127.0.0.1:8000/ (this machine only)
+  transfer serve runs/flowers --port 0          # any free port: stdout's JSON line names it
+  curl -F image=@rose.jpg http://127.0.0.1:8000/predict
+  curl -H 'Content-Type: application/json' -d '{"image": "'$(base64 -w0 rose.jpg)'", "top_k": 3}' \\
+       http://127.0.0.1:8000/predict
+  curl http://127.0.0.1:8000/health
+
+Needs the serve extra: pip install "keras-transfer[serve]".
 """,
     "backbones": """examples:
   transfer backbones
@@ -337,6 +357,36 @@ def build_parser():
                    "anything is converted (default: RUN_DIR/export/model."
                    "<ext>)")
     p.set_defaults(handler=commands.export, before=commands.before_export)
+
+    p = _subparser(sub, "serve", "an HTTP service and a web page that "
+                   "classify images with a run's model", common)
+    p.add_argument("run_dir")
+    s = SERVE_DEFAULTS
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on: 127.0.0.1 is this machine "
+                   "only; 0.0.0.0 is every interface, where anyone who "
+                   "can reach the machine can use the model "
+                   "(default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="0 picks a free port, named on stdout "
+                   "(default: %(default)s)")
+    p.add_argument("--max-request-mb", type=float,
+                   default=s["max_request_mb"], metavar="MB",
+                   help="larger request bodies answer 413 "
+                   "(default: %(default)s)")
+    p.add_argument("--max-image-pixels", type=int,
+                   default=s["max_image_pixels"], metavar="N",
+                   help="larger images answer 413, refused from their "
+                   "header before decoding (default: %(default)s)")
+    p.add_argument("--max-batch-size", type=int,
+                   default=s["max_batch_size"], metavar="N",
+                   help="concurrent requests predicted in one model call, "
+                   "at most (default: %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float,
+                   default=s["batch_wait_ms"], metavar="MS",
+                   help="how long a batch waits for more requests "
+                   "(default: %(default)s)")
+    p.set_defaults(handler=commands.serve, before=commands.before_serve)
 
     p = _subparser(sub, "backbones", "the registered backbones", common)
     p.add_argument("--no-params", dest="params", action="store_false",

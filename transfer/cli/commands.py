@@ -7,6 +7,7 @@ notes for people go to stderr.
 """
 
 import csv
+import ipaddress
 import json
 import logging
 import os
@@ -268,6 +269,63 @@ def export(args):
     ))
     result["class_names"] = workflow.run_class_names(model)
     _out(args, result)
+
+
+def before_serve(args):
+    """The extra, the limits, the run's model and the port: checked, and
+    the port bound, before Keras loads."""
+    from transfer.serving import server  # light: no Keras
+
+    server.check_dependencies()
+    checks = (
+        ("--max-request-mb", args.max_request_mb, 0 < args.max_request_mb),
+        ("--max-image-pixels", args.max_image_pixels,
+         args.max_image_pixels >= 1),
+        ("--max-batch-size", args.max_batch_size,
+         1 <= args.max_batch_size <= 1024),
+        ("--batch-wait-ms", args.batch_wait_ms,
+         0 <= args.batch_wait_ms <= 1000),
+    )
+    for flag, value, good in checks:
+        if not good:
+            raise ValueError(
+                f"{flag} is out of range (--max-request-mb and "
+                "--max-image-pixels above 0, --max-batch-size from 1 to "
+                "1024, --batch-wait-ms from 0 to 1000). "
+                f"Received: {flag} {value}"
+            )
+    server.check_run_dir(args.run_dir)
+    args.socket = server.bind_socket(args.host, args.port)
+
+
+def serve(args):
+    from transfer.serving import server  # light: no Keras
+
+    try:
+        app = server.load_app(
+            args.run_dir,
+            max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+            max_image_pixels=args.max_image_pixels,
+            max_batch_size=args.max_batch_size,
+            max_delay=args.batch_wait_ms / 1000,
+        )
+    except BaseException:
+        args.socket.close()
+        raise
+    server.listen(args.socket)  # connections queue from here on
+    host, port = args.socket.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    _out(args, {"url": url, "run_dir": args.run_dir,
+                "class_names": app.state.class_names})
+    _note(args, (
+        f"Serving {args.run_dir} on {url} (POST /predict, GET /health, "
+        "the page at /); Ctrl+C stops it."))
+    if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+        _note(args, (
+            f"Listening on {host}, not only this machine: anyone who can "
+            "reach it can use the model (there is no authentication)."))
+    server.run(app, args.socket, access_log=bool(args.verbose))
+    _note(args, "Stopped.")
 
 
 def backbones(args):

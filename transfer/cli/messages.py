@@ -49,6 +49,10 @@ _COMMAND_WORDS = {
         (r"Choose a writable path\b",
          "Pass --output PATH in a writable folder"),
     ),
+    "serve": (
+        (r"\bport=(\d+)", r"--port \1"),
+        (r"\bhost='([^']*)'", r"--host \1"),
+    ),
 }
 
 
