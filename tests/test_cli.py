@@ -348,6 +348,29 @@ def test_export_quantization_bad_input_exits_2(cli_run, argv, needle, capsys):
     assert not target.exists()
 
 
+def test_export_int8_judged_on_data(cli_run, capsys):
+    # Calibrated on a folder of the run's classes, judged on --data.
+    root, _ = cli_run
+    export_format = "onnx" if "onnx" in _formats_here() else None
+    if export_format is None:
+        pytest.skip(f"no int8 export on {BACKEND}")
+    if not (root / "calibration").exists():
+        _write_folder(str(root / "calibration"), num_images=100)
+    target = root / "int8.onnx"
+    code = main(["export", str(root / "run"), "--format", export_format,
+                 "--quantize", "int8", "--calibration-data",
+                 str(root / "calibration"), "--calibration-images", "100",
+                 "--data", str(root / "data"), "--max-accuracy-drop", "1",
+                 "--output", str(target)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    judged = last_json(out)["evaluation"]
+    assert judged["num_images"] == 16
+    assert judged["file_size_bytes"] == target.stat().st_size
+    assert "Calibrating on 100 images" in err and "top-1 agreement" in err
+    assert deploy.read_metadata(str(target))["quantize"] == "int8"
+
+
 def test_export_over_max_accuracy_drop_exits_1(cli_run, capsys, monkeypatch):
     # The artifact is judged before it is put in place: over the limit,
     # the command prints the measurements, exits 1 and writes nothing.
