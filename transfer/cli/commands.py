@@ -343,6 +343,12 @@ def _export_evaluation(args, model, config):
         if not data_dir or not os.path.exists(data_dir) or not (
             config.get("validation_split")
         ):
+            if args.max_accuracy_drop is None:
+                _note(args, (
+                    f"Not judging the export: the run '{args.run_dir}' has "
+                    "no validation split here; pass --data DIR to judge it."
+                ))
+                return None
             raise ValueError(
                 f"The run '{args.run_dir}' has no validation split to judge "
                 "the export on. Pass --data DIR, a labelled folder of the "

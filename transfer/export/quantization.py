@@ -10,6 +10,7 @@ top-1 agreement, the file size and the median batch-1 latency.
 """
 
 import collections
+import logging
 import os
 import time
 
@@ -101,17 +102,23 @@ def quantize_onnx(path, quantize, calibration=None):
     source = path + ".float.onnx"
     os.replace(path, source)
     try:
-        if quantize == "dynamic":
-            # Conv weights as uint8: ONNX Runtime's CPU ConvInteger kernel
-            # takes uint8 weights only.
-            quantization.quantize_dynamic(
-                source, path, weight_type=quantization.QuantType.QUInt8
-            )
-        else:
-            quantization.quantize_static(
-                source, path, _calibration_reader(source, calibration),
-                quant_format=quantization.QuantFormat.QDQ,
-            )
+        # ONNX Runtime logs "Please consider to run pre-processing" on the
+        # root logger at WARNING for every call: advice, not a problem.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            if quantize == "dynamic":
+                quantization.quantize_dynamic(
+                    source, path, weight_type=quantization.QuantType.QInt8
+                )
+            else:
+                quantization.quantize_static(
+                    source, path, _calibration_reader(source, calibration),
+                    quant_format=quantization.QuantFormat.QDQ,
+                )
+        finally:
+            root.setLevel(level)
     finally:
         if os.path.exists(source):
             os.remove(source)
