@@ -180,8 +180,10 @@ def _write_artifact(model, path, export_format, meta, calibration):
     elif export_format == "saved_model":
         write_saved_model(model, path, meta)
     elif export_format == "litert":
-        model.export(path, format="litert", verbose=False,
-                     **quantization.litert_options(quantize, calibration))
+        # The converter prints "fully_quantize: 0, ..." natively.
+        with _startup.native_logs_muted():
+            model.export(path, format="litert", verbose=False,
+                         **quantization.litert_options(quantize, calibration))
     else:
         # The model's input signature has a `None` batch: Keras's torch
         # exporter then passes `dynamic_axes` (TorchScript exporter), and

@@ -178,7 +178,8 @@ def open_runtime(path, export_format):
             if shape[0] != batch.shape:
                 if dynamic:
                     interpreter.resize_tensor_input(spec["index"], batch.shape)
-                interpreter.allocate_tensors()
+                with _startup.native_logs_muted():  # the XNNPACK line
+                    interpreter.allocate_tensors()
                 shape[0] = batch.shape
             interpreter.set_tensor(spec["index"], batch)
             interpreter.invoke()
