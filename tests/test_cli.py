@@ -303,6 +303,8 @@ def test_export_parity(cli_run, export_format, capsys):
     assert report["max_abs_diff"] <= 1e-4
     assert report["backend"] == BACKEND
     assert "max abs diff" in stderr
+    # The artifact alone names the run's classes.
+    assert deploy.read_metadata(path)["class_names"] == ["cat", "dog"]
 
 
 @pytest.mark.all_backends
@@ -318,6 +320,80 @@ def test_export_refused_on_other_backend(cli_run, capsys):
     able = _backend.EXPORT_BACKENDS[refused[0]]
     assert f"KERAS_BACKEND={able[0]}" in err and BACKEND in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--format", "saved_model", "--quantize", "int8"], "does not take"),
+    (["--format", "onnx", "--quantize", "float16"], "does not take"),
+    # The run's training split holds 12 of the 16 images.
+    (["--format", "onnx", "--quantize", "int8", "--calibration-images",
+      "100"], "holds 12"),
+    (["--format", "onnx", "--quantize", "int8", "--calibration-data",
+      "birds"], "class"),
+    (["--format", "onnx", "--quantize", "int8", "--calibration-images",
+      "20"], "100 to 500"),
+])
+def test_export_quantization_bad_input_exits_2(cli_run, argv, needle, capsys):
+    root, _ = cli_run
+    if not (root / "birds").exists():
+        _write_folder(str(root / "birds"))
+        os.rename(root / "birds" / "cat", root / "birds" / "owl")
+    target = root / "refused.onnx"
+    code = main(["export", str(root / "run"), "--output", str(target),
+                 *[str(root / a) if a == "birds" else a for a in argv]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    # One error line, last (Keras's "Found N files" may come before it).
+    assert needle in err.strip().splitlines()[-1], err
+    assert not target.exists()
+
+
+def test_export_int8_judged_on_data(cli_run, capsys):
+    # Calibrated on a folder of the run's classes, judged on --data.
+    root, _ = cli_run
+    export_format = "onnx" if "onnx" in _formats_here() else None
+    if export_format is None:
+        pytest.skip(f"no int8 export on {BACKEND}")
+    if not (root / "calibration").exists():
+        _write_folder(str(root / "calibration"), num_images=100)
+    target = root / "int8.onnx"
+    code = main(["export", str(root / "run"), "--format", export_format,
+                 "--quantize", "int8", "--calibration-data",
+                 str(root / "calibration"), "--calibration-images", "100",
+                 "--data", str(root / "data"), "--max-accuracy-drop", "1",
+                 "--output", str(target)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    judged = last_json(out)["evaluation"]
+    assert judged["num_images"] == 16
+    assert judged["file_size_bytes"] == target.stat().st_size
+    assert "Calibrating on 100 images" in err and "top-1 agreement" in err
+    assert deploy.read_metadata(str(target))["quantize"] == "int8"
+
+
+def test_export_over_max_accuracy_drop_exits_1(cli_run, capsys, monkeypatch):
+    # The artifact is judged before it is put in place: over the limit,
+    # the command prints the measurements, exits 1 and writes nothing.
+    from transfer.export import quantization
+
+    root, _ = cli_run
+    target = root / "judged.keras"
+
+    def judged(model, path, export_format, evaluation, **kwargs):
+        return {"num_images": len(evaluation.x), "keras_accuracy": 0.9,
+                "artifact_accuracy": 0.85, "accuracy_drop": 0.05,
+                "top1_agreement": 0.9, "file_size_bytes": 1,
+                "latency_ms_batch1": 1.0}
+
+    monkeypatch.setattr(quantization, "evaluate_artifact", judged)
+    code = main(["export", str(root / "run"), "--format", "keras",
+                 "--output", str(target), "--max-accuracy-drop", "0.01"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "0.0500 accuracy" in err and "nothing was written" in err
+    assert last_json(out)["accuracy_drop"] == 0.05
+    assert not target.exists()
+    assert not [n for n in os.listdir(root) if n.startswith(".tmp-")]
 
 
 def test_keras_export_and_report(cli_run, capsys):

@@ -32,6 +32,7 @@ MODULE_FUNCTIONS = (
     "run_config.resolve_config",
     "run_report.write_run_report",
     "export.export_model",
+    "export.read_metadata",
 )
 
 

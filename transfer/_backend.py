@@ -122,6 +122,15 @@ def check_export_format(export_format):
         )
 
 
+def writes_image_signature():
+    """Whether SavedModel exports get the `serve_images` signature.
+
+    Only on TensorFlow: on JAX the SavedModel's functions come from
+    `jax2tf`, which cannot hold TensorFlow's image decoders.
+    """
+    return backend() == "tensorflow"
+
+
 def predict_on_batch(model, batch):
     """`model.predict_on_batch(batch)`, right under `tf.distribute` too.
 

@@ -315,3 +315,49 @@ def load_labelled_data(data_dir, model, config=None, *, validation_only=False,
         y[filled : filled + len(labels)] = labels
         filled += len(images)
     return LabelledData(x[:filled], y[:filled], data_dir, data.file_paths)
+
+
+def training_images(run_dir, config, model, *, max_images=200, seed=0):
+    """Up to `max_images` images of a run's training split, as float32.
+
+    Representative images for calibrating an int8 export: the files listed
+    in the run's `split_train.txt` (or, for a split root, its `train/`
+    folder), a seeded sample of them, read as `transfer predict` reads
+    files (RGB, `[0, 255]`, resized bilinearly to the model's size).
+
+    Returns:
+        A float32 array `(n, size, size, 3)`, `n <= max_images`.
+
+    Raises:
+        ValueError: the run records no image training data that still
+            exists (pass `--calibration-data DIR` instead).
+    """
+    from transfer.data import image_files
+
+    data_dir = (config or {}).get("data")
+    if not data_dir or not os.path.isdir(data_dir):
+        raise ValueError(
+            f"The training data of '{run_dir}' is not there to calibrate on "
+            f"(config data={data_dir!r}). Pass calibration_data (--calibration"
+            "-data DIR), a folder of the run's classes. "
+            f"Received: run_dir={run_dir!r}"
+        )
+    layout = detect_layout(data_dir)
+    listed = run_dir_lib.path(run_dir, SPLIT_FILES["train"])
+    if os.path.exists(listed):
+        with open(listed, encoding="utf-8") as f:
+            files = [os.path.join(layout.root, name)
+                     for name in parse_file_list(f.read())]
+    else:
+        files = [os.path.join(folder, name)
+                 for folder, _, names in sorted(os.walk(layout.train))
+                 for name in sorted(names)
+                 if name.lower().endswith(image_files.KERAS_EXTENSIONS)]
+    files = [f for f in files if os.path.isfile(f)]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.permutation(len(files))[:max_images])
+    size = int(model.input_shape[1])
+    images = [image_files.read_image(files[i], size) for i in chosen]
+    if not images:
+        return np.zeros((0, size, size, 3), "float32")
+    return np.stack(images).astype("float32")

@@ -278,6 +278,32 @@ def _sidecar_metadata(path):
     return {k: manifest[k] for k in _METADATA_KEYS if manifest.get(k) is not None}
 
 
+def _archive_metadata(path):
+    """`transfer_metadata` from the archive's own `transfer.json`, or None.
+
+    `transfer export --format keras` writes that member
+    (`transfer.export.metadata`), so an exported file knows its classes
+    away from its run directory.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "transfer.json" not in archive.namelist():
+                return None
+            meta = json.loads(archive.read("transfer.json"))
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        logger.warning("Ignoring unreadable transfer.json in '%s': %s", path, e)
+        return None
+    if not isinstance(meta, dict):
+        return None
+    restored = {k: meta[k] for k in ("class_names", "num_classes", "backbone",
+                                     "modality", "task")
+                if meta.get(k) is not None}
+    shape = (meta.get("input") or {}).get("shape")
+    if isinstance(shape, list) and shape:
+        restored["image_size"] = shape[0]
+    return restored
+
+
 def load_model(path, *, compile=False):
     """Loads a `.keras` file in Keras's safe mode (no code can run).
 
@@ -292,8 +318,9 @@ def load_model(path, *, compile=False):
     so the model trains on any backend.
 
     When a `manifest.json` written by `fit_recipe` sits beside the file and
-    names it, its `class_names` (and backbone details) come back as
-    `model.transfer_metadata`; `fit_recipe` then refuses data whose classes
+    names it (else, when the file holds the `transfer.json` that
+    `transfer export --format keras` writes), its `class_names` (and
+    backbone details) come back as `model.transfer_metadata`; `fit_recipe` then refuses data whose classes
     differ, unless the head is replaced (`transfer.replace_head`).
 
     Args:
@@ -359,7 +386,7 @@ def load_model(path, *, compile=False):
                 f"Corrupt model file '{path}': {type(e).__name__}: {e}. "
                 "Restore it from a checkpoint or save the model again."
             ) from e
-    metadata = _sidecar_metadata(path)
+    metadata = _sidecar_metadata(path) or _archive_metadata(path)
     if metadata:
         model.transfer_metadata = metadata
     return model

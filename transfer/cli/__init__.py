@@ -101,6 +101,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   transfer export runs/flowers --format saved_model
   transfer export runs/flowers --format onnx --output flowers.onnx
   KERAS_BACKEND=tensorflow transfer export runs/flowers --format litert --quantize dynamic
+  transfer export runs/flowers --format onnx --quantize int8 --max-accuracy-drop 0.01
 """,
     "serve": """examples:
   transfer serve runs/flowers                   # http://127.0.0.1:8000/ (this machine only)
@@ -351,8 +352,25 @@ def build_parser():
     need = p.add_argument_group("required")
     need.add_argument("--format", required=True,
                       choices=("keras", "saved_model", "onnx", "litert"))
-    p.add_argument("--quantize", choices=("dynamic",),
-                   help="dynamic-range int8 weights (litert only)")
+    p.add_argument("--quantize", choices=("dynamic", "float16", "int8"),
+                   help="litert: dynamic (int8 weights), float16, int8 "
+                   "(weights and activations, calibrated); onnx: dynamic, "
+                   "int8. Judged by accuracy against the Keras model")
+    p.add_argument("--data", metavar="DIR",
+                   help="labelled folder (the run's classes) to judge the "
+                   "export on (default with --quantize or "
+                   "--max-accuracy-drop: the run's validation split)")
+    p.add_argument("--calibration-data", metavar="DIR",
+                   help="representative images for --quantize int8, a "
+                   "folder of the run's classes (default: the run's "
+                   "training split)")
+    p.add_argument("--calibration-images", type=int, default=200,
+                   metavar="N", help="images calibrated on, 100 to 500 "
+                   "(default: %(default)s)")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="D",
+                   help="exit 1 (and write nothing) when the artifact's "
+                   "accuracy is more than D below the Keras model's, e.g. "
+                   "0.01")
     p.add_argument("--output", help="target path, checked writable before "
                    "anything is converted (default: RUN_DIR/export/model."
                    "<ext>)")

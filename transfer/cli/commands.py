@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import sys
 
 from transfer._io import check_writable  # light: no Keras
@@ -256,17 +257,36 @@ def export(args):
     # Format, backend and quantization are checked before the model loads;
     # `export_model` checks the path again before converting.
     deploy.check_export_request(args.format, args.quantize)
-    model, _ = workflow.load_run(args.run_dir)
+    _check_calibration_count(args)
+    model, config = workflow.load_run(args.run_dir)
     path = args.output or os.path.join(
         args.run_dir, run_dir_lib.EXPORT, deploy.FILE_NAMES[args.format]
     )
-    result = deploy.export_model(model, path, args.format,
-                                 quantize=args.quantize)
+    calibration = _calibration_images(args, model, config)
+    evaluation = _export_evaluation(args, model, config)
+    try:
+        result = deploy.export_model(
+            model, path, args.format, quantize=args.quantize,
+            calibration=calibration, evaluation=evaluation)
+    except deploy.AccuracyDropError as e:
+        _out(args, dict(e.report, format=args.format, quantize=args.quantize,
+                        written=False))
+        raise
     _note(args, (
         f"Exported {args.format} to {result['path']}; parity vs the Keras "
         f"model on {result['num_samples']} sample inputs: max abs diff "
         f"{result['max_abs_diff']:.3g}"
     ))
+    if "evaluation" in result:
+        judged = result["evaluation"]
+        _note(args, (
+            f"On {judged['num_images']} labelled images: accuracy "
+            f"{judged['artifact_accuracy']:.4f} (Keras "
+            f"{judged['keras_accuracy']:.4f}), top-1 agreement "
+            f"{judged['top1_agreement']:.4f}, "
+            f"{judged['file_size_bytes']:,} bytes, batch-1 latency "
+            f"{judged['latency_ms_batch1']:.2f} ms"
+        ))
     result["class_names"] = workflow.run_class_names(model)
     _out(args, result)
 
@@ -326,6 +346,81 @@ def serve(args):
             "reach it can use the model (there is no authentication)."))
     server.run(app, args.socket, access_log=bool(args.verbose))
     _note(args, "Stopped.")
+
+
+def _check_calibration_count(args):
+    if args.quantize == "int8" and not 100 <= args.calibration_images <= 500:
+        raise ValueError(
+            "--calibration-images takes 100 to 500 images. Received: "
+            f"--calibration-images {args.calibration_images}"
+        )
+
+
+def _calibration_images(args, model, config):
+    """Representative images for `--quantize int8`, else `None`."""
+    from transfer import evaluation_data  # lazy: --help needs no Keras
+
+    if args.quantize != "int8":
+        return None
+    if args.calibration_data:
+        # Refuses a folder whose classes differ from the run's.
+        x, _ = evaluation_data.load_labelled_data(
+            args.calibration_data, model)
+        chosen = random.Random(0).sample(
+            range(len(x)), min(len(x), args.calibration_images))
+        images = x[sorted(chosen)]
+        source = f"'{args.calibration_data}'"
+    else:
+        images = evaluation_data.training_images(
+            args.run_dir, config, model, max_images=args.calibration_images)
+        source = "the run's training split"
+    if len(images) < args.calibration_images:
+        raise ValueError(
+            f"--quantize int8 calibrates on {args.calibration_images} images "
+            f"(--calibration-images), but {source} holds {len(images)}. "
+            "Pass --calibration-data DIR with more images of the run's "
+            "classes, or fewer --calibration-images (at least 100). "
+            f"Received: {len(images)} calibration image(s)"
+        )
+    _note(args, f"Calibrating on {len(images)} images of {source}.")
+    return images
+
+
+def _export_evaluation(args, model, config):
+    """Labelled images to judge the export on, or `None`."""
+    from transfer import evaluation_data  # lazy: --help needs no Keras
+    from transfer import export as deploy  # lazy, as the others
+
+    if not (args.data or args.quantize or args.max_accuracy_drop is not None):
+        return None
+    if args.data:
+        x, y = evaluation_data.load_labelled_data(
+            args.data, model, config, run_dir=args.run_dir)
+    else:
+        data_dir = (config or {}).get("data")
+        if not data_dir or not os.path.exists(data_dir) or not (
+            config.get("validation_split")
+        ):
+            if args.max_accuracy_drop is None:
+                _note(args, (
+                    f"Not judging the export: the run '{args.run_dir}' has "
+                    "no validation split here; pass --data DIR to judge it."
+                ))
+                return None
+            raise ValueError(
+                f"The run '{args.run_dir}' has no validation split to judge "
+                "the export on. Pass --data DIR, a labelled folder of the "
+                f"run's classes. Received: data={data_dir!r}"
+            )
+        x, y = evaluation_data.load_labelled_data(
+            data_dir, model, config, validation_only=True,
+            run_dir=args.run_dir)
+    if not len(x):
+        raise ValueError(
+            "No labelled images to judge the export on. Pass --data DIR. "
+            f"Received: data={args.data!r}"
+        )
+    return deploy.Evaluation(x, y, args.max_accuracy_drop)
 
 
 def backbones(args):

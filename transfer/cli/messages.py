@@ -48,6 +48,9 @@ _COMMAND_WORDS = {
     "export": (
         (r"Choose a writable path\b",
          "Pass --output PATH in a writable folder"),
+        (r"\bmax_accuracy_drop=", "--max-accuracy-drop "),
+        (r"or more calibration images\b",
+         "or more calibration images (--calibration-data DIR)"),
     ),
     "serve": (
         (r"\bport=(\d+)", r"--port \1"),
