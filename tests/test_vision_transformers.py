@@ -5,6 +5,12 @@ Each family's real KerasHub class, in a small random-init configuration
 preset folder and wrapped with `build_classifier`. No real weights: those
 need a download.
 
+Suite time: each family's classifier and KerasHub original are built once
+per module (`built`) for the checks that only read them, and predictions
+are eager calls (tracing `predict` costs more than a few images). The
+`fit_recipe` runs (two 1-epoch stages and one LoRA stage per
+family) are most of the file's time: tracing each training step.
+
 Covers: transfer.backbones.vision_transformers, transfer.models.pooling,
 build_classifier(pooling=, lora_rank=, drop_path=).
 """
@@ -138,11 +144,37 @@ def _backbone(model):
     return model.get_layer(model.transfer_metadata["backbone"])
 
 
+def _outputs(model, x):
+    """The model's inference outputs, called eagerly: tracing `predict`
+    costs more than these few images."""
+    return keras.ops.convert_to_numpy(model(np.asarray(x, "float32")))
+
+
+@pytest.fixture(scope="module")
+def built(presets):
+    """`built(family)`: the family's classifier (3 classes, default pooling,
+    random init) and its KerasHub backbone as the preset loads it, each
+    built once, for the checks that read them (and set trainable flags)."""
+    import keras_hub
+
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = (
+                transfer.build_classifier(presets[family], 3, weights=None),
+                keras_hub.models.Backbone.from_preset(presets[family]),
+            )
+        return cache[family]
+
+    return get
+
+
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("family", FAMILIES)
-def test_block_regexes_match_the_real_layer_names_in_order(presets, family):
-    model = transfer.build_classifier(presets[family], 2, weights=None)
-    backbone = _backbone(model)
+def test_block_regexes_match_the_real_layer_names_in_order(presets, built,
+                                                           family):
+    backbone = _backbone(built(family)[0])
     assert [layer.name for layer in backbone.layers] == EXPECTED_NAMES[family]
     spec = transfer.get_backbone_spec(presets[family])
     # The folder's spec, the names of a reloaded model, and the registered
@@ -176,14 +208,13 @@ def test_preprocessing_comes_from_the_image_converter(presets, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_rewired_backbone_equals_the_keras_hub_backbone(presets, family):
-    import keras_hub
-
-    original = keras_hub.models.Backbone.from_preset(presets[family])
+def test_rewired_backbone_equals_the_keras_hub_backbone(presets, built,
+                                                       family):
+    original = built(family)[1]
     flat, _, _ = transfer.build_backbone(presets[family], weights="preset")
     x = _data(2)[0] / 255.0
-    expected = original.predict(x, verbose=0)
-    got = flat.predict(x, verbose=0)
+    expected = _outputs(original, x)
+    got = _outputs(flat, x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
     # The same layer objects: no weight was copied or left out.
@@ -191,14 +222,10 @@ def test_rewired_backbone_equals_the_keras_hub_backbone(presets, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_trainable_counts_equal_an_independent_count(presets, family):
-    import keras_hub
-
-    model = transfer.build_classifier(presets[family], 3, weights=None)
+def test_trainable_counts_equal_an_independent_count(built, family):
+    model, original = built(family)
     head = WIDTH * 3 + 3
     assert model.get_layer("pooler").count_params() == 0
-    original = keras_hub.models.Backbone.from_preset(
-        presets[family], load_weights=False)
     top = 2 * WIDTH  # the final LayerNorm: gamma and beta
     if family == "siglip":  # and the attention-pooling head with it
         top += original.layers[-1].count_params()
@@ -248,8 +275,8 @@ def test_two_stage_recipe_freezes_trains_and_reloads(presets, family,
     path = os.path.join(tmp_path, "s2", "model.keras")
     reloaded = transfer.load_model(path)
     x = data[0][:4]
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0),
-                               model.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(_outputs(reloaded, x), _outputs(model, x),
+                               atol=1e-5)
     flags = [x.trainable for x in _backbone(reloaded).layers if x.weights]
     assert flags == [x.trainable for x in backbone.layers if x.weights]
 
@@ -287,22 +314,23 @@ def test_lora_trains_only_adapters_and_head(presets, family, tmp_path):
     assert changed and changed <= adapters | biases
     reloaded = transfer.load_model(str(tmp_path / "lora" / "model.keras"))
     x = _data(4)[0]
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0),
-                               model.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(_outputs(reloaded, x), _outputs(model, x),
+                               atol=1e-5)
 
 
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pooling_choices(presets, family):
+def test_pooling_choices(presets, built, family):
     spec = transfer.get_backbone_spec(presets[family])
+    default = built(family)[0]
     for pooling in spec.pooling:
-        model = transfer.build_classifier(presets[family], 2, weights=None,
-                                          pooling=pooling)
+        model = default if pooling == spec.pooling[0] else (
+            transfer.build_classifier(presets[family], 2, weights=None,
+                                      pooling=pooling))
         pooler = model.get_layer("pooler")
         assert pooler.output.shape == (None, WIDTH)
         if pooling in ("token", "avg"):
             assert pooler.num_prefix_tokens == PREFIX_TOKENS[family]
-    default = transfer.build_classifier(presets[family], 2, weights=None)
     assert default.transfer_metadata["pooling"] == spec.pooling[0]
     with pytest.raises(ValueError, match=r"offers pooling .*Received: "
                                          r"pooling='max'"):
@@ -331,8 +359,7 @@ def test_drop_path_for_dinov2_and_dinov3_only(presets):
         expected = [0.1] * LAYERS if family == "dinov2" else [0.1]
         np.testing.assert_allclose(rates, expected, err_msg=family)
     x = _data(2)[0]
-    np.testing.assert_allclose(model.predict(x, verbose=0),
-                               model.predict(x, verbose=0))
+    np.testing.assert_allclose(_outputs(model, x), _outputs(model, x))
     with pytest.raises(ValueError, match=r"drop_path works with \['dinov2', 'dinov3'\]"
                                          r".*Received: drop_path=0.1"):
         transfer.build_classifier(presets["vit"], 2, drop_path=0.1)

@@ -20,6 +20,19 @@ def metadata(model):
     return getattr(model, "transfer_metadata", None) or {}
 
 
+def interpolation(model):
+    """How images are resized for `model`: the interpolation it was
+    trained with, or `"bilinear"` for models that record none (runs made
+    before it was recorded resized bilinearly).
+
+    Example:
+
+    >>> interpolation(keras.Sequential([keras.layers.Dense(2)]))
+    'bilinear'
+    """
+    return metadata(model).get("interpolation") or "bilinear"
+
+
 def model_task(model):
     """`"multilabel"`, `"regression"`, else `"classification"` (also for
     masked-LM models, which `fit_stages` handles apart)."""

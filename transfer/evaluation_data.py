@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from transfer import _model_info
 from transfer import run_config
 from transfer.data import streams
 from transfer.data.images import load_image_folder
@@ -124,9 +125,11 @@ def _image_evaluation_data(source, model, batch_size, verbose,
     if source.files is not None:
         split = 0  # the listed files are the validation split
     # The validation split is never shuffled; every file is read
-    # unshuffled too, so that the batches follow `file_paths`.
+    # unshuffled too, so that the batches follow `file_paths`. Resized as
+    # training resized (runs that record no interpolation: bilinearly).
     train, val, names = load_image_folder(
         folder, image_size=int(model.input_shape[1]),
+        interpolation=_model_info.interpolation(model),
         batch_size=batch_size, validation_split=split or 0,
         seed=source.seed or 0, verbose=0,
         skip_bad_files=skip_bad_files,
@@ -148,7 +151,8 @@ def labelled_dataset(data_dir, model, config=None, *, validation_only=False,
 
     For image runs, a `LabelledDataset`: a `tf.data` pipeline over the
     folder (parallel decode, prefetch) in a fixed order (the validation
-    split's, or every file's sorted order), with each example's file in
+    split's, or every file's sorted order), resized to the model's input
+    with the interpolation it was trained with, with each example's file in
     `file_paths`; memory holds a few batches, whatever the size of the
     folder. `transfer evaluate` and `transfer report` read their data so.
     Text runs get a `LabelledData` (texts are small).

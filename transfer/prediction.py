@@ -256,7 +256,9 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
     Memory holds a few batches, not the files. A file that cannot be read
     stops the stream with an error naming it, after the results of the
     files before it were yielded; with `skip_bad_files=True` it is skipped
-    and listed in its batch's `skipped`.
+    and listed in its batch's `skipped`. Images are resized to the model's
+    input with the interpolation it was trained with
+    (`transfer_metadata["interpolation"]`; bilinear when it records none).
 
     Args:
         model: a classifier from `load_run` (its `transfer_metadata` names
@@ -319,8 +321,11 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
                                        batch_size)
     image_size = None if modality == "text" else int(model.input_shape[1])
     kind = "UTF-8 text" if modality == "text" else "image"
-    for batch, reads in streams.read_batches(files, modality, image_size,
-                                      batch_size):
+    # Resized as training resized them (`fit_recipe` records it).
+    for batch, reads in streams.read_batches(
+        files, modality, image_size, batch_size,
+        interpolation=_model_info.interpolation(model),
+    ):
         good, inputs, skipped, failure = [], [], [], None
         for path, (value, reason) in zip(batch, reads, strict=True):
             if reason is None:

@@ -13,6 +13,7 @@ directory, so `evaluate`, `report` and `export` know how the run was made.
 import json
 import os
 
+from transfer.backbones.spec import check_interpolation
 from transfer.models.classifier import PRECISIONS
 from transfer.training import run_dir as run_dir_lib
 from transfer.training.distribute import check_distribute
@@ -24,13 +25,14 @@ CONFIG_FILE = run_dir_lib.CONFIG
 MODALITIES = ("auto", "image", "text")
 
 # Top-level options and their defaults. `stages` defaults to
-# `two_stage_recipe()`; `image_size` to the backbone's own size.
+# `two_stage_recipe()`; `image_size` and `interpolation` to the backbone's.
 DEFAULTS = {
     "data": None,
     "backbone": None,
     "modality": "auto",
     "weights": "pretrained",
     "image_size": None,
+    "interpolation": None,
     "sequence_length": 128,
     "text_column": "text",
     "text_pair_column": None,
@@ -102,6 +104,8 @@ def _check_build_options(config):
     if config["lora_rank"] is not None:
         _check_number(config, "lora_rank", int, 1)
     _check_number(config, "drop_path", (int, float), 0, 1)
+    if config["interpolation"] is not None:
+        check_interpolation(config["interpolation"])
 
 
 def resolve_config(path=None, overrides=None, *, epochs=None,

@@ -31,6 +31,7 @@ _METADATA_KEYS = (
     "backbone", "backbone_source", "image_size", "num_classes", "weights",
     "modality", "task", "sequence_length", "lora_rank", "class_names",
     "thresholds", "text_pairs", "family", "pooling", "drop_path",
+    "interpolation",
 )
 
 

@@ -7,6 +7,7 @@ functions, usable from Python too. Every model they return is a plain
 labelled evaluation data `transfer.evaluation_data`.
 """
 
+import dataclasses
 import logging
 import os
 
@@ -130,6 +131,11 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     runs: one file a line, relative to the data root), from which
     `labelled_dataset(..., validation_only=True)` rebuilds it.
 
+    Images are resized with `config["interpolation"]`, or else the
+    backbone's own (`BackboneSpec.interpolation`); the value is written to
+    `config.json` and, through the model, the manifest, and `evaluate`,
+    `report` and `predict` resize with it.
+
     Args:
         config: a config from `transfer.run_config.resolve_config`.
         run_dir: the run directory.
@@ -172,6 +178,9 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
         modality = "text" if table else detect_modality(layout.train)
     spec = get_backbone_spec(config["backbone"], modality=modality)
     pooling = _check_model_options(spec, config, modality)
+    if modality == "image" and config.get("interpolation"):
+        # The model records it: evaluate and predict resize the same way.
+        spec = dataclasses.replace(spec, interpolation=config["interpolation"])
     run_dir_lib.check_run_dir(run_dir)
     check_free(run_dir)  # fail fast; fit_recipe checks again, locked
     recipe = Recipe.from_config({
@@ -197,10 +206,11 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     if modality == "image":
         image_size = config["image_size"] or spec.image_size
         resolved["image_size"] = image_size
-        # The default resolved: evaluate, report and a resume read it back.
+        # The defaults resolved: evaluate, report and a resume read them.
         resolved["pooling"] = pooling
-        train, val, class_names = _image_parts(layout, config, image_size,
-                                               verbose)
+        resolved["interpolation"] = spec.interpolation
+        train, val, class_names = _image_parts(
+            layout, config, (image_size, spec.interpolation), verbose)
         run_files.update(_split_files(layout, train, val))
         if config["augment"]:
             train = _augmented(train, config["seed"])
@@ -247,7 +257,7 @@ def _check_model_options(spec, config, modality):
         return check_build_options(
             spec, config.get("pooling"), config.get("drop_path") or 0.0,
             config.get("lora_rank"))
-    for key in ("pooling", "drop_path"):
+    for key in ("pooling", "drop_path", "interpolation"):
         if config.get(key):
             raise ValueError(
                 f"`{key}` is an option of image models; text classifiers "
@@ -258,9 +268,12 @@ def _check_model_options(spec, config, modality):
     return None
 
 
-def _image_parts(layout, config, image_size, verbose):
-    """`(train, val, class_names)` of a layout's image folders."""
-    common = dict(image_size=image_size, batch_size=config["batch_size"],
+def _image_parts(layout, config, sizing, verbose):
+    """`(train, val, class_names)` of a layout's image folders, resized to
+    `sizing`, `(image_size, interpolation)`."""
+    image_size, interpolation = sizing
+    common = dict(image_size=image_size, interpolation=interpolation,
+                  batch_size=config["batch_size"],
                   seed=config["seed"],
                   skip_bad_files=config["skip_bad_files"], verbose=verbose)
     if layout.val is None:
@@ -414,6 +427,8 @@ def load_run(run_dir):
         modality=config.get("modality") or metadata.get("modality"),
         backbone=metadata.get("backbone") or config.get("backbone"),
     )
+    if config.get("interpolation"):  # how its images were resized
+        metadata["interpolation"] = config["interpolation"]
     model.transfer_metadata = metadata
     return model, config
 

@@ -66,6 +66,10 @@ for _variant in lite.VARIANTS.values():
             scale=1.0 / 127.5,
             offset=-1.0,
             blocks=LITE_BLOCKS,
+            # As the preset's image converter (the timm config written by
+            # `transfer.weights.efficientnet_lite`) and the TensorFlow
+            # EfficientNet-Lite evaluation resize.
+            interpolation="bicubic",
             weights_files=(_variant.source_file,),
             description=(
                 f"EfficientNet-Lite{_variant.name[-1]}, ImageNet weights "

@@ -12,7 +12,8 @@ def keras_file_spec(path, image_size=None):
     """A `BackboneSpec` for a `.keras` file that holds a backbone model.
 
     The file is loaded in Keras's safe mode. When the saved model's name is
-    a registered backbone, that spec's blocks and preprocessing are reused.
+    a registered backbone, that spec's blocks and preprocessing (scale,
+    offset, interpolation) are reused.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -42,6 +43,7 @@ def keras_file_spec(path, image_size=None):
         scale=base.scale if base else 1.0,
         offset=base.offset if base else 0.0,
         blocks=base.blocks if base else (),
+        interpolation=base.interpolation if base else "bilinear",
         weights=("file",),
         description=f"local file {path}",
     )

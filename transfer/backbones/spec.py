@@ -8,6 +8,36 @@ from typing import Union
 
 Number = Union[float, Tuple[float, float, float]]
 
+# The methods `tf.image.resize` (and so
+# `keras.utils.image_dataset_from_directory`) resizes images with.
+INTERPOLATIONS = (
+    "bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
+    "gaussian", "mitchellcubic",
+)
+
+
+def check_interpolation(interpolation):
+    """Returns `interpolation`; raises unless it is one of `INTERPOLATIONS`.
+
+    Example:
+
+    >>> check_interpolation("bicubic")
+    'bicubic'
+    >>> check_interpolation("cubicx")
+    Traceback (most recent call last):
+        ...
+    ValueError: Unknown interpolation 'cubicx': ...
+    """
+    if not isinstance(interpolation, str) or (
+        interpolation not in INTERPOLATIONS
+    ):
+        raise ValueError(
+            f"Unknown interpolation {interpolation!r}: images are resized "
+            f"with one of {INTERPOLATIONS}. "
+            f"Received: interpolation={interpolation!r}"
+        )
+    return interpolation
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
@@ -53,8 +83,12 @@ class BackboneSpec:
         lora_layers: names of the attention projection layers
             `build_classifier(lora_rank=...)` adds LoRA adapters to; `()`
             for backbones without attention. Defaults to `()`.
-        interpolation: how images are resized for this backbone (recorded
-            from the preset's image converter). Defaults to `"bilinear"`.
+        interpolation: how images are resized to the model's input size,
+            as the backbone was pretrained (a preset's image converter
+            gives it): one of `INTERPOLATIONS`. The data loaders of
+            `transfer train` resize with it, the model records it, and
+            `evaluate`, `report` and `predict` resize with the recorded
+            value. Defaults to `"bilinear"`.
 
     Example:
 
@@ -105,6 +139,7 @@ class BackboneSpec:
         object.__setattr__(self, "weights_files", tuple(self.weights_files))
         for field in ("pooling", "options", "lora_layers"):
             object.__setattr__(self, field, tuple(getattr(self, field)))
+        check_interpolation(self.interpolation)
 
     @property
     def has_preprocessing(self):

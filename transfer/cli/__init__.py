@@ -241,6 +241,12 @@ def build_parser():
     p.add_argument("--image-size", type=int, metavar="PIXELS",
                    help="square input size (default: the backbone's own, "
                    "224 for most)")
+    p.add_argument("--interpolation", metavar="METHOD",
+                   help="how images are resized to the input size, in "
+                   "training, evaluate, report and predict (recorded with "
+                   "the run): bilinear, nearest, bicubic, area, lanczos3, "
+                   "lanczos5, gaussian or mitchellcubic (default: the "
+                   "backbone's own, from its preset; bilinear for most)")
     p.add_argument("--sequence-length", type=int, metavar="TOKENS",
                    help="tokens per text, text runs (default: "
                    f"{d['sequence_length']})")

@@ -91,7 +91,8 @@ def backbone_table(count_params=True):
 
     Returns:
         A list of dicts: `name`, `modality`, `source`, `parameters` (or
-        `None`), `image_size` (`None` for text), `blocks` (how many) and
+        `None`), `image_size` and `interpolation` (how images are resized
+        for it; `None` for text), `blocks` (how many) and
         `weights_offline` (`"yes"`, `"no"` or `"none"`, for backbones
         without pretrained weights).
     """
@@ -106,6 +107,8 @@ def backbone_table(count_params=True):
             "source": spec.description or spec.source,
             "parameters": count_parameters(name) if count_params else None,
             "image_size": spec.image_size if spec.modality == "image" else None,
+            "interpolation": (spec.interpolation if spec.modality == "image"
+                              else None),
             "blocks": len(spec.blocks),
             "weights_offline": offline,
         })

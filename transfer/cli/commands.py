@@ -64,6 +64,7 @@ def train(args):
         "data": args.data,
         "backbone": args.backbone,
         "image_size": args.image_size,
+        "interpolation": args.interpolation,
         "sequence_length": args.sequence_length,
         "text_column": args.text_column,
         "text_pair_column": args.text_pair_column,
@@ -432,7 +433,7 @@ def backbones(args):
         _out(args, rows)
         return
     columns = ("name", "modality", "source", "parameters", "image_size",
-               "blocks", "weights_offline")
+               "interpolation", "blocks", "weights_offline")
     cells = [[("-" if row[c] is None else
                f"{row[c]:,}" if c == "parameters" else str(row[c]))
               for c in columns] for row in rows]

@@ -38,9 +38,9 @@ _COMMAND_WORDS = {
     "train": (
         (r"Pass a new run_dir\b", "Pass a new --output"),
         (r"Choose a writable run_dir\b", "Choose a writable --output"),
-        (r"\b(pooling|lora_rank|drop_path)='([^']*)'", _flag),
-        (r"\b(pooling|lora_rank|drop_path)=", _flag),
-        (r"`(pooling|lora_rank|drop_path)`", _flag),
+        (r"\b(pooling|lora_rank|drop_path|interpolation)='([^']*)'", _flag),
+        (r"\b(pooling|lora_rank|drop_path|interpolation)=", _flag),
+        (r"`(pooling|lora_rank|drop_path|interpolation)`", _flag),
         (r"\b(lora_rank|drop_path)(?= works with\b)", _flag),
         (r"\(load it with transfer\.load_model\)",
          "(use it with `transfer predict`, `evaluate` or `export`)"),

@@ -4,10 +4,12 @@ A fingerprint is a small JSON-ready dict that `fit_recipe` stores when a run
 starts (`run_dir/checkpoints/fingerprint.json`) and compares on resume:
 
 - a folder (`load_image_folder`) or CSV (`load_image_csv`): the files of
-  the split with their size and modification time, the image size, seed,
-  validation split and augmentation (`kind: "image_folder"`/`"image_csv"`);
+  the split with their size and modification time, the image size and
+  interpolation, seed, validation split and augmentation
+  (`kind: "image_folder"`/`"image_csv"`);
 - arrays, as `(x, y)` or through `make_dataset`: shapes, dtypes and a
-  sha256 of the values (`kind: "arrays"`);
+  sha256 of the values (`kind: "arrays"`), with `make_dataset`'s image
+  size and interpolation;
 - any other dataset: its type only (`checked: False`), since its contents
   cannot be read without iterating it.
 
@@ -22,6 +24,10 @@ import os
 import numpy as np
 
 _SKIPPED_KEYS = ("kind", "subset", "files", "x", "y", "checked")
+# Settings recorded later than others: a stored fingerprint without one
+# was made with this value (images were resized bilinearly before
+# `interpolation` was recorded), so it still resumes.
+_RECORDED_LATER = {"interpolation": "bilinear"}
 _EXAMPLES = 3
 
 
@@ -192,10 +198,10 @@ def differences(old, new):
                 f"{subset} data {before.get('kind')} -> {after.get('kind')}")
             continue
         for key in sorted((set(before) | set(after)) - set(_SKIPPED_KEYS)):
-            if before.get(key) != after.get(key):
-                found.append(
-                    f"{key} {_show(before.get(key))} -> {_show(after.get(key))}"
-                )
+            default = _RECORDED_LATER.get(key)
+            was, now = before.get(key, default), after.get(key, default)
+            if was != now:
+                found.append(f"{key} {_show(was)} -> {_show(now)}")
         for key in ("x", "y"):
             found += _array_differences(
                 subset, key, before.get(key), after.get(key))

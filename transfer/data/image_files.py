@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from transfer.backbones.spec import check_interpolation
+
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 # What `keras.utils.image_dataset_from_directory` reads; in the cache's view
 # of a folder, other image files (WebP) are linked as `<name>.png` copies.
@@ -132,18 +134,25 @@ def bomb_reason(detail):
 
 
 
-def read_image(path, image_size=None, *, max_image_pixels=MAX_IMAGE_PIXELS):
+def read_image(path, image_size=None, *, interpolation="bilinear",
+               max_image_pixels=MAX_IMAGE_PIXELS):
     """One image file as training sees it: RGB `float32` in `[0, 255]`.
 
     The prediction path. Decoded with Pillow and converted as the preflight
     converts the files TensorFlow's decoder would get wrong (16-bit values
     scaled, not clipped; CMYK, palette, grayscale and RGBA to RGB), then
-    resized bilinearly as `keras.utils.image_dataset_from_directory` does.
+    resized with `tf.image.resize(..., method=interpolation)`, as
+    `keras.utils.image_dataset_from_directory` resizes training images
+    (cubic and Lanczos methods may overshoot `[0, 255]` a little, there
+    as here).
 
     Args:
         path: an image file.
         image_size: square size to resize to, or `None` to keep the size.
             Defaults to `None`.
+        interpolation: the resize method, one of
+            `transfer.backbones.spec.INTERPOLATIONS` (a run's model records
+            the one it was trained with). Defaults to `"bilinear"`.
         max_image_pixels: larger images are refused from their header.
             Defaults to `89_478_485`, Pillow's default.
 
@@ -151,7 +160,8 @@ def read_image(path, image_size=None, *, max_image_pixels=MAX_IMAGE_PIXELS):
         A `(height, width, 3)` `float32` array.
 
     Raises:
-        ValueError: the file is not an image, is truncated, or too large.
+        ValueError: the file is not an image, is truncated, or too large;
+            or `interpolation` is not one of `INTERPOLATIONS`.
 
     Example:
 
@@ -162,6 +172,7 @@ def read_image(path, image_size=None, *, max_image_pixels=MAX_IMAGE_PIXELS):
     """
     from PIL import Image
 
+    check_interpolation(interpolation)
     with pillow_limits(max_image_pixels):
         try:
             with Image.open(path) as image:
@@ -179,12 +190,16 @@ def read_image(path, image_size=None, *, max_image_pixels=MAX_IMAGE_PIXELS):
         except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
             raise ValueError(
                 f"cannot be decoded ({type(e).__name__}: {e})") from None
-    if image_size is None or array.shape[:2] == (image_size, image_size):
+    same = array.shape[:2] == (image_size, image_size)
+    # At the same size these two give the pixels back; Keras resizes
+    # anyway, and the other methods (Mitchell-cubic, Gaussian) smooth.
+    if image_size is None or (same and interpolation in ("bilinear",
+                                                         "nearest")):
         return array.astype("float32")
     import tensorflow as tf  # optional heavy dependency: tf.data's resize
 
     resized = tf.image.resize(array, (image_size, image_size),
-                              method="bilinear")
+                              method=interpolation)
     return np.asarray(resized, dtype="float32")
 
 

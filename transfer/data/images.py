@@ -14,6 +14,7 @@ import shutil
 import keras
 import numpy as np
 
+from transfer.backbones.spec import check_interpolation
 from transfer.data import fingerprint
 from transfer.data import image_files
 from transfer.data import layout
@@ -100,6 +101,7 @@ def load_image_folder(
     verbose=1,
     files=None,
     stratify=True,
+    interpolation="bilinear",
 ):
     """Reads a folder with one subfolder of images per class.
 
@@ -142,6 +144,12 @@ def load_image_folder(
             stratified; what runs made before stratified splits used, and
             there `shuffle` changes which files are held out).
             Defaults to `True`.
+        interpolation: how images are resized to `image_size`, one of
+            `transfer.backbones.spec.INTERPOLATIONS`; pass the backbone's
+            (`transfer.get_backbone_spec(name).interpolation`) to resize as
+            it was pretrained. Part of the fingerprint; `fit_recipe`
+            records it with the model, for `evaluate` and `predict`.
+            Defaults to `"bilinear"`.
 
     Returns:
         `(train_ds, val_ds, class_names)`; `val_ds` is `None` without split.
@@ -150,7 +158,8 @@ def load_image_folder(
         FileNotFoundError: the folder, or one of `files`, does not exist.
         ValueError: no images, fewer than two classes, an empty class, a
             class with one image and a split, two class folders that are
-            one, or bad image files (unless `skip_bad_files`).
+            one, bad image files (unless `skip_bad_files`), or an unknown
+            `interpolation`.
 
     Example:
 
@@ -175,6 +184,7 @@ def load_image_folder(
     >>> sorted(os.path.dirname(path) for path in val.file_paths)  # stratified
     ['pets/cat', 'pets/dog']
     """
+    check_interpolation(interpolation)
     counts = _class_folders(directory)
     total = sum(counts.values())
     if total == 0:
@@ -203,6 +213,7 @@ def load_image_folder(
         labels="inferred",
         label_mode="int",
         image_size=(image_size, image_size),
+        interpolation=interpolation,
         batch_size=batch_size,
         seed=seed,
     )
@@ -221,6 +232,7 @@ def load_image_folder(
     class_names = list(parts[0][0].class_names)
     settings = {
         "directory": report.directory, "image_size": image_size,
+        "interpolation": interpolation,
         "seed": seed, "validation_split": validation_split,
         "skip_bad_files": skip_bad_files, "augmentation": None,
     }
@@ -421,7 +433,8 @@ def default_augmentation(seed=None):
 
 
 def make_dataset(
-    x, y=None, *, image_size, batch_size=32, shuffle=False, augment=None, seed=None
+    x, y=None, *, image_size, batch_size=32, shuffle=False, augment=None,
+    seed=None, interpolation="bilinear",
 ):
     """A batched `tf.data.Dataset` of RGB `image_size` images in `[0, 255]`.
 
@@ -437,6 +450,9 @@ def make_dataset(
         shuffle: shuffle every epoch. Defaults to `False`.
         augment: augmentation layer applied after resizing. Defaults to `None`.
         seed: shuffle seed. Defaults to `None`.
+        interpolation: how images are resized, one of
+            `transfer.backbones.spec.INTERPOLATIONS` (see
+            `load_image_folder`). Defaults to `"bilinear"`.
 
     Example:
 
@@ -449,6 +465,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    check_interpolation(interpolation)
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
@@ -476,7 +493,8 @@ def make_dataset(
         if images.shape[-1] == 1:
             images = tf.image.grayscale_to_rgb(images)
         if images.shape[1] != image_size or images.shape[2] != image_size:
-            images = tf.image.resize(images, (image_size, image_size))
+            images = tf.image.resize(images, (image_size, image_size),
+                                     method=interpolation)
         for layer in augment_layers:
             images = layer(images, training=True)
         return (images, *labels) if labels else images
@@ -486,8 +504,8 @@ def make_dataset(
     ds.transfer_fingerprint = {
         "kind": "arrays", "x": fingerprint.array_fingerprint(x),
         **({} if y is None else {"y": fingerprint.array_fingerprint(y)}),
-        "image_size": image_size, "batch_size": batch_size,
-        "shuffle": shuffle, "seed": seed,
+        "image_size": image_size, "interpolation": interpolation,
+        "batch_size": batch_size, "shuffle": shuffle, "seed": seed,
         "augmentation": describe_augmentation(augment_layers, seed),
     }
     return ds

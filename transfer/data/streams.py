@@ -16,14 +16,16 @@ import os
 
 import keras
 
+from transfer.backbones.spec import check_interpolation
 from transfer.data import image_files
 
 
-def read_input(path, modality, image_size):
+def read_input(path, modality, image_size, interpolation="bilinear"):
     """`(input, None)` for a readable file, `(None, reason)` otherwise.
 
     Images are read as `image_files.read_image` reads them (as training
-    sees them, resized to `image_size`), `.txt` files as UTF-8 text.
+    sees them, resized to `image_size` with `interpolation`), `.txt` files
+    as UTF-8 text.
 
     Example:
 
@@ -40,23 +42,27 @@ def read_input(path, modality, image_size):
                 return f.read(), None
         # Converted as training converts it (16-bit scaled, not clipped),
         # resized as Keras resizes training images.
-        return image_files.read_image(path, image_size), None
+        return image_files.read_image(
+            path, image_size, interpolation=interpolation), None
     except Exception as e:  # noqa: BLE001 (every reason names the file)
         # `read_image` says why in words (ValueError); others by type.
         return None, (str(e) if isinstance(e, ValueError)
                       else f"{type(e).__name__}: {e}")
 
 
-def read_batches(files, modality, image_size, batch_size):
+def read_batches(files, modality, image_size, batch_size,
+                 interpolation="bilinear"):
     """Yields `(paths, [(input, reason), ...])`, one batch at a time.
 
     `reason` is `None` for a file read, else why it was not
-    (`read_input`).
+    (`read_input`). Images are resized with `interpolation` (checked
+    first: an unknown one raises `ValueError` before any file is read).
 
     Files are decoded in a thread pool (Pillow and TensorFlow's resize
     release the GIL), the next two batches while the caller predicts the
     current one: memory holds three batches, whatever the number of files.
     """
+    check_interpolation(interpolation)
     workers = max(1, min(8, os.cpu_count() or 1))
     starts = iter(range(0, len(files), batch_size))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -64,7 +70,8 @@ def read_batches(files, modality, image_size, batch_size):
         def submit(start):
             paths = files[start : start + batch_size]
             return paths, [pool.submit(read_input, path, modality,
-                                       image_size) for path in paths]
+                                       image_size, interpolation)
+                           for path in paths]
 
         pending = collections.deque(
             submit(start) for start in itertools.islice(starts, 2)

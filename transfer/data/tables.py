@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from transfer.backbones.spec import check_interpolation
 from transfer.data import fingerprint
 from transfer.data import preflight
 
@@ -158,7 +159,8 @@ def read_image_csv(path, *, data_root=None, class_names=None):
     return files, labels, class_names, rows, root
 
 
-def _dataset(paths, labels, image_size, batch_size, shuffle, seed):
+def _dataset(paths, labels, image_size, batch_size, shuffle, seed,
+             interpolation):
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((list(paths), labels))
@@ -169,7 +171,8 @@ def _dataset(paths, labels, image_size, batch_size, shuffle, seed):
         image = tf.io.decode_image(
             tf.io.read_file(path), channels=3, expand_animations=False
         )
-        image = tf.image.resize(image, (image_size, image_size))
+        image = tf.image.resize(image, (image_size, image_size),
+                                method=interpolation)
         return tf.cast(image, "float32"), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
@@ -186,6 +189,7 @@ def load_image_csv(
     validation_split=0.2,
     seed=1337,
     skip_bad_files=False,
+    interpolation="bilinear",
 ):
     """Reads images listed in a CSV (`file`, `label`) as `tf.data` datasets.
 
@@ -208,6 +212,9 @@ def load_image_csv(
         seed: seed of the split and shuffling. Defaults to `1337`.
         skip_bad_files: leave out empty, truncated and non-image files
             instead of raising. Defaults to `False`.
+        interpolation: how images are resized, one of
+            `transfer.backbones.spec.INTERPOLATIONS` (see
+            `transfer.load_image_folder`). Defaults to `"bilinear"`.
 
     Returns:
         `(train_ds, val_ds, class_names)`; `val_ds` is `None` without split.
@@ -231,6 +238,7 @@ def load_image_csv(
     >>> sum(int(labels.shape[0]) for _, labels in val)
     3
     """
+    check_interpolation(interpolation)
     if not 0 <= validation_split < 1:
         raise ValueError(
             "`validation_split` must be in [0, 1). "
@@ -260,15 +268,16 @@ def load_image_csv(
     labels = labels[order]
     split = int(round(len(order) * validation_split))
     train = _dataset(paths[split:], labels[split:], image_size, batch_size,
-                     True, seed)
+                     True, seed, interpolation)
     val = (
         _dataset(paths[:split], labels[:split], image_size, batch_size,
-                 False, seed)
+                 False, seed, interpolation)
         if split else None
     )
     settings = {
         "csv": os.path.abspath(path), "csv_stats": fingerprint.file_stats(path),
-        "directory": report.directory, "image_size": image_size, "seed": seed,
+        "directory": report.directory, "image_size": image_size,
+        "interpolation": interpolation, "seed": seed,
         "validation_split": validation_split,
         "skip_bad_files": skip_bad_files, "augmentation": None,
     }
@@ -383,6 +392,7 @@ def load_image_table(
     batch_size=32,
     validation_split=0.2,
     seed=1337,
+    interpolation="bilinear",
 ):
     """Reads images and several targets from a CSV as `tf.data` datasets.
 
@@ -403,6 +413,9 @@ def load_image_table(
         validation_split: fraction held out for validation, or `0`.
             Defaults to `0.2`.
         seed: seed of the split and shuffling. Defaults to `1337`.
+        interpolation: how images are resized, one of
+            `transfer.backbones.spec.INTERPOLATIONS` (see
+            `transfer.load_image_folder`). Defaults to `"bilinear"`.
 
     Returns:
         `(train_ds, val_ds, target_columns)`; `val_ds` is `None` without a
@@ -427,6 +440,7 @@ def load_image_table(
     >>> tuple(images.shape), tuple(targets.shape)
     ((6, 32, 32, 3), (6, 3))
     """
+    check_interpolation(interpolation)
     if not 0 <= validation_split < 1:
         raise ValueError(
             "`validation_split` must be in [0, 1). "
@@ -443,9 +457,9 @@ def load_image_table(
     targets = targets[order]
     split = int(round(len(order) * validation_split))
     train = _dataset(paths[split:], targets[split:], image_size, batch_size,
-                     True, seed)
+                     True, seed, interpolation)
     val = (_dataset(paths[:split], targets[:split], image_size, batch_size,
-                    False, seed) if split else None)
+                    False, seed, interpolation) if split else None)
     names = [str(c) for c in target_columns]
     for dataset in (train, val):
         if dataset is not None:

@@ -235,7 +235,9 @@ def build_classifier(
     Returns:
         A `keras.Model` with layers `preprocessing` (where needed), the
         backbone (named after it), `pooler`, `head_dropout`, `predictions`.
-        `model.transfer_metadata` records the backbone and weights source.
+        `model.transfer_metadata` records the backbone and weights source,
+        and the backbone's `interpolation` (how images are to be resized
+        for it).
 
     Example:
 
@@ -291,6 +293,9 @@ def build_classifier(
         "backbone": spec.name,
         "backbone_source": spec.source,
         "image_size": image_size,
+        # What `evaluate`, `report` and `predict` resize with (`fit_recipe`
+        # records the training data's instead when it says).
+        "interpolation": spec.interpolation,
         "num_classes": num_classes,
         "weights": info,
         "precision": policy,

@@ -12,8 +12,10 @@ the Keras version and backend, the feature extractor's config (inputs ->
 by their position, so a freshly built identical model matches, and without
 `trainable` flags, which differ between stages but not in `predict`) and the
 bytes of all its weights (trainable or not, BatchNorm statistics
-included), and the examples with their labels. `(x, y)` arrays are hashed
-as bytes, dtype and shape. A `tf.data.Dataset` is read once, without the
+included), and the examples with their labels, as the data yields them:
+the pixels after resizing, so images resized to another size or with
+another interpolation (`load_image_folder(..., interpolation=...)`) get
+another key. `(x, y)` arrays are hashed as bytes, dtype and shape. A `tf.data.Dataset` is read once, without the
 model; when it shuffles, the per-example digests are sorted, so the order
 it yields does not matter. Data that cannot be read without side effects
 or cannot be told apart (a `keras.utils.PyDataset`, a generator, random

@@ -69,13 +69,18 @@ def fit_recipe(
     stages are not retrained, the interrupted one continues from its last
     finished epoch with its optimizer state, and later stages run. A rerun
     with other data or settings (files added, removed or changed, another
-    split, seed, image size, augmentation, recipe, batch size or classes;
-    see `transfer.training.fingerprint`) is refused with the differences
-    listed, unless `force_resume=True`. A finished run (`manifest.json`) is
+    split, seed, image size or interpolation, augmentation, recipe, batch
+    size or classes; see `transfer.training.fingerprint`) is refused with
+    the differences listed, unless `force_resume=True`. A finished run (`manifest.json`) is
     never reused, and a second process pointed at a run directory in use is
     refused (`RunDirInUseError`). A refused call writes nothing into
     `run_dir`: every check runs before the lock is taken and the first file
     written.
+    The interpolation the training data was resized with (as
+    `load_image_folder`, `load_image_csv` and `make_dataset` record it)
+    becomes the model's (`transfer_metadata["interpolation"]`, saved in the
+    manifest), so that `transfer evaluate`, `report` and `predict` resize
+    as training did; data that does not say keeps the backbone's.
     Labels outside `[0, num_classes)` are refused on every backend. A NaN or
     Inf loss stops the run with `NonFiniteLossError`, the model holding the
     last good weights; NaN weights are never saved.
@@ -187,6 +192,7 @@ def fit_recipe(
         run_dir_lib.check_run_dir(run_dir)
     # Before the label checks wrap the datasets (`map` drops attributes).
     preflight = getattr(train_data, "transfer_preflight", None)
+    _record_interpolation(model, train_data)
     settings, fingerprint = fingerprint_lib.run_fingerprint(
         model, recipe, train_data, validation_data, batch_size=batch_size,
         class_names=class_names,
@@ -232,6 +238,23 @@ def fit_recipe(
     # before the other (it times out under load and aborts both).
     engines.barrier(plan, "transfer.fit_recipe.done")
     return histories
+
+
+def _record_interpolation(model, train_data):
+    """Records in `model`'s metadata how `train_data` resized its images,
+    when the data says (`transfer_fingerprint["interpolation"]`)."""
+    attached = getattr(train_data, "transfer_fingerprint", None) or {}
+    used = attached.get("interpolation")
+    metadata = _model_info.metadata(model)
+    if used is None or not metadata or metadata.get("modality") == "text":
+        return
+    expected = metadata.get("interpolation")
+    if expected is not None and used != expected:
+        logger.info(
+            "The training images are resized with %r, the backbone '%s' "
+            "expects %r; the model records %r, for evaluate and predict.",
+            used, metadata.get("backbone"), expected, used)
+    model.transfer_metadata = dict(metadata, interpolation=used)
 
 
 def _check_arguments(model, recipe, data, class_names, cache_options):
