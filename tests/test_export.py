@@ -50,7 +50,7 @@ def _litert_class_names(path):
 
 
 @pytest.mark.parametrize("export_format", deploy.FORMATS)
-def test_artifact_carries_its_metadata(export_format, tmp_path):
+def test_artifact_carries_its_metadata(export_format, tmp_path, capsys):
     if export_format not in _formats_here():
         pytest.skip(f"{export_format} is not exported on {BACKEND}")
     model = _model()
@@ -95,6 +95,33 @@ def test_artifact_carries_its_metadata(export_format, tmp_path):
         assert loaded.transfer_metadata["class_names"] == CLASS_NAMES
     elif export_format == "saved_model":
         assert os.path.exists(os.path.join(path, "assets", "transfer.json"))
+    _predict_with_the_artifact_alone(model, path, tmp_path, capsys)
+
+
+def _predict_with_the_artifact_alone(model, path, tmp_path, capsys):
+    """`transfer predict ARTIFACT images/`: the file's classes, its runtime."""
+    from transfer.cli import main
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (3, 32, 32, 3), dtype="uint8")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    capsys.readouterr()
+    code = main(["--quiet", "predict", path, str(folder), "--top-k", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = json.loads(captured.out)
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(
+        model.predict(pixels.astype("float32"), verbose=0)))
+    assert [os.path.basename(r["file"]) for r in rows] == [
+        "0.png", "1.png", "2.png"]
+    for row, probabilities in zip(rows, expected, strict=True):
+        got = {p["class"]: p["probability"] for p in row["predictions"]}
+        assert sorted(got) == CLASS_NAMES
+        np.testing.assert_allclose([got[c] for c in CLASS_NAMES],
+                                   probabilities, atol=1e-4)
 
 
 @pytest.mark.parametrize("existing", [False, True])

@@ -59,6 +59,11 @@ def folder(tmp_path_factory):
     return root
 
 
+def _folder_files(folder):
+    return [os.path.join(root, name) for root, _, names in os.walk(folder)
+            for name in names if name.endswith(".png")]
+
+
 def pixels(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -170,6 +175,33 @@ def test_run_records_interpolation_and_predict_uses_it(folder, tmp_path,
         got = {p["class"]: p["probability"] for p in row["predictions"]}
         np.testing.assert_allclose([got["a"], got["b"]], probabilities,
                                    rtol=1e-4, atol=1e-6)
+
+    # `transfer serve`, the export's metadata and its int8 calibration
+    # images resize as the run trained, too.
+    calibration = transfer.evaluation_data.training_images(
+        str(run), config, model, max_images=3)
+    expected_calibration = [resized(pixels(p), "nearest") for p in
+                            sorted(p for p in _folder_files(folder))]
+    assert any(np.allclose(calibration[0], e, atol=1e-3)
+               for e in expected_calibration)
+    assert not any(np.allclose(calibration[0], resized(pixels(p), "bilinear"),
+                               atol=1e-3) for p in _folder_files(folder))
+    meta = transfer.export.metadata.artifact_metadata(model, "onnx")
+    assert meta["preprocessing"]["interpolation"] == "nearest"
+    testclient = pytest.importorskip("starlette.testclient")
+    from transfer.serving import app as serving
+
+    with testclient.TestClient(serving.create_app(model)) as client:
+        for path, row in zip(files[:2], result, strict=True):
+            answer = client.post("/predict", files={
+                "image": ("x.png", open(path, "rb").read())})
+            assert answer.status_code == 200, answer.text
+            got = {p["class"]: p["probability"]
+                   for p in answer.json()["predictions"]}
+            want = {p["class"]: p["probability"] for p in row["predictions"]}
+            for name in want:
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-4,
+                                           atol=1e-6)
 
     # A run from before the field: no `interpolation` in its manifest or
     # config. It loads, and evaluates bilinearly, as it trained.

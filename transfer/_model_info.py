@@ -41,7 +41,11 @@ def model_task(model):
 
 
 def is_logits(model):
-    """Whether the model's output layer has no activation (logits)."""
+    """Whether the model's outputs are logits: recorded (an exported
+    artifact's `output`), else its output layer has no activation."""
+    recorded = metadata(model).get("output")
+    if recorded in ("logits", "probabilities"):
+        return recorded == "logits"
     activation = getattr(model.layers[-1], "activation", None)
     return activation is None or getattr(activation, "__name__", "") == "linear"
 

@@ -327,7 +327,8 @@ def training_images(run_dir, config, model, *, max_images=200, seed=0):
     Representative images for calibrating an int8 export: the files listed
     in the run's `split_train.txt` (or, for a split root, its `train/`
     folder), a seeded sample of them, read as `transfer predict` reads
-    files (RGB, `[0, 255]`, resized bilinearly to the model's size).
+    files (RGB, `[0, 255]`, resized to the model's size with the
+    interpolation it was trained with).
 
     Returns:
         A float32 array `(n, size, size, 3)`, `n <= max_images`.
@@ -361,7 +362,9 @@ def training_images(run_dir, config, model, *, max_images=200, seed=0):
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.permutation(len(files))[:max_images])
     size = int(model.input_shape[1])
-    images = [image_files.read_image(files[i], size) for i in chosen]
+    method = _model_info.interpolation(model)
+    images = [image_files.read_image(files[i], size, interpolation=method)
+              for i in chosen]
     if not images:
         return np.zeros((0, size, size, 3), "float32")
     return np.stack(images).astype("float32")

@@ -95,6 +95,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   transfer predict runs/flowers photos/ --top-k 3 --format csv > predictions.csv
   transfer predict runs/flowers big_folder/ --format jsonl --skip-bad-files > predictions.jsonl
   transfer predict runs/nli pairs.csv --format csv   # text runs: a CSV with the run's text column(s)
+  transfer predict runs/flowers/export/model.onnx photos/ --top-k 3   # an exported file alone
 """,
     "export": """examples:
   transfer export runs/flowers --format keras
@@ -332,7 +333,10 @@ def build_parser():
 
     p = _subparser(sub, "predict", "classes and probabilities per file",
                    common)
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR_OR_EXPORT",
+                   help="a run directory, or a file `transfer export` wrote "
+                   "(.onnx, .tflite, .keras, a SavedModel directory): its "
+                   "class names and resizing come from the file")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR",
                    help="images (.txt files for text runs) and folders; "
                    "text runs also take .csv files, one row per text (or "

@@ -202,8 +202,13 @@ def predict(args):
 
     from transfer import prediction  # lazy: --help needs no Keras
     from transfer import workflow  # lazy: --help needs no Keras
+    from transfer.export import artifact  # lazy: --help needs no Keras
 
-    model, config = workflow.load_run(args.run_dir)
+    if artifact.is_artifact(args.run_dir):
+        # An exported file: its runtime, its own class names and resizing.
+        model, config = artifact.open_artifact(args.run_dir), {}
+    else:
+        model, config = workflow.load_run(args.run_dir)
     modality = workflow.run_modality(model)
     # Text runs read CSV files row by row (the run's text columns).
     tables = [p for p in args.paths

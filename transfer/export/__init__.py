@@ -5,9 +5,13 @@ or a LiteRT (TFLite) flatbuffer (`exporter`), each carrying its class names,
 input size, preprocessing and versions (`metadata`; `read_metadata` reads
 them back from the artifact alone). SavedModels exported on TensorFlow also
 take encoded images (`saved_model`). Quantized exports are judged by their
-accuracy against the Keras model (`quantization`).
+accuracy against the Keras model (`quantization`). `open_artifact` opens
+an export in its own runtime for `transfer.prediction` (`artifact`).
 """
 
+from transfer.export.artifact import Artifact
+from transfer.export.artifact import is_artifact
+from transfer.export.artifact import open_artifact
 from transfer.export.exporter import FILE_NAMES
 from transfer.export.exporter import FORMATS
 from transfer.export.exporter import QUANTIZATIONS
@@ -23,6 +27,7 @@ from transfer.export.quantization import evaluate_artifact
 
 __all__ = [
     "AccuracyDropError",
+    "Artifact",
     "Evaluation",
     "FILE_NAMES",
     "FORMATS",
@@ -32,6 +37,8 @@ __all__ = [
     "check_export_request",
     "evaluate_artifact",
     "export_model",
+    "is_artifact",
+    "open_artifact",
     "read_metadata",
     "sample_inputs",
 ]

@@ -13,7 +13,7 @@ call it in-process with Starlette's `TestClient`):
 
 Images are read exactly as `transfer predict` reads them
 (`transfer.data.image_files.read_image`: RGB, 16-bit scaled, resized
-bilinearly to the model's size) and predicted with the same function
+to the model's size with the run's interpolation) and predicted with the same function
 (`transfer.prediction.image_probabilities`), in batches gathered across
 concurrent requests (`transfer.serving.batcher.Batcher`).
 
@@ -51,6 +51,7 @@ from starlette.responses import HTMLResponse
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from transfer import _model_info
 from transfer import prediction
 from transfer import workflow
 from transfer.data import image_files
@@ -165,7 +166,8 @@ def _decode_base64(text):
             400, "The `image` field is not valid base64.") from None
 
 
-def read_upload(data, image_size, max_image_pixels=MAX_IMAGE_PIXELS):
+def read_upload(data, image_size, max_image_pixels=MAX_IMAGE_PIXELS, *,
+                interpolation="bilinear"):
     """An uploaded image file's bytes, read as `transfer predict` reads files.
 
     The size is checked from the header before anything is decoded; then
@@ -177,6 +179,8 @@ def read_upload(data, image_size, max_image_pixels=MAX_IMAGE_PIXELS):
         image_size: the model's square input size.
         max_image_pixels: larger images are refused. Defaults to
             `40_000_000`.
+        interpolation: how the image is resized: the run's, as `transfer
+            predict` resizes. Defaults to `"bilinear"`.
 
     Returns:
         An `(image_size, image_size, 3)` `float32` array in `[0, 255]`.
@@ -207,7 +211,8 @@ def read_upload(data, image_size, max_image_pixels=MAX_IMAGE_PIXELS):
         file.flush()
         try:
             return image_files.read_image(
-                file.name, image_size, max_image_pixels=max_image_pixels)
+                file.name, image_size, interpolation=interpolation,
+                max_image_pixels=max_image_pixels)
         except ValueError as e:
             raise HTTPException(
                 400, f"Cannot read the upload as an image ({e}).") from None
@@ -307,6 +312,7 @@ def create_app(model, *, title="transfer", max_request_bytes=MAX_REQUEST_BYTES,
                              f"Received: {name}={value!r}")
     class_names = workflow.run_class_names(model)
     image_size = int(model.input_shape[1])
+    interpolation = _model_info.interpolation(model)
     batcher = Batcher(_batch_predictor(model, max_batch_size),
                       max_batch_size=max_batch_size, max_delay=max_delay)
     # Decoding holds an image's pixels: a few at a time, not one per
@@ -315,7 +321,8 @@ def create_app(model, *, title="transfer", max_request_bytes=MAX_REQUEST_BYTES,
 
     def decode(data):
         with decoding:
-            return read_upload(data, image_size, max_image_pixels)
+            return read_upload(data, image_size, max_image_pixels,
+                               interpolation=interpolation)
 
     async def index(request):
         html = page.render_page(title, class_names,
