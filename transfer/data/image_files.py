@@ -86,8 +86,14 @@ def bit_depth(path, image):
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         return 16 if image.mode.startswith("I;16") else 32
     if image.format == "PNG":
-        with open(path, "rb") as f:
-            header = f.read(25)
+        if hasattr(path, "read"):  # an open file or BytesIO
+            position = path.tell()
+            path.seek(0)
+            header = path.read(25)
+            path.seek(position)
+        else:
+            with open(path, "rb") as f:
+                header = f.read(25)
         if len(header) == 25 and header[12:16] == b"IHDR":
             return header[24]
     return 8
@@ -147,7 +153,8 @@ def read_image(path, image_size=None, *, interpolation="bilinear",
     as here).
 
     Args:
-        path: an image file.
+        path: an image file, or an open binary file (`io.BytesIO` of an
+            upload's bytes).
         image_size: square size to resize to, or `None` to keep the size.
             Defaults to `None`.
         interpolation: the resize method, one of
@@ -169,6 +176,11 @@ def read_image(path, image_size=None, *, interpolation="bilinear",
     >>> Image.fromarray(np.zeros((8, 8), "uint16")).save("gray16.png")
     >>> read_image("gray16.png", 4).shape
     (4, 4, 3)
+    >>> import io  # bytes in memory (an upload) read the same
+    >>> with open("gray16.png", "rb") as f:
+    ...     in_memory = read_image(io.BytesIO(f.read()), 4)
+    >>> bool(np.array_equal(in_memory, read_image("gray16.png", 4)))
+    True
     """
     from PIL import Image
 

@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import threading
 
 import keras
@@ -172,7 +171,7 @@ def read_upload(data, image_size, max_image_pixels=MAX_IMAGE_PIXELS, *,
 
     The size is checked from the header before anything is decoded; then
     the bytes go through `transfer.data.image_files.read_image`, the
-    prediction path's reader, from a temporary file.
+    prediction path's reader, from memory.
 
     Args:
         data: the bytes of an image file (PNG, JPEG, ...).
@@ -206,16 +205,13 @@ def read_upload(data, image_size, max_image_pixels=MAX_IMAGE_PIXELS, *,
             f"The image is {width}x{height} pixels, over the limit of "
             f"{max_image_pixels:,} (`transfer serve --max-image-pixels`); "
             "refused from its header, not decoded. Send a smaller image."))
-    with tempfile.NamedTemporaryFile(prefix="transfer-serve-") as file:
-        file.write(data)
-        file.flush()
-        try:
-            return image_files.read_image(
-                file.name, image_size, interpolation=interpolation,
-                max_image_pixels=max_image_pixels)
-        except ValueError as e:
-            raise HTTPException(
-                400, f"Cannot read the upload as an image ({e}).") from None
+    try:
+        return image_files.read_image(
+            io.BytesIO(data), image_size, interpolation=interpolation,
+            max_image_pixels=max_image_pixels)
+    except ValueError as e:
+        raise HTTPException(
+            400, f"Cannot read the upload as an image ({e}).") from None
 
 
 async def _read_request(request, num_classes):
