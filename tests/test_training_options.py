@@ -330,5 +330,10 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     expected = _backend.auto_jit_compile()
     assert manifest["jit_compile"] == expected
+    # JAX's persistent compilation cache: recorded where it is on.
+    assert manifest["compilation_cache"] == _backend.compilation_cache()
+    assert (manifest["compilation_cache"] is None) == (
+        BACKEND != "jax"
+        or os.environ.get("TRANSFER_COMPILATION_CACHE") == "0")
     if _backend.accelerator() == "cpu":
         assert expected == (BACKEND == "jax")

@@ -24,6 +24,9 @@ if _startup.defer_library():
         return _startup.library_attribute(name)
 
 else:
+    # On JAX: the persistent compilation cache in the user cache directory
+    # (off with TRANSFER_COMPILATION_CACHE=0; see `_backend`).
+    from transfer import _backend
     from transfer import backbones
     from transfer import callbacks
     from transfer import data
@@ -82,6 +85,8 @@ else:
     from transfer.tta import evaluate_tta
     from transfer.tta import predict_tta
     from transfer.weights.download import WeightsUnavailableError
+
+    _backend.configure_compilation_cache()
 
 __all__ = [
     "BackboneSpec",

@@ -14,6 +14,7 @@ when a command runs. Keep module-level imports here light.
 import argparse
 import contextlib
 import logging
+import os
 import sys
 
 from transfer import _startup
@@ -153,6 +154,10 @@ def _common(subcommand=False):
                         help="no progress bars, warnings and errors only")
     volume.add_argument("--verbose", "-v", action="store_true",
                         default=default, help="log every step")
+    parent.add_argument(
+        "--no-compilation-cache", action="store_true", default=default,
+        help="JAX backend: do not read or write the persistent compilation "
+             "cache in the user cache directory")
     return parent
 
 
@@ -483,6 +488,10 @@ def main(argv=None):
     # on stdout, so while the command runs stdout is stderr.
     args.stdout = sys.stdout
     try:
+        if getattr(args, "no_compilation_cache", False):
+            # Read by `transfer._backend.configure_compilation_cache` when
+            # the library loads.
+            os.environ["TRANSFER_COMPILATION_CACHE"] = "0"
         if getattr(args, "before", None):
             args.before(args)  # checks that need no Keras, seconds sooner
         _startup.load_library(loud=args.verbose or args.debug)

@@ -38,6 +38,7 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
         "report": REPORT,
         "hparams": hparams,
         "jit_compile": context.jit_compile,
+        "compilation_cache": _backend.compilation_cache(),
     }
     if context.preflight is not None:
         manifest["data"] = context.preflight.to_dict()

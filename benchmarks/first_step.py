@@ -1,0 +1,88 @@
+"""Time to the first training step, with and without JAX's compilation cache.
+
+    python benchmarks/first_step.py --output first_step.json
+
+Each measurement is a fresh process (`benchmarks/keras_worker.py`, part
+`first_step`: import, build EfficientNet-Lite0 with its real offline
+weights, compile, one `train_on_batch`). On JAX it runs, interleaved,
+`--repeats` times each: the persistent compilation cache off
+(`TRANSFER_COMPILATION_CACHE=0`), on and cold (an empty cache directory),
+and on and warm (the directory the cold run filled), which is what a
+user's second run of the same model sees. TensorFlow and torch run once
+per repeat as the reference. The JSON records the load average before and
+after.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import run as bench  # noqa: E402  (benchmarks/run.py: the same worker calls)
+
+
+def _first_step(backend, config, **env):
+    environment = dict(
+        os.environ, KERAS_BACKEND=backend, **env,
+        PYTHONPATH=os.pathsep.join([bench.ROOT,
+                                    os.environ.get("PYTHONPATH", "")]))
+    result = bench._json_step(
+        [sys.executable, os.path.join(HERE, "keras_worker.py")],
+        config, env=environment)
+    return result.get("first_step", {"error": result.get("error")})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backends", default="jax,tensorflow,torch")
+    parser.add_argument("--output")
+    args = parser.parse_args(argv)
+    config = dict(bench.QUICK, parts=["first_step"])
+    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "loadavg_start": bench._loadavg(), "config": config,
+              "runs": []}
+    backends = [b for b in args.backends.split(",") if b]
+    for repeat in range(args.repeats):
+        for backend in backends:
+            if backend != "jax":
+                runs = [("default", {})]
+            else:
+                cache = tempfile.mkdtemp(prefix="jax-cache-")
+                runs = [("cache_off", {"TRANSFER_COMPILATION_CACHE": "0"}),
+                        ("cache_cold", {"TRANSFER_COMPILATION_CACHE": cache}),
+                        ("cache_warm", {"TRANSFER_COMPILATION_CACHE": cache})]
+            for mode, env in runs:
+                result = _first_step(backend, config, **env)
+                print(backend, mode, result.get("time_to_first_step_s"),
+                      flush=True)
+                report["runs"].append(
+                    {"repeat": repeat, "backend": backend, "mode": mode,
+                     **result})
+            if backend == "jax":
+                shutil.rmtree(cache, ignore_errors=True)
+    report["loadavg_end"] = bench._loadavg()
+    summary = {}
+    for run in report["runs"]:
+        key = f"{run['backend']}/{run['mode']}"
+        if run.get("time_to_first_step_s") is not None:
+            summary.setdefault(key, []).append(run["time_to_first_step_s"])
+    report["median_time_to_first_step_s"] = {
+        k: round(statistics.median(v), 2) for k, v in summary.items()}
+    text = json.dumps(report, indent=2)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    print(json.dumps(report["median_time_to_first_step_s"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
