@@ -33,8 +33,10 @@ else:
 import jax, jax.numpy as jnp
 chosen = _backend.compilation_cache()
 min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+max_bytes = jax.config.jax_compilation_cache_max_size
 jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()
 print(json.dumps({"dir": chosen, "min_seconds": min_seconds,
+                  "max_bytes": max_bytes,
                   "config": jax.config.jax_compilation_cache_dir}))
 """
 
@@ -61,6 +63,7 @@ def test_on_by_default_in_the_user_cache_directory(tmp_path):
     # Small programs (weight initializers, ~0.1 s each) are cached too, so
     # the small function compiled above was written there.
     assert result["min_seconds"] == 0.0
+    assert result["max_bytes"] == 2 * 1024**3  # bounded, least recent out
     assert os.listdir(expected)
 
 

@@ -11,6 +11,7 @@ logger = logging.getLogger(__name__)
 # `TRANSFER_COMPILATION_CACHE=0` turns the JAX persistent compilation cache
 # off (`transfer --no-compilation-cache` sets it for one command); a
 # directory puts it there.
+COMPILATION_CACHE_MAX_BYTES = 2 * 1024**3
 COMPILATION_CACHE_ENV = "TRANSFER_COMPILATION_CACHE"
 
 
@@ -52,7 +53,9 @@ def configure_compilation_cache():
     (`~/.cache/keras-transfer/jax-compilation-cache`, or under
     `TRANSFER_CACHE_DIR`) and a later process running the same model and
     shapes loads them instead, small programs included (the minimum compile
-    time to cache is 0 s instead of JAX's 1 s, unless the user changed it).
+    time to cache is 0 s instead of JAX's 1 s, unless the user changed it),
+    and the least recently used programs are deleted past 2 GiB (JAX's
+    default has no limit).
     Called once when `transfer` is imported.
 
     `TRANSFER_COMPILATION_CACHE` set to a directory puts the cache there;
@@ -94,6 +97,11 @@ def configure_compilation_cache():
         # from 13 s to 3 s on a second run (benchmarks/first_step.py). A
         # value the user set is kept.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if jax.config.jax_compilation_cache_max_size == -1:
+        # JAX's default lets the directory grow without end; past this,
+        # the least recently used programs are deleted.
+        jax.config.update("jax_compilation_cache_max_size",
+                          COMPILATION_CACHE_MAX_BYTES)
     return directory
 
 
