@@ -2,6 +2,10 @@ import os
 import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No JAX persistent compilation cache in tests: a run would otherwise read
+# programs an earlier run wrote (tests/test_compilation_cache.py turns it on
+# in its own processes).
+os.environ.setdefault("TRANSFER_COMPILATION_CACHE", "0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
