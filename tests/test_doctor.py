@@ -48,6 +48,9 @@ def write_folder(root, num_per_class=10, seed=0):
 
 def inspect(data, tmp_path, **kwargs):
     kwargs.setdefault("cache_dir", None)
+    # The random tiny CNN's pooled features of any two synthetic images are
+    # alike: only identical pixels count as near-duplicates here.
+    kwargs.setdefault("similarity", 0.99999)
     return transfer.inspect_data(
         str(data), "tiny_cnn", output_dir=str(tmp_path / "doctor"),
         allow_random_weights=True, verbose=0, **kwargs)
@@ -138,6 +141,17 @@ def test_leakage_across_split_folders_and_fix_split(tmp_path):
                                  layout)
     assert len(train) == 31 and len(val) == 14
     assert os.path.join("cow", "leaked.png") in train
+
+
+def test_a_run_directory_gives_the_features(tmp_path, tiny_run):
+    data = write_folder(str(tmp_path / "data"), num_per_class=5)
+    diagnosis = transfer.inspect_data(
+        data, tiny_run["run_dir"], output_dir=str(tmp_path / "doctor"),
+        cache_dir=None, similarity=0.99999, verbose=0)
+    settings = diagnosis.summary["settings"]
+    assert settings["run_dir"] == os.path.abspath(tiny_run["run_dir"])
+    assert (settings["image_size"], settings["weights"]) == (32, "the run's")
+    assert diagnosis.embeddings.shape == (15, 16)
 
 
 @pytest.mark.backend_independent

@@ -111,6 +111,15 @@ def feature_extractor(backbone, *, allow_random_weights=False):
     spec = check_backbone(backbone, allow_random_weights)
     if spec is None:
         model, _ = workflow.load_run(backbone)
+        if workflow.run_modality(model) != "image" or "pooler" not in [
+            layer.name for layer in model.layers
+        ]:
+            raise ValueError(
+                f"The run '{backbone}' is not an image classifier made by "
+                "`transfer train` (no 'pooler' layer to take features "
+                "from). Pass an image run's directory, or a backbone name. "
+                f"Received: backbone={backbone!r}"
+            )
         metadata = _model_info.metadata(model)
         description = {
             "run_dir": os.path.abspath(backbone),

@@ -131,6 +131,7 @@ def inspect_data(data, backbone="efficientnet_lite0", *, output_dir="doctor",
     ValueError: Backbone 'small_cnn' has no pretrained weights, ...
     """
     started = time.perf_counter()
+    data, output_dir = os.fspath(data), os.fspath(output_dir)
     similarity = duplicates.check_similarity(similarity)
     embeddings_lib.check_backbone(backbone, allow_random_weights)
     files = files_lib.list_files(data)
