@@ -9,8 +9,9 @@
    embeddings, C=0.1) trained on the noisy labels, on the noisy set without
    the flagged files, and on the true labels (reference).
 2. Leakage and duplicates: a split root, `train/` = the 1,000 training
-   images plus 50 exact copies and 50 near-duplicates (resized to 34 px,
-   cropped 1-3 px, JPEG quality 80) of test images, `test/` = 1,000 test
+   images plus 50 exact copies and 50 near-duplicates (a third each
+   resized to 56 px, re-encoded at JPEG quality 75, cropped by 1 px) of
+   test images, `test/` = 1,000 test
    images (those 100 among them). Recall of each kind (the planted file is
    flagged as leakage with its test image as partner) and the files
    flagged as leakage on the same folders without the planted copies
@@ -47,8 +48,12 @@ def _load():
 
 def _files(root, limit=None, seed=0):
     """`[(class, name)]` of a class-folder root (a seeded sample)."""
-    found = sorted((c, n) for c in sorted(os.listdir(root))
-                   for n in sorted(os.listdir(os.path.join(root, c))))
+    classes = [c for c in sorted(os.listdir(root))
+               if not c.startswith(".") and os.path.isdir(
+                   os.path.join(root, c))]
+    found = sorted((c, n) for c in classes
+                   for n in sorted(os.listdir(os.path.join(root, c)))
+                   if not n.startswith("."))
     if limit is not None and limit < len(found):
         found = sorted(random.Random(seed).sample(found, limit))
     return found
@@ -81,11 +86,13 @@ def _accuracy(train_x, train_y, test_x, test_y):
     from sklearn.preprocessing import StandardScaler
 
     from transfer.doctor.duplicates import normalized
+    from transfer.doctor.label_issues import single_threaded
 
     model = make_pipeline(StandardScaler(),
                           LogisticRegression(max_iter=1000, C=0.1))
-    model.fit(normalized(train_x), train_y)
-    return round(float(model.score(normalized(test_x), test_y)), 4)
+    with single_threaded():
+        model.fit(normalized(train_x), train_y)
+        return round(float(model.score(normalized(test_x), test_y)), 4)
 
 
 def label_errors(args, work, cache):
@@ -149,17 +156,28 @@ def label_errors(args, work, cache):
     }
 
 
-def _near_copy(source, target, rng):
+NEAR_KINDS = ("resized", "reencoded", "cropped")
+
+
+def _near_copy(source, target, kind):
+    """A resized (to 56 px, JPEG quality 90), re-encoded (JPEG quality 75)
+    or cropped (1 px off the top and left, resized back, JPEG quality 90)
+    copy."""
     from PIL import Image
 
     with Image.open(source) as image:
         image = image.convert("RGB")
         width, height = image.size
-        left, top = rng.randint(1, 3), rng.randint(1, 3)
-        image = image.crop((left, top, width - rng.randint(0, 2),
-                            height - rng.randint(0, 2)))
-        image = image.resize((34, 34), Image.Resampling.BICUBIC)
-        image.save(target, format="JPEG", quality=80)
+        quality = 90
+        if kind == "resized":
+            image = image.resize((2 * width, 2 * height),
+                                 Image.Resampling.BICUBIC)
+        elif kind == "reencoded":
+            quality = 75
+        else:
+            image = image.crop((1, 1, width, height)).resize(
+                (width, height), Image.Resampling.BICUBIC)
+        image.save(target, format="JPEG", quality=quality)
 
 
 def leakage(args, work, cache):
@@ -174,24 +192,29 @@ def leakage(args, work, cache):
     shutil.copytree(clean, leaky, symlinks=True)
     copies = {}
     for i, (label, name) in enumerate(planted):
-        kind = "exact" if i < args.planted else "near"
+        kind = "exact" if i < args.planted else NEAR_KINDS[
+            i % len(NEAR_KINDS)]
         source = os.path.join(args.test, label, name)
         target = os.path.join(leaky, "train", label,
                               f"planted_{kind}_{i}.jpg")
         if kind == "exact":
             shutil.copyfile(source, target)
         else:
-            _near_copy(source, target, rng)
+            _near_copy(source, target, kind)
         copies[f"train/{label}/planted_{kind}_{i}.jpg"] = (
             kind, f"test/{label}/{name}")
     found, _ = _doctor(leaky, work, "doctor-leaky", cache_dir=cache)
     leaks = {row["file"]: row["other_files"].split(" | ")
              for row in found.rows if row["issue"] == "leakage"}
-    recall = {}
-    for kind in ("exact", "near"):
+    recall, hits_of = {}, {}
+    for kind in ("exact", *NEAR_KINDS):
         mine = [(f, source) for f, (k, source) in copies.items() if k == kind]
-        hits = sum(source in leaks.get(f, []) for f, source in mine)
-        recall[kind] = round(hits / len(mine), 4)
+        hits_of[kind] = (sum(source in leaks.get(f, []) for f, source in mine),
+                         len(mine))
+        recall[kind] = round(hits_of[kind][0] / max(1, len(mine)), 4)
+    near = [hits_of[kind] for kind in NEAR_KINDS]
+    recall["near"] = round(sum(h for h, _ in near) / sum(n for _, n in near),
+                           4)
     base, _ = _doctor(clean, work, "doctor-clean", cache_dir=cache)
     base_leaks = [row for row in base.rows if row["issue"] == "leakage"]
     sources = {source for _, source in copies.values()}

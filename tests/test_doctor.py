@@ -95,7 +95,14 @@ def test_finds_duplicates_unreadable_files_and_writes_outputs(tmp_path):
     projector = out / "projector"
     config = (projector / "projector_config.pbtxt").read_text()
     dimension = diagnosis.embeddings.shape[1]
-    assert f"tensor_shape: 32\n  tensor_shape: {dimension}" in config
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import (
+        ProjectorConfig,
+    )
+
+    parsed = text_format.Parse(config, ProjectorConfig()).embeddings[0]
+    assert list(parsed.tensor_shape) == [32, dimension]
+    assert parsed.sprite.image_path == "sprite.png"
     vectors = np.fromfile(projector / "embeddings.bytes", dtype="<f4")
     assert vectors.shape == (32 * dimension,)
     lines = (projector / "metadata.tsv").read_text().splitlines()
@@ -299,3 +306,22 @@ def test_cli_doctor_with_real_weights(tmp_path, capsys):
     assert summary["settings"]["weights"] == "imagenet"
     assert summary["issues"]["exact_duplicate"] == 2
     assert os.path.exists(os.path.join(output, "split.json"))
+
+
+@pytest.mark.backend_independent
+def test_near_pairs_by_embedding_or_by_pixels():
+    rng = np.random.default_rng(0)
+    pattern = rng.integers(0, 255, (32, 32, 3), dtype="uint8")
+    thumbnails = np.stack([pattern, pattern,
+                           rng.integers(0, 255, (32, 32, 3), dtype="uint8")])
+    # 0 and 1: cosine 0.9 (below 0.95), the same pixels; 2: unrelated.
+    vectors = np.array([[1.0, 0.0], [0.9, 0.436], [0.0, 1.0]], "float32")
+    usable = [True, True, True]
+    hashes = ["a", "b", "c"]
+    assert duplicates.near_pairs(vectors, hashes, usable, 0.95) == []
+    found = duplicates.near_pairs(vectors, hashes, usable, 0.95, thumbnails)
+    assert [(p.first, p.second, p.kind) for p in found] == [(0, 1, "near")]
+    assert found[0].similarity == pytest.approx(0.9, abs=0.01)
+    # Above the threshold the embeddings alone decide.
+    found = duplicates.near_pairs(vectors, hashes, usable, 0.89)
+    assert [(p.first, p.second) for p in found] == [(0, 1)]

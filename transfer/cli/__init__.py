@@ -53,7 +53,7 @@ TRAIN_DEFAULTS = {
 DOCTOR_DEFAULTS = {
     "backbone": "efficientnet_lite0",
     "output": "doctor",
-    "similarity": 0.97,
+    "similarity": 0.95,
 }
 
 EPILOG = """examples:

@@ -443,7 +443,7 @@ def before_doctor(args):
         )
     if not 0 < args.similarity <= 1:
         raise ValueError(
-            "--similarity is a cosine similarity in (0, 1], e.g. 0.97. "
+            "--similarity is a cosine similarity in (0, 1], e.g. 0.95. "
             f"Received: --similarity {args.similarity}"
         )
     if not 0 <= args.validation_split < 1:

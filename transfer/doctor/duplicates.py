@@ -1,11 +1,15 @@
 """Exact and near-duplicates, and the leakage they cause between parts.
 
 Exact duplicates share their bytes (sha256). Near-duplicates are pairs of
-images whose embeddings have a cosine similarity of at least a threshold,
-found among each image's nearest neighbours with scikit-learn's
-`NearestNeighbors` (cosine metric): resized, re-encoded or slightly
-cropped copies. Both kinds join images into groups (connected components);
-a group that spans two parts (train and val, or test) leaks.
+images among each image's nearest neighbours (scikit-learn's
+`NearestNeighbors`, cosine metric on the embeddings) whose embeddings have
+a cosine similarity of at least a threshold (slightly cropped copies), or
+whose embeddings are at least `CANDIDATE_SIMILARITY` alike and whose
+16-pixel grayscale thumbnails correlate at `PIXEL_CORRELATION` or more
+(resized or re-encoded copies: the same pixels at another size or
+compression, which move small images' embeddings more than their pixels).
+Both kinds join images into groups (connected components); a group that
+spans two parts (train and val, or test) leaks.
 """
 
 import collections
@@ -17,8 +21,16 @@ import numpy as np
 # through its members' neighbours.
 NEIGHBOURS = 10
 # Cosine similarity of EfficientNet-Lite0 embeddings above which two images
-# are near-duplicates (benchmarks/doctor.py measured it on Fashion-MNIST).
-DEFAULT_SIMILARITY = 0.97
+# are near-duplicates: on 1,000 Fashion-MNIST training images, 0.95 flagged
+# 14 files and 0.97 two (benchmarks/doctor.py measures recall).
+DEFAULT_SIMILARITY = 0.95
+# Neighbours at least this alike whose thumbnails correlate at
+# PIXEL_CORRELATION are near-duplicates too: resized and re-encoded copies
+# of Fashion-MNIST test images correlated at 0.99 or more, distinct
+# neighbours at most 0.993.
+CANDIDATE_SIMILARITY = 0.85
+PIXEL_CORRELATION = 0.998
+_PIXEL_SIZE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +57,7 @@ def check_similarity(similarity):
     ) or not 0 < similarity <= 1:
         raise ValueError(
             "`similarity` is the cosine similarity above which two images "
-            "are near-duplicates, a number in (0, 1], e.g. 0.97. "
+            "are near-duplicates, a number in (0, 1], e.g. 0.95. "
             f"Received: similarity={similarity!r}"
         )
     return float(similarity)
@@ -72,9 +84,25 @@ def exact_pairs(hashes, usable):
     return pairs
 
 
-def near_pairs(embeddings, hashes, usable, similarity):
+def pixel_signatures(thumbnails):
+    """Zero-mean, unit-length 16-pixel grayscale thumbnails (their dot
+    product is the pixels' correlation)."""
+    from PIL import Image  # Pillow: installed with the data loaders
+
+    gray = np.stack([
+        np.asarray(Image.fromarray(thumb).convert("L").resize(
+            (_PIXEL_SIZE, _PIXEL_SIZE), Image.Resampling.BOX), "float32")
+        for thumb in thumbnails
+    ]).reshape(len(thumbnails), -1) if len(thumbnails) else np.zeros((0, 1))
+    gray = gray - gray.mean(axis=1, keepdims=True)
+    return normalized(gray)
+
+
+def near_pairs(embeddings, hashes, usable, similarity, thumbnails=None):
     """Pairs of usable files, not byte-identical, whose embeddings'
-    cosine similarity is at least `similarity`."""
+    cosine similarity is at least `similarity`, or (with `thumbnails`) at
+    least `CANDIDATE_SIMILARITY` with thumbnails that correlate at
+    `PIXEL_CORRELATION` or more."""
     from sklearn.neighbors import NearestNeighbors  # scikit-learn: core dep
 
     index = np.flatnonzero(usable)
@@ -85,6 +113,8 @@ def near_pairs(embeddings, hashes, usable, similarity):
     search = NearestNeighbors(n_neighbors=count, metric="cosine",
                               algorithm="brute").fit(vectors)
     distances, neighbours = search.kneighbors(vectors)
+    pixels = None if thumbnails is None else pixel_signatures(
+        thumbnails[index])
     found = {}
     for row, (row_distances, row_neighbours) in enumerate(
         zip(distances, neighbours, strict=True)
@@ -92,7 +122,11 @@ def near_pairs(embeddings, hashes, usable, similarity):
         for distance, column in zip(row_distances, row_neighbours,
                                     strict=True):
             score = 1.0 - float(distance)
-            if column == row or score < similarity:
+            if column == row or score < min(similarity,
+                                            CANDIDATE_SIMILARITY):
+                continue
+            if score < similarity and (pixels is None or float(
+                pixels[row] @ pixels[column]) < PIXEL_CORRELATION):
                 continue
             first, second = sorted((int(index[row]), int(index[column])))
             if hashes[first] == hashes[second]:

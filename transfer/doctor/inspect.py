@@ -63,7 +63,8 @@ def inspect_data(data, backbone="efficientnet_lite0", *, output_dir="doctor",
     Every image is embedded once with a pretrained backbone (cached on
     disk by file content, so a second run is fast); then exact duplicates
     (same bytes), near-duplicates (embeddings with a cosine similarity of
-    at least `similarity`), leakage (duplicates in two parts: a split
+    at least `similarity`, or neighbours with the same pixels at another
+    size or compression), leakage (duplicates in two parts: a split
     root's `train/`, `val/`, `test/`, or the split `transfer train` would
     make of a class-folder root), likely label errors (cleanlab's
     confident learning on out-of-fold probabilities of a logistic
@@ -85,8 +86,10 @@ def inspect_data(data, backbone="efficientnet_lite0", *, output_dir="doctor",
             finished run's directory (its trained model's features).
             Defaults to `"efficientnet_lite0"` (ImageNet weights, offline).
         output_dir: where the files go. Defaults to `"doctor"`.
-        similarity: cosine similarity at or above which two images are
-            near-duplicates. Defaults to `0.97`.
+        similarity: cosine similarity of embeddings at or above which
+            two images are near-duplicates (neighbours whose thumbnails
+            correlate at 0.998 or more are too:
+            `transfer.doctor.duplicates`). Defaults to `0.95`.
         fix_split: write `split.json`. Defaults to `False`.
         validation_split: the fraction `transfer train` holds out of a
             class-folder root (leakage is checked across that split).
@@ -149,19 +152,12 @@ def inspect_data(data, backbone="efficientnet_lite0", *, output_dir="doctor",
     labels = np.asarray(files.labels)
     _check_readable(files, readable, embedded.reasons)
     parts = files_lib.split_parts(files, readable, validation_split, seed)
-    pairs = (duplicates.exact_pairs(embedded.hashes, readable)
-             + duplicates.near_pairs(embedded.embeddings, embedded.hashes,
-                                     readable, similarity))
+    with label_issues.single_threaded():
+        found = _analyse(files, embedded, readable, similarity, seed)
+    pairs, probabilities, flagged, scores, outliers, outlier_scores = found
     index = np.flatnonzero(readable)
-    vectors = duplicates.normalized(embedded.embeddings[index])
-    probabilities = label_issues.out_of_fold_probabilities(
-        vectors, labels[index], len(files.class_names), seed)
-    flagged, scores = label_issues.label_issues(labels[index], probabilities)
     quality = np.full(len(paths), np.nan)
     quality[index] = scores
-    outliers, outlier_scores = ([], None)
-    if len(index) >= _MIN_FOR_OUTLIERS:
-        outliers, outlier_scores = label_issues.outlier_scores(vectors)
     small, counts = label_issues.class_imbalance(labels[index],
                                                  files.class_names)
     rows = _rows(files, embedded.reasons, parts, pairs)
@@ -207,6 +203,25 @@ def inspect_data(data, backbone="efficientnet_lite0", *, output_dir="doctor",
     write_json(os.path.join(output_dir, "summary.json"), summary)
     return Diagnosis(summary, rows, files, embedded.embeddings, quality,
                      parts)
+
+
+def _analyse(files, embedded, readable, similarity, seed):
+    """Duplicate pairs, out-of-fold probabilities, label issues and
+    outliers of the readable files."""
+    pairs = (duplicates.exact_pairs(embedded.hashes, readable)
+             + duplicates.near_pairs(embedded.embeddings, embedded.hashes,
+                                     readable, similarity,
+                                     embedded.thumbnails))
+    index = np.flatnonzero(readable)
+    labels = np.asarray(files.labels)[index]
+    vectors = duplicates.normalized(embedded.embeddings[index])
+    probabilities = label_issues.out_of_fold_probabilities(
+        vectors, labels, len(files.class_names), seed)
+    flagged, scores = label_issues.label_issues(labels, probabilities)
+    outliers, outlier_scores = [], None
+    if len(index) >= _MIN_FOR_OUTLIERS:
+        outliers, outlier_scores = label_issues.outlier_scores(vectors)
+    return pairs, probabilities, flagged, scores, outliers, outlier_scores
 
 
 def _check_readable(files, readable, reasons):
