@@ -325,3 +325,13 @@ def test_near_pairs_by_embedding_or_by_pixels():
     # Above the threshold the embeddings alone decide.
     found = duplicates.near_pairs(vectors, hashes, usable, 0.89)
     assert [(p.first, p.second) for p in found] == [(0, 1)]
+
+
+@pytest.mark.backend_independent
+def test_train_split_file_flag_and_config_key(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["train", "--data", "d", "--backbone", "b", "--split-file", "s.json"])
+    assert args.split_file == "s.json"
+    with pytest.raises(ValueError, match="Received: split_file=3"):
+        run_config.resolve_config(None, {"data": "d", "backbone": "b",
+                                         "split_file": 3})
