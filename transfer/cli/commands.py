@@ -7,6 +7,7 @@ notes for people go to stderr.
 """
 
 import csv
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -433,8 +434,6 @@ def _export_evaluation(args, model, config):
 def before_doctor(args):
     """The extra, the threshold and the folder: checked before Keras
     loads."""
-    import importlib.util
-
     if importlib.util.find_spec("cleanlab") is None:
         raise ImportError(
             "`transfer doctor` finds label errors with cleanlab, which is "
