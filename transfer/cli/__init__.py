@@ -49,6 +49,14 @@ TRAIN_DEFAULTS = {
     "drop_path": 0.0,
 }
 
+# `transfer doctor`'s defaults: transfer.doctor's, repeated so that `--help`
+# needs no Keras (tests/test_doctor.py checks they agree).
+DOCTOR_DEFAULTS = {
+    "backbone": "efficientnet_lite0",
+    "output": "doctor",
+    "similarity": 0.95,
+}
+
 EPILOG = """examples:
   transfer train --data flowers/ --backbone efficientnet_lite0 --output runs/flowers
   transfer train --data flowers/ --backbone efficientnet_lite0 --config recipe.yaml --epochs 2,5
@@ -57,6 +65,7 @@ EPILOG = """examples:
   transfer export runs/flowers --format onnx
   transfer report runs/flowers
   transfer serve runs/flowers --port 8000
+  transfer doctor --data flowers/ --fix-split
   transfer backbones
   transfer weights fetch efficientnet_lite0
   transfer weights verify
@@ -114,6 +123,15 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   curl http://127.0.0.1:8000/health
 
 Needs the serve extra: pip install "keras-transfer[serve]".
+""",
+    "doctor": """examples:
+  transfer doctor --data flowers/                       # doctor/report.html, issues.csv, projector/
+  transfer doctor --data flowers/ --fix-split           # + doctor/split.json without leakage
+  transfer train --data flowers/ --backbone efficientnet_lite0 --split-file doctor/split.json
+  transfer doctor --data imagenette/ --backbone runs/imagenette   # a run's trained features
+  tensorboard --logdir doctor/projector                 # the embeddings, with thumbnails
+
+Needs the doctor extra: pip install "keras-transfer[doctor]".
 """,
     "backbones": """examples:
   transfer backbones
@@ -273,6 +291,10 @@ def build_parser():
                    help="fraction of each class held out for validation, "
                    "seeded; ignored when --data has a val/ folder "
                    f"(default: {d['validation_split']})")
+    p.add_argument("--split-file", metavar="FILE",
+                   help="a JSON split (train and val file lists, as "
+                   "`transfer doctor --fix-split` writes): train and "
+                   "validate on those files; --validation-split is ignored")
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed of the split, augmentation and initial "
                    f"weights (default: {d['seed']})")
@@ -420,6 +442,45 @@ def build_parser():
                    help="how long a batch waits for more requests "
                    "(default: %(default)s)")
     p.set_defaults(handler=commands.serve, before=commands.before_serve)
+
+    p = _subparser(sub, "doctor", "find duplicates, leakage between "
+                   "splits, likely label errors and outliers in an image "
+                   "folder", common)
+    doc = DOCTOR_DEFAULTS
+    need = p.add_argument_group("required")
+    need.add_argument("--data", required=True, metavar="DIR",
+                      help="folder with one subfolder per class, or with "
+                      "train/, val/ (and test/) folders of them")
+    p.add_argument("--backbone", default=doc["backbone"],
+                   metavar="NAME|RUN_DIR",
+                   help="a backbone with pretrained weights, or a finished "
+                   "run's directory (its trained features) "
+                   "(default: %(default)s)")
+    p.add_argument("--output", default=doc["output"], metavar="DIR",
+                   help="report.html, issues.csv, summary.json, projector/ "
+                   "(and split.json) go here (default: %(default)s)")
+    p.add_argument("--similarity", type=float, default=doc["similarity"],
+                   metavar="COSINE",
+                   help="cosine similarity of embeddings at or above which "
+                   "two images are near-duplicates (default: %(default)s)")
+    p.add_argument("--fix-split", action="store_true",
+                   help="write OUTPUT/split.json, a split with every "
+                   "duplicate group in one part, for `transfer train "
+                   "--split-file`")
+    p.add_argument("--validation-split", type=float,
+                   default=TRAIN_DEFAULTS["validation_split"],
+                   metavar="FRACTION",
+                   help="class-folder roots: the split `transfer train` "
+                   "would make, checked for leakage (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"],
+                   metavar="N", help="that split's seed "
+                   "(default: %(default)s)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="keep the embeddings here, keyed by file content "
+                   "and backbone (default: ~/.cache/keras-transfer/doctor)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="embed every image again, keep nothing on disk")
+    p.set_defaults(handler=commands.doctor, before=commands.before_doctor)
 
     p = _subparser(sub, "backbones", "the registered backbones", common)
     p.add_argument("--no-params", dest="params", action="store_false",

@@ -7,6 +7,7 @@ notes for people go to stderr.
 """
 
 import csv
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -71,6 +72,7 @@ def train(args):
         "label_column": args.label_column,
         "batch_size": args.batch_size,
         "validation_split": args.validation_split,
+        "split_file": args.split_file,
         "seed": args.seed,
         "weights": args.weights,
         "modality": args.modality,
@@ -427,6 +429,55 @@ def _export_evaluation(args, model, config):
             f"Received: data={args.data!r}"
         )
     return deploy.Evaluation(x, y, args.max_accuracy_drop)
+
+
+def before_doctor(args):
+    """The extra, the threshold and the folder: checked before Keras
+    loads."""
+    if importlib.util.find_spec("cleanlab") is None:
+        raise ImportError(
+            "`transfer doctor` finds label errors with cleanlab, which is "
+            'not installed. Install it with: pip install '
+            '"keras-transfer[doctor]"'
+        )
+    if not 0 < args.similarity <= 1:
+        raise ValueError(
+            "--similarity is a cosine similarity in (0, 1], e.g. 0.95. "
+            f"Received: --similarity {args.similarity}"
+        )
+    if not 0 <= args.validation_split < 1:
+        raise ValueError(
+            "--validation-split is a fraction in [0, 1). "
+            f"Received: --validation-split {args.validation_split}"
+        )
+    if not os.path.isdir(args.data):
+        raise FileNotFoundError(
+            f"Data folder '{args.data}' does not exist. Pass a folder with "
+            "one subfolder per class, or with train/ and val/ folders of "
+            f"them. Received: --data {args.data}"
+        )
+    check_writable(os.path.join(args.output, "summary.json"))
+
+
+def doctor(args):
+    from transfer.doctor import inspect  # lazy: --help needs no Keras
+
+    diagnosis = inspect.inspect_data(
+        args.data, args.backbone, output_dir=args.output,
+        similarity=args.similarity, fix_split=args.fix_split,
+        validation_split=args.validation_split, seed=args.seed,
+        cache_dir=None if args.no_cache else (args.cache_dir or "auto"),
+        verbose=_progress_verbose(args),
+    )
+    summary = diagnosis.summary
+    found = ", ".join(f"{count} {issue.replace('_', ' ')}"
+                      for issue, count in summary["issues"].items() if count)
+    _note(args, (
+        f"{summary['files']} files: {found or 'no issues found'}. Report: "
+        f"{summary['outputs']['report']}; every issue: "
+        f"{summary['outputs']['issues']}."
+    ))
+    _out(args, summary)
 
 
 def backbones(args):

@@ -11,6 +11,7 @@ subfolders, beside other class folders, is a class named "train".
 """
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -265,3 +266,82 @@ def parse_file_list(text):
         os.path.join(*line.split("/")) for line in text.splitlines()
         if line.strip()
     ]
+
+
+# The parts a split file (`transfer doctor --fix-split`) may list.
+SPLIT_FILE_PARTS = ("train", "val", "test")
+
+
+def read_split_file(path, layout):
+    """The training and validation files a split file lists.
+
+    A split file is a JSON object with `train` and `val` lists of image
+    paths relative to the data root (`/`-separated), and optionally
+    `test`; `transfer doctor --fix-split` writes one that keeps every group
+    of duplicates in one part, and `transfer train --split-file` trains on
+    it. For a split root (`train/`, `val/`), the training files must lie in
+    its `train/` folder and the validation files in its validation folder.
+
+    Args:
+        path: the split file.
+        layout: the data root's `DataLayout` (`detect_layout`).
+
+    Returns:
+        `(train_files, val_files)`: paths relative to `layout.train` and
+        to `layout.val` (or `layout.train` for a class-folder root).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: it is not a JSON object with non-empty `train` and
+            `val` lists of strings, or a file lies outside its part's folder.
+
+    Example:
+
+    >>> import json
+    >>> with open("split.json", "w") as f:
+    ...     json.dump({"train": ["cat/1.png", "dog/2.png"],
+    ...                "val": ["cat/3.png"]}, f)
+    >>> read_split_file("split.json", DataLayout("pets", "pets"))
+    (['cat/1.png', 'dog/2.png'], ['cat/3.png'])
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Split file '{path}' does not exist. Write one with `transfer "
+            "doctor --data DIR --fix-split` (doctor/split.json). "
+            f"Received: split_file={path!r}"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            split = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"Split file '{path}' is not readable JSON ({e}). "
+            f"Received: split_file={path!r}"
+        ) from None
+    parts = {}
+    for part in ("train", "val"):
+        names = split.get(part) if isinstance(split, dict) else None
+        if not names or not isinstance(names, list) or not all(
+            isinstance(name, str) and name for name in names
+        ):
+            raise ValueError(
+                f"Split file '{path}' needs a non-empty `{part}` list of "
+                "image paths relative to the data root, as `transfer doctor "
+                f"--fix-split` writes. Received: {part}={names!r}"
+            )
+        folder = layout.train if part == "train" or layout.val is None \
+            else layout.val
+        inside = os.path.relpath(folder, layout.root)
+        prefix = "" if inside == "." else inside.replace(os.sep, "/") + "/"
+        outside = [name for name in names if not name.startswith(prefix)]
+        if outside:
+            raise ValueError(
+                f"Split file '{path}' lists {part} files outside "
+                f"'{folder}', e.g. {outside[:3]}: for this data root the "
+                f"{part} files are paths under '{prefix or './'}'. Write the "
+                "split again with `transfer doctor --fix-split` on this "
+                f"folder. Received: data={layout.root!r}"
+            )
+        parts[part] = [os.path.join(*name[len(prefix):].split("/"))
+                       for name in names]
+    return parts["train"], parts["val"]
