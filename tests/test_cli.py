@@ -215,12 +215,14 @@ def test_predict_json_and_csv(cli_run, capsys):
         assert classes == {"cat", "dog"}
         assert probs[0] >= probs[1]
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-    # The CLI's probabilities are the reloaded model's softmax.
+    # The CLI's probabilities are the reloaded model's softmax, with the
+    # temperature fitted on the validation split (transfer.calibration).
     model = transfer.load_model(str(root / "run" / "model.keras"))
     image = keras.utils.img_to_array(
         keras.utils.load_img(str(root / "data/dog/1.png"), target_size=(32, 32))
     )
-    logits = np.asarray(model.predict(image[None], verbose=0))[0]
+    temperature = model.transfer_metadata["calibration"]["temperature"]
+    logits = np.asarray(model.predict(image[None], verbose=0))[0] / temperature
     expected = np.exp(logits) / np.exp(logits).sum()
     mine = {r["class"]: float(r["probability"]) for r in rows
             if r["file"] == "data/dog/1.png"}
