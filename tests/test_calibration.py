@@ -51,15 +51,15 @@ def test_fit_temperature_recovers_the_true_temperature(true_t):
 
 @pytest.mark.backend_independent
 def test_ece_bins_and_ood_scores():
-    probs = np.array([[0.95, 0.05], [0.55, 0.45], [0.3, 0.7], [0.1, 0.9]])
+    probs = np.array([[0.95, 0.05], [0.55, 0.45], [0.3, 0.7], [0.06, 0.94]])
     labels = np.array([0, 1, 1, 0])
     confidence, accuracy, count = calibration.reliability_bins(probs, labels)
     assert len(count) == calibration.ECE_BINS == 15
     assert count.sum() == 4
-    # 0.55 -> bin 8 ((8/15, 9/15]); 0.9 and 0.95 -> bin 14 (shared).
+    # 0.55 -> bin 8 ((8/15, 9/15]); 0.94 and 0.95 -> bin 14 (shared).
     assert count[8] == 1 and count[14] == 2 and accuracy[8] == 0.0
-    assert confidence[14] == pytest.approx(0.925)
-    expected = (0.55 + abs(1 - 0.7) + abs(0.5 - 0.925) * 2) / 4
+    assert confidence[14] == pytest.approx(0.945) and accuracy[14] == 0.5
+    expected = (0.55 + abs(1 - 0.7) + abs(0.5 - 0.945) * 2) / 4
     assert calibration.expected_calibration_error(probs, labels) == (
         pytest.approx(expected))
     logits = np.array([[3.0, 1.0, -1.0], [0.1, 0.0, 0.2]])
@@ -233,7 +233,7 @@ def test_cli_refuses_reject_below_before_loading(tmp_path, capsys, command):
         argv.append(str(tmp_path))
     code = main([*argv, "--reject-below", "1.5"])
     err = capsys.readouterr().err
-    assert code != 0
+    assert code == 2
     if command == "serve" and "serve extra" in err:
         pytest.skip("the serve extra is not installed")
     assert "--reject-below takes a probability strictly between 0 and 1" in (

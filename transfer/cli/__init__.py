@@ -361,7 +361,7 @@ def build_parser():
                    "probability is under P (0 < P < 1), or when it is "
                    "unlike the training data (the run's out-of-"
                    "distribution threshold)")
-    p.set_defaults(handler=commands.predict)
+    p.set_defaults(handler=commands.predict, before=commands.before_predict)
 
     p = _subparser(sub, "export", "export and check parity with Keras",
                    common)

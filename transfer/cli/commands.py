@@ -209,7 +209,6 @@ def predict(args):
     from transfer import workflow  # lazy: --help needs no Keras
     from transfer.export import artifact  # lazy: --help needs no Keras
 
-    _check_reject_below(args)
     if artifact.is_artifact(args.run_dir):
         # An exported file: its runtime, its own class names and resizing.
         model, config = artifact.open_artifact(args.run_dir), {}
@@ -257,9 +256,9 @@ def predict(args):
         _note_skipped(args, bad)
 
 
-def _check_reject_below(args):
-    """`--reject-below P` is a probability in (0, 1): checked before any
-    model loads."""
+def before_predict(args):
+    """`--reject-below P` is a probability in (0, 1): checked before Keras
+    loads (`serve` checks it in `before_serve`)."""
     value = getattr(args, "reject_below", None)
     if value is not None and not 0.0 < value < 1.0:
         raise ValueError(
@@ -323,7 +322,7 @@ def before_serve(args):
     from transfer.serving import server  # light: no Keras
 
     server.check_dependencies()
-    _check_reject_below(args)
+    before_predict(args)
     checks = (
         ("--max-request-mb", args.max_request_mb, 0 < args.max_request_mb),
         ("--max-image-pixels", args.max_image_pixels,
