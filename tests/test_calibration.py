@@ -81,12 +81,45 @@ def test_reject_below_outside_0_1_is_refused(bad):
         calibration.check_reject_below(bad)
 
 
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    """A run whose validation labels are a quarter wrong: the NLL has a
+    minimum (unlike `tiny_run`'s, all right), away from T = 1."""
+    keras.utils.set_random_seed(1337)
+    run_dir = str(tmp_path_factory.mktemp("calibration") / "run")
+    x, y = transfer.synthetic_images(16, 32, 2, seed=0)
+    noisy = y.copy()
+    noisy[:4] = 1 - noisy[:4]
+    model = transfer.build_classifier("tiny_cnn", 2, weights=None,
+                                      dropout=0.0)
+    transfer.fit_recipe(
+        model, [transfer.Stage("head", 1, 1e-2, 0),
+                transfer.Stage("top", 2, 5e-3, 1)], (x, y),
+        validation_data=(x, noisy), run_dir=run_dir, batch_size=8,
+        class_names=["cat", "dog"], verbose=0)
+    keras.backend.clear_session()
+    return run_dir
+
+
+def test_a_perfect_validation_set_keeps_t_1(tiny_run):
+    # Every validation example right: the NLL falls as T -> 0, no minimum.
+    manifest = json.loads(open(os.path.join(tiny_run["run_dir"],
+                                            "manifest.json")).read())
+    record = manifest["calibration"]
+    assert record["fitted"] is False and record["temperature"] == 1.0
+    assert "no minimum" in record["reason"] and "accuracy 1.000" in (
+        record["reason"])
+    assert record["ece_before"] == record["ece_after"]
+
+
 def test_fit_recipe_records_calibration_and_predict_applies_it(
-        tiny_run, tmp_path):
-    run_dir = tiny_run["run_dir"]
+        noisy_run, tmp_path):
+    run_dir = noisy_run
     manifest = json.loads(open(os.path.join(run_dir, "manifest.json")).read())
     record = manifest["calibration"]
     assert record["fitted"] is True and record["num_examples"] == 16
+    # Under-confident after 3 tiny epochs: T well away from 1.
+    assert not 0.8 < record["temperature"] < 1.25, record
     assert record["temperature"] > 0 and record["ece_bins"] == 15
     assert {"ece_before", "ece_after", "nll_before", "nll_after",
             "ood_threshold"} <= set(record)
@@ -182,13 +215,13 @@ def test_unknown_reasons_and_choose_reject_threshold():
         calibration.choose_reject_threshold(model, (x, y), rate=0.1)
 
 
-def test_predict_and_serve_say_unknown(tiny_run, tmp_path, capsys):
+def test_predict_and_serve_say_unknown(noisy_run, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     x, _ = transfer.synthetic_images(3, 32, 2, seed=7)
     for i, image in enumerate(x):
         keras.utils.save_img(str(images / f"{i}.png"), image)
-    model, _ = workflow.load_run(tiny_run["run_dir"])
+    model, _ = workflow.load_run(noisy_run)
     plain = prediction.predict_files(model, [str(images)], top_k=2)
     assert all("label" not in r for r in plain)
     # Above any top probability of 2 classes: every image is unknown.
@@ -200,7 +233,7 @@ def test_predict_and_serve_say_unknown(tiny_run, tmp_path, capsys):
     out = io.StringIO()
     previous, sys.stdout = sys.stdout, out
     try:
-        code = main(["--quiet", "predict", tiny_run["run_dir"], str(images),
+        code = main(["--quiet", "predict", noisy_run, str(images),
                      "--reject-below", "0.999999", "--format", "csv"])
     finally:
         sys.stdout = previous

@@ -48,7 +48,8 @@ OOD_SCORE = "energy"
 OOD_RATE = 0.05
 UNKNOWN = "unknown"
 # The temperatures searched; NLL is unimodal in log T.
-_LOG_T_RANGE = (math.log(0.05), math.log(20.0))
+_T_LIMITS = (0.05, 20.0)
+_LOG_T_RANGE = (math.log(_T_LIMITS[0]), math.log(_T_LIMITS[1]))
 _EPSILON = 1e-12
 
 
@@ -74,11 +75,7 @@ def _logsumexp(z):
 
 def temperature(model):
     """The temperature recorded in `model`'s metadata, else `1.0`."""
-    record = _model_info.metadata(model).get("calibration") or {}
-    value = record.get("temperature")
-    if not isinstance(value, (int, float)) or not value > 0:
-        return 1.0
-    return float(value)
+    return _model_info.temperature(model)
 
 
 def model_logits(model, outputs):
@@ -250,6 +247,10 @@ def calibrate(model, data, *, batch_size=32, diagram_path=None):
         diagram_path: where to write the reliability diagram PNG (before
             and after), or `None` for none. Defaults to `None`.
 
+    When the validation NLL has no minimum between T = 0.05 and 20 (every
+    example right, say, where it falls forever as T shrinks), `T = 1` is
+    kept, `fitted` is `False` and `reason` says why.
+
     Returns:
         A dict: `method`, `fitted`, `temperature`, `num_examples`,
         `ece_bins`, `ece_before`, `ece_after`, `nll_before`, `nll_after`,
@@ -258,12 +259,17 @@ def calibrate(model, data, *, batch_size=32, diagram_path=None):
 
     Example:
 
-    >>> model = transfer.build_classifier(
-    ...     "small_cnn", 2, weights=None, image_size=32)
-    >>> x, y = transfer.synthetic_images(16, 32, 2)
+    >>> # Logits 4 * x, labels that follow x only loosely: over-confident.
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    >>> model.layers[-1].set_weights([4 * np.eye(2), np.zeros(2)])
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(200, 2)).astype("float32")
+    >>> y = (x[:, 1] - x[:, 0] + rng.normal(size=200) > 0).astype("int64")
     >>> record = transfer.calibration.calibrate(model, (x, y))
-    >>> record["fitted"], record["num_examples"], record["ood_score"]
-    (True, 16, 'energy')
+    >>> record["fitted"], record["num_examples"], record["temperature"] > 1
+    (True, 200, True)
+    >>> record["ece_after"] < record["ece_before"], record["ood_score"]
+    (True, 'energy')
     >>> # The fitted T has the lowest NLL of all (T = 1 included).
     >>> record["nll_after"] <= record["nll_before"] + 1e-6
     True
@@ -271,10 +277,20 @@ def calibrate(model, data, *, batch_size=32, diagram_path=None):
     """
     logits, labels = collect_logits(model, data, batch_size)
     t = fit_temperature(logits, labels)
+    reason = None
+    if not _T_LIMITS[0] * 1.01 < t < _T_LIMITS[1] / 1.01:
+        # No minimum inside the range: e.g. every example right, where the
+        # NLL falls forever as T -> 0. Such a T would only mislead.
+        reason = (f"the validation NLL has no minimum between T = "
+                  f"{_T_LIMITS[0]} and {_T_LIMITS[1]} (found {t:.3g}; "
+                  f"{len(labels)} examples, accuracy "
+                  f"{(logits.argmax(-1) == labels).mean():.3f}): T = 1 kept")
+        logger.warning("Calibration: %s.", reason)
+        t = 1.0
     before, after = softmax(logits), softmax(logits, t)
     record = {
         "method": "temperature",
-        "fitted": True,
+        "fitted": reason is None,
         "temperature": round(t, 6),
         "num_examples": int(len(labels)),
         "ece_bins": ECE_BINS,
@@ -283,6 +299,8 @@ def calibrate(model, data, *, batch_size=32, diagram_path=None):
         "nll_before": round(negative_log_likelihood(logits, labels), 6),
         "nll_after": round(negative_log_likelihood(logits, labels, t), 6),
     }
+    if reason is not None:
+        record["reason"] = reason
     if _model_info.is_logits(model):
         scores = ood_scores(logits, OOD_SCORE, t)
         record.update(

@@ -110,6 +110,8 @@ def finish_run(context, histories, stage_records, hparams, attempts, best):
         model
     ):
         metadata["calibration"] = _calibration(context, model, run_dir)
+        # The report's probabilities are then calibrated, as predict's.
+        model.transfer_metadata = metadata
     manifest = _manifest(context, stage_records, hparams, attempts, metadata,
                          best)
     write_report(
