@@ -215,13 +215,15 @@ def test_predict_json_and_csv(cli_run, capsys):
         assert classes == {"cat", "dog"}
         assert probs[0] >= probs[1]
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-    # The CLI's probabilities are the reloaded model's softmax.
+    # The CLI's probabilities are the reloaded model's softmax, with the
+    # temperature fitted on the validation split (transfer.calibration).
     model = transfer.load_model(str(root / "run" / "model.keras"))
     image = keras.utils.img_to_array(
         keras.utils.load_img(str(root / "data/dog/1.png"), target_size=(32, 32))
     )
-    logits = np.asarray(model.predict(image[None], verbose=0))[0]
-    expected = np.exp(logits) / np.exp(logits).sum()
+    temperature = model.transfer_metadata["calibration"]["temperature"]
+    logits = np.asarray(model.predict(image[None], verbose=0))[0] / temperature
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     mine = {r["class"]: float(r["probability"]) for r in rows
             if r["file"] == "data/dog/1.png"}
     assert mine["dog"] == pytest.approx(expected[1], abs=1e-5)
@@ -406,10 +408,13 @@ def test_keras_export_and_report(cli_run, capsys):
     assert out["split"] == "validation"
     report_dir = root / "run" / "report"
     for name in ("confusion_matrix.png", "training_curves.png",
-                 "worst_examples.png", "metrics.json"):
+                 "worst_examples.png", "metrics.json",
+                 "reliability_diagram.png"):
         assert (report_dir / name).stat().st_size > 0, name
     page = (report_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    # Curves, confusion matrix, reliability diagram, worst examples.
+    assert page.count("data:image/png;base64,") == 4
+    assert "Calibration: reliability diagram" in page
     assert "<td>cat</td>" in page and "precision" in page
     metrics = json.loads((report_dir / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"cat", "dog"}

@@ -164,13 +164,19 @@ def _encoded(image, image_format):
 
 
 @pytest.mark.requires_backend("tensorflow")
-def test_saved_model_takes_encoded_images(tmp_path):
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_saved_model_takes_encoded_images(tmp_path, temperature):
     import tensorflow as tf
 
     from transfer import prediction
     from transfer.data import image_files
 
     model = _model()
+    if temperature is not None:
+        # A run's temperature (transfer.calibration): serve_images divides
+        # the logits by it, as `transfer predict` does.
+        model.transfer_metadata = dict(
+            model.transfer_metadata, calibration={"temperature": temperature})
     path = str(tmp_path / "saved")
     deploy.export_model(model, path, "saved_model")
     rng = np.random.default_rng(0)
@@ -190,6 +196,9 @@ def test_saved_model_takes_encoded_images(tmp_path):
     expected = prediction.probabilities(model, pixels)
     np.testing.assert_allclose(out["probabilities"].numpy(), expected,
                                atol=2e-3)
+    if temperature is not None:  # far from the uncalibrated softmax
+        plain = transfer.calibration.softmax(model.predict(pixels, verbose=0))
+        assert np.abs(plain - expected).max() > 0.02, plain
     best = [CLASS_NAMES[i] for i in expected.argmax(-1)]
     assert [c.decode() for c in out["top_class"].numpy()] == best
     assert [c.decode() for c in out["class_names"].numpy()] == CLASS_NAMES

@@ -168,9 +168,11 @@ def test_run_records_interpolation_and_predict_uses_it(folder, tmp_path,
         images, np.stack([resized(pixels(p), "nearest") for p in files]),
         atol=1e-3)
     result = transfer.prediction.predict_files(model, files[:2], top_k=2)
+    # Calibrated: the temperature fitted on the run's validation split.
+    temperature = transfer.calibration.temperature(model)
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(
         np.stack([resized(pixels(p), "nearest") for p in files[:2]]),
-        verbose=0)))
+        verbose=0) / temperature))
     for row, probabilities in zip(result, expected, strict=True):
         got = {p["class"]: p["probability"] for p in row["predictions"]}
         np.testing.assert_allclose([got["a"], got["b"]], probabilities,

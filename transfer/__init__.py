@@ -28,6 +28,7 @@ else:
     # (off with TRANSFER_COMPILATION_CACHE=0; see `_backend`).
     from transfer import _backend
     from transfer import backbones
+    from transfer import calibration
     from transfer import callbacks
     from transfer import data
     from transfer import doctor
@@ -49,6 +50,7 @@ else:
     from transfer.backbones.registry import register_backbone
     from transfer.backbones.resolve import get_backbone_spec
     from transfer.backbones.spec import BackboneSpec
+    from transfer.calibration import choose_reject_threshold
     from transfer.data.images import load_dataset
     from transfer.data.images import load_image_folder
     from transfer.data.images import make_dataset
@@ -106,7 +108,9 @@ __all__ = [
     "build_multilabel_classifier",
     "build_regressor",
     "build_text_classifier",
+    "calibration",
     "callbacks",
+    "choose_reject_threshold",
     "choose_thresholds",
     "data",
     "default_callbacks",

@@ -33,6 +33,27 @@ def interpolation(model):
     return metadata(model).get("interpolation") or "bilinear"
 
 
+def temperature(model):
+    """The temperature `transfer.calibration` fitted for `model` (its
+    metadata's `calibration`), else `1.0`: prediction divides the logits
+    by it.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.layers.Dense(2)])
+    >>> model.transfer_metadata = {"calibration": {"temperature": 1.5}}
+    >>> temperature(model)
+    1.5
+    """
+    record = metadata(model).get("calibration") or {}
+    value = record.get("temperature") if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < float("inf")
+    ):
+        return 1.0
+    return float(value)
+
+
 def model_task(model):
     """`"multilabel"`, `"regression"`, else `"classification"` (also for
     masked-LM models, which `fit_stages` handles apart)."""

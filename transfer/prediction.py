@@ -2,8 +2,11 @@
 
 `predict_files` returns every file's top-k classes; `iter_predictions`,
 its streaming form, yields them batch by batch (what `transfer predict`
-writes out as it goes). `image_probabilities` and `top_k_classes` are its
-two steps for images already read, which `transfer serve` shares. `expand_files` and `skipped_files` say which files
+writes out as it goes). `image_outputs` and `labelled_outputs` are its
+two steps for images already read, which `transfer serve` shares:
+probabilities are calibrated with the model's temperature, and
+`reject_below` labels inputs `unknown` (`transfer.calibration`).
+`expand_files` and `skipped_files` say which files
 of the folders given are read, with the extensions training reads.
 """
 
@@ -15,6 +18,7 @@ import numpy as np
 
 from transfer import _backend
 from transfer import _model_info
+from transfer import calibration
 from transfer.data import image_files
 from transfer.data import streams
 from transfer.data.image_files import IMAGE_EXTENSIONS
@@ -105,21 +109,18 @@ def skipped_files(paths, modality="image"):
             and not image_files.is_hidden(os.path.basename(f))]
 
 
-def probabilities(model, inputs, batch_size=32):
-    """Class probabilities of `model` on `inputs` (softmax of logits)."""
-
-    outputs = np.asarray(
+def _outputs(model, inputs, batch_size):
+    return np.asarray(
         model.predict(inputs, batch_size=batch_size, verbose=0),
         dtype="float64",
     )
-    return _softmax_if_logits(model, outputs)
 
 
-def _softmax_if_logits(model, outputs):
-    if not _model_info.is_logits(model):
-        return outputs
-    shifted = np.exp(outputs - outputs.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
+def probabilities(model, inputs, batch_size=32):
+    """Class probabilities of `model` on `inputs`: the softmax of its logits
+    divided by its temperature (`transfer.calibration`)."""
+    return calibration.calibrated_probabilities(
+        model, _outputs(model, inputs, batch_size))
 
 
 PredictionBatch = collections.namedtuple(
@@ -162,17 +163,67 @@ def top_k_classes(probabilities, class_names, top_k):
             for i in order]
 
 
-def _top_k_results(names, probs, class_names, top_k):
-    return [{"file": name,
-             "predictions": top_k_classes(row, class_names, top_k)}
-            for name, row in zip(names, probs, strict=True)]
+def labelled_outputs(model, outputs, class_names, top_k, reject_below=None):
+    """One result per row of `model`'s raw `outputs`, calibrated.
+
+    Each is `{"predictions": [{"class", "probability"}, ...]}` (the
+    `top_k` best classes, `top_k_classes`, with the model's temperature);
+    with `reject_below`, also `label` (the best class, or `"unknown"`),
+    `unknown_reason` (`"low_confidence"`, `"out_of_distribution"` or
+    `None`) and, where the model records an out-of-distribution threshold,
+    `ood_score` (see `transfer.calibration.unknown_reasons`). What
+    `transfer predict` and `transfer serve` answer.
+    """
+    if reject_below is None:
+        return [{"predictions": top_k_classes(row, class_names, top_k)}
+                for row in calibration.calibrated_probabilities(model,
+                                                                outputs)]
+    probs, reasons, scores = calibration.unknown_reasons(
+        model, outputs, reject_below)
+    results = []
+    for i, row in enumerate(probs):
+        top = top_k_classes(row, class_names, top_k)
+        result = {"predictions": top,
+                  "label": top[0]["class"] if reasons[i] is None
+                  else calibration.UNKNOWN,
+                  "unknown_reason": reasons[i]}
+        if scores is not None:
+            result["ood_score"] = round(float(scores[i]), 6)
+        results.append(result)
+    return results
+
+
+def _top_k_results(names, outputs, model, top_k, reject_below):
+    rows = labelled_outputs(model, outputs, run_class_names(model), top_k,
+                            reject_below)
+    return [{"file": name, **row}
+            for name, row in zip(names, rows, strict=True)]
+
+
+def _check_reject_below(reject_below, class_names):
+    calibration.check_reject_below(reject_below)
+    if reject_below is not None and calibration.UNKNOWN in class_names:
+        raise ValueError(
+            f"The model has a class named '{calibration.UNKNOWN}', the label "
+            "`reject_below` gives to rejected inputs: the two could not be "
+            "told apart. Predict without reject_below. Received: "
+            f"class_names={class_names[:10]}"
+        )
+
+
+def image_outputs(model, images):
+    """The model's raw outputs (logits or probabilities) on one batch of
+    images, as `float64`, in one call (`predict_on_batch`)."""
+    return np.asarray(
+        _backend.predict_on_batch(model, np.asarray(images)), dtype="float64")
 
 
 def image_probabilities(model, images):
     """Class probabilities of one batch of images, as `float64`.
 
     The batch goes through the model in one call (`predict_on_batch`), and
-    logits become probabilities (softmax). `images` are what
+    logits become probabilities: the softmax of the logits divided by the
+    model's temperature (`transfer.calibration`). `images` are what
     `transfer.data.image_files.read_image` returns at the model's input
     size, stacked: `iter_predictions` predicts every batch so, and
     `transfer serve` too.
@@ -193,10 +244,8 @@ def image_probabilities(model, images):
     >>> probs.shape, np.allclose(probs.sum(-1), 1.0)
     ((3, 2), True)
     """
-    return _softmax_if_logits(model, np.asarray(
-        _backend.predict_on_batch(model, np.asarray(images)),
-        dtype="float64",
-    ))
+    return calibration.calibrated_probabilities(
+        model, image_outputs(model, images))
 
 
 def _read_tables(model, paths, columns):
@@ -229,7 +278,7 @@ def _read_tables(model, paths, columns):
     return read, others
 
 
-def _iter_table_predictions(model, tables, class_names, top_k, batch_size):
+def _iter_table_predictions(model, tables, top_k, batch_size, reject_below):
     """Results of CSV rows, named `path:row` (row 1 is the header)."""
     for path, texts in tables:
         pairs = isinstance(texts, tuple)
@@ -238,15 +287,17 @@ def _iter_table_predictions(model, tables, class_names, top_k, batch_size):
             part = slice(start, start + batch_size)
             x = (tuple(np.asarray(t[part], dtype=object) for t in texts)
                  if pairs else np.asarray(texts[part], dtype=object))
-            probs = probabilities(model, x, batch_size)
+            outputs = _outputs(model, x, batch_size)
             names = [f"{path}:{row + 2}"
-                     for row in range(start, start + len(probs))]
+                     for row in range(start, start + len(outputs))]
             yield PredictionBatch(
-                _top_k_results(names, probs, class_names, top_k), [])
+                _top_k_results(names, outputs, model, top_k, reject_below),
+                [])
 
 
 def iter_predictions(model, paths, *, top_k=1, batch_size=32,
-                     skip_bad_files=False, text_columns=("text", None)):
+                     skip_bad_files=False, text_columns=("text", None),
+                     reject_below=None):
     """Predicts files batch by batch, yielding each batch's results.
 
     The streaming form of `predict_files`, for folders of any size: files
@@ -274,15 +325,22 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
         text_columns: `(text_column, text_pair_column)` of CSV files, for
             text models (`transfer.workflow.text_columns(config)` gives a
             run's). Defaults to `("text", None)`.
+        reject_below: a probability in `(0, 1)`: files whose calibrated
+            top probability is under it, or whose out-of-distribution
+            score is above the model's recorded threshold, are labelled
+            `"unknown"` (see `labelled_outputs`;
+            `transfer.choose_reject_threshold` picks it). Defaults to
+            `None` (no `label`).
 
     Yields:
         `PredictionBatch(results, skipped)`: `results` a list with one
         dict per file (`file`, and `predictions`, a list of `{"class":
-        name, "probability": p}`), in the order of the files; `skipped` a
-        list of `(file, reason)`.
+        name, "probability": p}`, calibrated; with `reject_below`, also
+        `label`, `unknown_reason` and `ood_score`), in the order of the
+        files; `skipped` a list of `(file, reason)`.
 
     Raises:
-        ValueError: bad `top_k`, or a file that cannot be read (without
+        ValueError: bad `top_k` or `reject_below`, or a file that cannot be read (without
             `skip_bad_files`), when the stream reaches it.
         FileNotFoundError: a path does not exist (before any prediction).
 
@@ -307,6 +365,7 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
     """
     class_names = run_class_names(model)
     _check_top_k(top_k, class_names)
+    _check_reject_below(reject_below, class_names)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
         batch_size < 1
     ):
@@ -317,8 +376,8 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
     modality = run_modality(model)
     tables, paths = _read_tables(model, paths, text_columns)
     files = expand_files(paths, modality) if paths or not tables else []
-    yield from _iter_table_predictions(model, tables, class_names, top_k,
-                                       batch_size)
+    yield from _iter_table_predictions(model, tables, top_k, batch_size,
+                                       reject_below)
     image_size = None if modality == "text" else int(model.input_shape[1])
     kind = "UTF-8 text" if modality == "text" else "image"
     # Resized as training resized them (`fit_recipe` records it).
@@ -339,11 +398,12 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
         results = []
         if inputs:
             if modality == "text":
-                probs = probabilities(
+                outputs = _outputs(
                     model, np.asarray(inputs, dtype=object), batch_size)
             else:
-                probs = image_probabilities(model, np.stack(inputs))
-            results = _top_k_results(good, probs, class_names, top_k)
+                outputs = image_outputs(model, np.stack(inputs))
+            results = _top_k_results(good, outputs, model, top_k,
+                                     reject_below)
         if results or skipped:
             yield PredictionBatch(results, skipped)
         if failure is not None:
@@ -357,7 +417,7 @@ def iter_predictions(model, paths, *, top_k=1, batch_size=32,
 
 
 def predict_files(model, paths, *, top_k=1, batch_size=32,
-                  skip_bad_files=False):
+                  skip_bad_files=False, reject_below=None):
     """Top-k classes and probabilities of a classifier on files.
 
     Files are read and predicted batch by batch (`iter_predictions`); use
@@ -372,13 +432,17 @@ def predict_files(model, paths, *, top_k=1, batch_size=32,
         batch_size: prediction batch size. Defaults to `32`.
         skip_bad_files: leave out files that cannot be read (logged as a
             warning) instead of raising. Defaults to `False`.
+        reject_below: a probability in `(0, 1)`: label a file `"unknown"`
+            when its calibrated top probability is under it or it is unlike
+            the training data (see `iter_predictions`). Defaults to `None`.
 
     Returns:
         A list with one dict per file: `file` and `predictions`, a list of
-        `{"class": name, "probability": p}`.
+        `{"class": name, "probability": p}` (calibrated); with
+        `reject_below`, also `label`, `unknown_reason` and `ood_score`.
 
     Raises:
-        ValueError: bad `top_k`, or a file that cannot be read (the error
+        ValueError: bad `top_k` or `reject_below`, or a file that cannot be read (the error
             names it), unless `skip_bad_files`.
 
     Example:
@@ -398,11 +462,17 @@ def predict_files(model, paths, *, top_k=1, batch_size=32,
     ['0', '1']
     >>> round(sum(p["probability"] for p in results[0]["predictions"]), 6)
     1.0
+    >>> # Sure of nothing: at reject_below=0.99 every file is "unknown".
+    >>> results = transfer.prediction.predict_files(
+    ...     model, ["photos"], reject_below=0.99)
+    >>> [(r["label"], r["unknown_reason"]) for r in results][0]
+    ('unknown', 'low_confidence')
     """
     results, skipped = [], []
     for batch in iter_predictions(model, paths, top_k=top_k,
                                   batch_size=batch_size,
-                                  skip_bad_files=skip_bad_files):
+                                  skip_bad_files=skip_bad_files,
+                                  reject_below=reject_below):
         results.extend(batch.results)
         skipped.extend(batch.skipped)
     if skipped:

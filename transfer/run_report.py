@@ -215,6 +215,8 @@ def write_run_report(run_dir, model, data=None, *, class_names=None,
     titles = (
         ("training_curves.png", "Training curves"),
         ("confusion_matrix.png", "Confusion matrix"),
+        # Written by `fit_recipe` into run_dir/report (transfer.calibration).
+        ("reliability_diagram.png", "Calibration: reliability diagram"),
     )
     for name, title in titles:
         path = os.path.join(output_dir, name)

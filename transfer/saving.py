@@ -31,7 +31,7 @@ _METADATA_KEYS = (
     "backbone", "backbone_source", "image_size", "num_classes", "weights",
     "modality", "task", "sequence_length", "lora_rank", "class_names",
     "thresholds", "text_pairs", "family", "pooling", "drop_path",
-    "interpolation",
+    "interpolation", "calibration",
 )
 
 
@@ -297,7 +297,7 @@ def _archive_metadata(path):
     if not isinstance(meta, dict):
         return None
     restored = {k: meta[k] for k in ("class_names", "num_classes", "backbone",
-                                     "modality", "task")
+                                     "modality", "task", "calibration")
                 if meta.get(k) is not None}
     shape = (meta.get("input") or {}).get("shape")
     if isinstance(shape, list) and shape:

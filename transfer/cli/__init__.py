@@ -106,6 +106,7 @@ recipe.yaml holds `stages` plus any top-level option (flags override it):
   transfer predict runs/flowers big_folder/ --format jsonl --skip-bad-files > predictions.jsonl
   transfer predict runs/nli pairs.csv --format csv   # text runs: a CSV with the run's text column(s)
   transfer predict runs/flowers/export/model.onnx photos/ --top-k 3   # an exported file alone
+  transfer predict runs/flowers photos/ --reject-below 0.6   # "unknown" when unsure or unlike training
 """,
     "export": """examples:
   transfer export runs/flowers --format keras
@@ -381,7 +382,13 @@ def build_parser():
     p.add_argument("--skip-bad-files", action="store_true",
                    help="skip files that cannot be read (counted and named "
                    "on stderr at the end) instead of failing")
-    p.set_defaults(handler=commands.predict)
+    # Calibrated probabilities and `unknown` (transfer.calibration).
+    p.add_argument("--reject-below", type=float, metavar="P",
+                   help="label a file 'unknown' when its calibrated top "
+                   "probability is under P (0 < P < 1), or when it is "
+                   "unlike the training data (the run's out-of-"
+                   "distribution threshold)")
+    p.set_defaults(handler=commands.predict, before=commands.before_predict)
 
     p = _subparser(sub, "export", "export and check parity with Keras",
                    common)
@@ -441,6 +448,11 @@ def build_parser():
                    default=s["batch_wait_ms"], metavar="MS",
                    help="how long a batch waits for more requests "
                    "(default: %(default)s)")
+    # Calibrated probabilities and `unknown` (transfer.calibration).
+    p.add_argument("--reject-below", type=float, metavar="P",
+                   help="answer label 'unknown' when the calibrated top "
+                   "probability is under P (0 < P < 1), or for an image "
+                   "unlike the training data")
     p.set_defaults(handler=commands.serve, before=commands.before_serve)
 
     p = _subparser(sub, "doctor", "find duplicates, leakage between "

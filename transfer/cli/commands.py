@@ -170,14 +170,17 @@ class _RowWriter:
     `csv` a header and one row per class.
     """
 
-    def __init__(self, out, output_format):
+    def __init__(self, out, output_format, labelled=False):
         self.out = out
         self.format = output_format
         self.count = 0
         self._csv = None
+        # --reject-below: each file's label ("unknown" or its best class).
+        self.labelled = labelled
         if output_format == "csv":
             self._csv = csv.writer(out)
-            self._csv.writerow(["file", "rank", "class", "probability"])
+            self._csv.writerow(["file", "rank", "class", "probability"]
+                               + (["label"] if labelled else []))
 
     def write(self, results):
         for result in results:
@@ -189,7 +192,9 @@ class _RowWriter:
             else:
                 for rank, p in enumerate(result["predictions"], start=1):
                     self._csv.writerow([result["file"], rank, p["class"],
-                                        f"{p['probability']:.6f}"])
+                                        f"{p['probability']:.6f}"]
+                                       + ([result["label"]] if self.labelled
+                                          else []))
             self.count += 1
         self.out.flush()
 
@@ -230,7 +235,8 @@ def predict(args):
     progress = keras.utils.Progbar(
         None if tables else len(files), verbose=_progress_verbose(args),
         unit_name="row" if tables else "file")
-    writer = _RowWriter(args.stdout, args.format)
+    writer = _RowWriter(args.stdout, args.format,
+                        labelled=args.reject_below is not None)
     bad, done, failed = [], 0, True
     try:
         for batch in prediction.iter_predictions(
@@ -238,6 +244,7 @@ def predict(args):
             batch_size=args.batch_size,
             skip_bad_files=args.skip_bad_files,
             text_columns=workflow.text_columns(config),
+            reject_below=args.reject_below,
         ):
             writer.write(batch.results)
             bad.extend(path for path, _ in batch.skipped)
@@ -249,6 +256,18 @@ def predict(args):
         if writer.count or not failed:
             writer.close()
         _note_skipped(args, bad)
+
+
+def before_predict(args):
+    """`--reject-below P` is a probability in (0, 1): checked before Keras
+    loads (`serve` checks it in `before_serve`)."""
+    value = getattr(args, "reject_below", None)
+    if value is not None and not 0.0 < value < 1.0:
+        raise ValueError(
+            "--reject-below takes a probability strictly between 0 and 1, "
+            "e.g. 0.6: inputs whose calibrated top probability is under it "
+            f"are labelled 'unknown'. Received: --reject-below {value}"
+        )
 
 
 def before_export(args):
@@ -305,6 +324,7 @@ def before_serve(args):
     from transfer.serving import server  # light: no Keras
 
     server.check_dependencies()
+    before_predict(args)
     checks = (
         ("--max-request-mb", args.max_request_mb, 0 < args.max_request_mb),
         ("--max-image-pixels", args.max_image_pixels,
@@ -336,6 +356,7 @@ def serve(args):
             max_image_pixels=args.max_image_pixels,
             max_batch_size=args.max_batch_size,
             max_delay=args.batch_wait_ms / 1000,
+            reject_below=args.reject_below,
         )
     except BaseException:
         args.socket.close()

@@ -41,9 +41,9 @@ class Artifact:
         path: the artifact.
         export_format: `"onnx"`, `"litert"`, `"saved_model"` or `"keras"`.
         metadata: what the artifact carries (`read_metadata`).
-        transfer_metadata: `class_names`, `interpolation`, `modality` and
-            `output` (`"logits"` or `"probabilities"`), as a run's model
-            records them.
+        transfer_metadata: `class_names`, `interpolation`, `modality`,
+            `output` (`"logits"` or `"probabilities"`) and `calibration`,
+            as a run's model records them.
         input_shape, output_shape: with `None` for the batch.
     """
 
@@ -65,6 +65,8 @@ class Artifact:
             "interpolation": meta["preprocessing"]["interpolation"],
             "modality": "image",
             "output": meta["output"],
+            # Temperature and OOD threshold: calibrated as the run predicts.
+            "calibration": meta.get("calibration"),
         }
         self.input_shape = (None, *meta["input"]["shape"])
         self.output_shape = (None, len(meta["class_names"]))

@@ -74,9 +74,11 @@ def artifact_metadata(model, export_format, *, quantize=None):
         A dict: `schema_version`, `class_names`, `num_classes`, `task`,
         `modality`, `input` (`shape` without the batch, `dtype`, `range`,
         `layout`, `color`), `preprocessing` (`resize`, `interpolation`,
-        `inside`), `output` (`"logits"` or `"probabilities"`), `backbone`,
-        `format`, `quantize`, `transfer_version`, `keras_version` and
-        `backend`.
+        `inside`), `output` (`"logits"` or `"probabilities"`),
+        `calibration` (the run's temperature and out-of-distribution
+        threshold, `transfer.calibration`; `None` when the model records
+        none), `backbone`, `format`, `quantize`, `transfer_version`,
+        `keras_version` and `backend`.
 
     Example:
 
@@ -122,6 +124,8 @@ def artifact_metadata(model, export_format, *, quantize=None):
         meta["input"] = {"dtype": "string", "text": True}
     meta.update(
         output="logits" if _model_info.is_logits(model) else "probabilities",
+        # Prediction divides the outputs by its temperature (as logits).
+        calibration=info.get("calibration"),
         backbone=info.get("backbone"),
         format=export_format,
         quantize=quantize,

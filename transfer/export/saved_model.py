@@ -11,7 +11,9 @@ model: decode to RGB (`tf.io.decode_image(channels=3)`: grayscale is
 repeated, alpha dropped), resize to the model's size with the run's
 interpolation (bilinear unless the run says otherwise, as Keras's
 `image_dataset_from_directory` resizes training images), then the model
-(whose `Rescaling` is inside it) and a softmax when it returns logits. It
+(whose `Rescaling` is inside it) and a softmax when it returns logits,
+with the run's temperature (`transfer.calibration`) as `transfer predict`
+applies it. It
 returns `probabilities` `(batch, num_classes)`, `top_class` (the best class
 name per image), `top_probability` and `class_names` `(num_classes,)`.
 
@@ -68,6 +70,10 @@ def _encoded_images_fn(model, meta):
     method = meta["preprocessing"]["interpolation"]
     class_names = tf.constant(meta["class_names"])
     logits = meta["output"] == "logits"
+    # The run's temperature (`transfer.calibration`), as `transfer predict`
+    # applies it: softmax(logits / T).
+    temperature = float((meta.get("calibration") or {}).get("temperature")
+                        or 1.0)
 
     def decode(data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -82,7 +88,13 @@ def _encoded_images_fn(model, meta):
             fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32),
         )
         outputs = tf.cast(model(pixels, training=False), tf.float32)
-        probabilities = tf.nn.softmax(outputs, axis=-1) if logits else outputs
+        if logits:
+            probabilities = tf.nn.softmax(outputs / temperature, axis=-1)
+        elif temperature != 1.0:
+            probabilities = tf.nn.softmax(
+                tf.math.log(tf.maximum(outputs, 1e-12)) / temperature, axis=-1)
+        else:
+            probabilities = outputs
         best = tf.argmax(probabilities, axis=-1)
         return {
             "probabilities": probabilities,

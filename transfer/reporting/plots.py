@@ -337,3 +337,42 @@ def training_curves_figure(histories, stage_names=None):
 def _shortened(text, characters):
     characters = max(int(characters), 2)
     return text if len(text) <= characters else text[: characters - 1] + "…"
+
+
+def reliability_diagram_figure(curves, labels):
+    """A reliability diagram: accuracy against confidence, per bin.
+
+    Each curve is `(confidence, accuracy, count)` per equal-width bin of
+    the top probability (`transfer.calibration.reliability_bins`); empty
+    bins are left out. A calibrated model lies on the diagonal; below it,
+    the model is over-confident. The bins' counts are drawn under it.
+
+    Args:
+        curves: one `(confidence, accuracy, count)` per curve.
+        labels: one legend label per curve.
+    """
+    figure = new_figure(5.0, 6.0)
+    top, bottom = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1,
+             label="calibrated")
+    bins = len(curves[0][2]) if curves else 1
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    width = 1.0 / bins / max(1, len(curves))
+    for i, ((confidence, accuracy, count), label) in enumerate(
+        zip(curves, labels, strict=True)
+    ):
+        used = np.asarray(count) > 0
+        top.plot(np.asarray(confidence)[used], np.asarray(accuracy)[used],
+                 marker="o", label=label)
+        bottom.bar(edges[:-1] + i * width, count, width=width, align="edge",
+                   label=label)
+    top.set_xlim(0.0, 1.0)
+    top.set_ylim(0.0, 1.0)
+    top.set_ylabel("accuracy")
+    top.set_title(f"Reliability diagram ({bins} equal-width bins)")
+    top.legend(fontsize=8, loc="upper left")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("examples")
+    figure.tight_layout()
+    return figure

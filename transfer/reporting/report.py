@@ -16,6 +16,7 @@ import numpy as np
 
 from transfer import _backend
 from transfer import _inputs
+from transfer import _model_info
 from transfer._io import write_json
 from transfer.reporting import plots
 from transfer.reporting.streaming import StreamingEvaluation
@@ -29,12 +30,20 @@ def predict_batches(model, data, batch_size=32):
     """Yields `(images, labels, probabilities)` NumPy batches.
 
     Labels may be class indices or one-hot rows; they come out as indices.
-    Model outputs that are logits are turned into probabilities.
+    Model outputs that are logits are turned into probabilities, divided
+    by the model's temperature when it records one (`transfer.calibration`),
+    as `transfer predict` gives them.
     """
+    temperature = _model_info.temperature(model)
     for images, labels in _inputs.iterate_batches(data, batch_size):
         if labels.ndim == 2 and labels.shape[-1] > 1:
             labels = labels.argmax(-1)
-        outputs = _backend.predict_on_batch(model, images)
+        outputs = np.asarray(_backend.predict_on_batch(model, images),
+                             dtype="float64")
+        if temperature != 1.0:
+            if not _model_info.is_logits(model):  # log-probabilities
+                outputs = np.log(np.clip(outputs, 1e-12, None))
+            outputs = outputs / temperature
         yield images, labels.reshape(-1).astype("int64"), as_probabilities(
             outputs
         )

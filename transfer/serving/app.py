@@ -6,7 +6,10 @@ call it in-process with Starlette's `TestClient`):
 - `POST /predict`: one image, as a multipart upload (field `image`), as
   JSON `{"image": "<base64>", "top_k": 3}`, or as the raw bytes with an
   `image/*` content type; `top_k` may also be a query parameter. Answers
-  `{"predictions": [{"class": name, "probability": p}, ...]}`, best first.
+  `{"predictions": [{"class": name, "probability": p}, ...]}`, best first,
+  calibrated with the run's temperature; with `reject_below`, also
+  `label` (the best class or `"unknown"`), `unknown_reason` and
+  `ood_score` (`transfer.prediction.labelled_outputs`).
 - `GET /health`: `{"status": "ok", ...}` with the classes and counters.
 - `GET /`: one self-contained HTML page (no external script or style) to
   drop an image on and see its classes.
@@ -14,7 +17,8 @@ call it in-process with Starlette's `TestClient`):
 Images are read exactly as `transfer predict` reads them
 (`transfer.data.image_files.read_image`: RGB, 16-bit scaled, resized
 to the model's size with the run's interpolation) and predicted with the same function
-(`transfer.prediction.image_probabilities`), in batches gathered across
+(`transfer.prediction.image_outputs`, then `labelled_outputs`), in
+batches gathered across
 concurrent requests (`transfer.serving.batcher.Batcher`).
 
 Every error is a 4xx (or 500) answer with a one-line JSON body
@@ -51,6 +55,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from transfer import _model_info
+from transfer import calibration
 from transfer import prediction
 from transfer import workflow
 from transfer.data import image_files
@@ -260,14 +265,14 @@ def _batch_predictor(model, max_batch_size):
         size = min(max_batch_size, 1 << (count - 1).bit_length())
         batch = np.stack(images + [np.zeros_like(images[0])]
                          * (size - count))
-        return list(prediction.image_probabilities(model, batch)[:count])
+        return list(prediction.image_outputs(model, batch)[:count])
 
     return predict
 
 
 def create_app(model, *, title="transfer", max_request_bytes=MAX_REQUEST_BYTES,
                max_image_pixels=MAX_IMAGE_PIXELS, max_batch_size=8,
-               max_delay=0.005):
+               max_delay=0.005, reject_below=None):
     """The `transfer serve` application of an image classifier.
 
     Use it to serve a model from Python, or under another ASGI server:
@@ -287,13 +292,17 @@ def create_app(model, *, title="transfer", max_request_bytes=MAX_REQUEST_BYTES,
         max_batch_size: the most images per model call. Defaults to `8`.
         max_delay: seconds a batch waits for more requests. Defaults to
             `0.005`.
+        reject_below: a probability in `(0, 1)`: answer `label`
+            `"unknown"` below it, or for an image unlike the training data
+            (`transfer.prediction.labelled_outputs`). Defaults to `None`.
 
     Returns:
         A `starlette.applications.Starlette` application; its
         `state.batcher` is the `Batcher`.
 
     Raises:
-        ValueError: a text model, or a limit that is not positive.
+        ValueError: a text model, a limit that is not positive, or
+            `reject_below` outside `(0, 1)`.
     """
     if workflow.run_modality(model) != "image":
         raise ValueError(
@@ -307,6 +316,7 @@ def create_app(model, *, title="transfer", max_request_bytes=MAX_REQUEST_BYTES,
             raise ValueError(f"`{name}` must be a positive integer. "
                              f"Received: {name}={value!r}")
     class_names = workflow.run_class_names(model)
+    calibration.check_reject_below(reject_below)
     image_size = int(model.input_shape[1])
     interpolation = _model_info.interpolation(model)
     batcher = Batcher(_batch_predictor(model, max_batch_size),
@@ -330,14 +340,16 @@ def create_app(model, *, title="transfer", max_request_bytes=MAX_REQUEST_BYTES,
     async def health(request):
         return JSONResponse({
             "status": "ok", "classes": class_names, "image_size": image_size,
+            "temperature": calibration.temperature(model),
+            "reject_below": reject_below,
             "backend": keras.config.backend(), **batcher.stats})
 
     async def predict(request):
         data, top_k = await _read_request(request, len(class_names))
         image = await run_in_threadpool(decode, data)
         row = await asyncio.wrap_future(batcher.submit(image))
-        return JSONResponse({"predictions": prediction.top_k_classes(
-            row, class_names, top_k)})
+        return JSONResponse(prediction.labelled_outputs(
+            model, row[None], class_names, top_k, reject_below)[0])
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

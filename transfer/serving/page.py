@@ -106,7 +106,10 @@ async function send(file) {
     if (!response.ok) throw new Error(body.error || response.statusText);
     render(body.predictions);
     const ms = Math.round(performance.now() - started);
-    say(file.name + ": " + ms + " ms", false);
+    // `transfer serve --reject-below P`: say when the answer is unknown.
+    const unknown = body.label === "unknown" ?
+      ": unknown (" + String(body.unknown_reason).replace(/_/g, " ") + ")" : "";
+    say(file.name + unknown + ": " + ms + " ms", false);
     document.body.dataset.state = "done";
   } catch (error) {
     say("Error: " + error.message, true);

@@ -1,11 +1,13 @@
 """The files a finished run leaves: model, best weights, report, recipe and,
 last, the manifest (whose presence means "finished")."""
 
+import logging
 import os
 
 from transfer import _backend
 from transfer import _io
 from transfer import _model_info
+from transfer import calibration
 from transfer.models import tasks
 from transfer.reporting.report import write_report
 from transfer.saving import save_model
@@ -18,6 +20,10 @@ from transfer.training.run_dir import MODEL
 from transfer.training.run_dir import RECIPE
 from transfer.training.run_dir import REPORT
 from transfer.training.run_dir import path
+
+logger = logging.getLogger(__name__)
+# The reliability diagram `_calibration` draws, in the report folder.
+RELIABILITY_DIAGRAM = "reliability_diagram.png"
 
 
 def _manifest(context, stage_records, hparams, attempts, metadata, best):
@@ -45,6 +51,31 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
     if context.distribution is not None:
         manifest["distribution"] = context.distribution
     return manifest
+
+
+def _calibration(context, model, run_dir):
+    """The model's `calibration` record: a temperature fitted on the
+    validation data (`transfer.calibration.calibrate`), else T = 1 and why.
+
+    A failure is logged and recorded, never raised: the run's stages are
+    finished and its model is saved by then.
+    """
+    if context.validation_data is None:
+        logger.info(
+            "No validation data: no temperature fitted (T = 1); predicted "
+            "probabilities are the model's softmax, uncalibrated.")
+        return calibration.not_fitted("no validation data")
+    diagram = os.path.join(REPORT, RELIABILITY_DIAGRAM)
+    try:
+        record = calibration.calibrate(
+            model, context.validation_data, batch_size=context.batch_size,
+            diagram_path=path(run_dir, diagram))
+    except Exception as e:  # noqa: BLE001 (the trained model is kept)
+        logger.warning(
+            "Calibration failed (%s: %s): no temperature fitted (T = 1); "
+            "the trained model is saved as it is.", type(e).__name__, e)
+        return calibration.not_fitted(f"failed: {type(e).__name__}: {e}")
+    return dict(record, reliability_diagram=diagram)
 
 
 def finish_run(context, histories, stage_records, hparams, attempts, best):
@@ -76,6 +107,12 @@ def finish_run(context, histories, stage_records, hparams, attempts, best):
         metadata["thresholds"] = tasks.choose_thresholds(
             model, context.validation_data
         )
+    if task == "classification" and not _model_info.is_self_supervised(
+        model
+    ):
+        metadata["calibration"] = _calibration(context, model, run_dir)
+        # The report's probabilities are then calibrated, as predict's.
+        model.transfer_metadata = metadata
     manifest = _manifest(context, stage_records, hparams, attempts, metadata,
                          best)
     write_report(

@@ -81,6 +81,14 @@ def fit_recipe(
     becomes the model's (`transfer_metadata["interpolation"]`, saved in the
     manifest), so that `transfer evaluate`, `report` and `predict` resize
     as training did; data that does not say keeps the backbone's.
+    With `validation_data`, a classifier's run ends by fitting a
+    temperature on the validation logits (`transfer.calibration.calibrate`):
+    it is kept in `transfer_metadata["calibration"]` and the manifest, with
+    the ECE before and after and `report/reliability_diagram.png`, and
+    prediction divides the logits by it; without, the manifest records
+    that none was fitted (T = 1). A failed calibration is logged, never
+    raised. A temperature the model brought is dropped: new weights get
+    a new one.
     Labels outside `[0, num_classes)` are refused on every backend. A NaN or
     Inf loss stops the run with `NonFiniteLossError`, the model holding the
     last good weights; NaN weights are never saved.
@@ -193,6 +201,7 @@ def fit_recipe(
     # Before the label checks wrap the datasets (`map` drops attributes).
     preflight = getattr(train_data, "transfer_preflight", None)
     _record_interpolation(model, train_data)
+    _forget_calibration(model)
     settings, fingerprint = fingerprint_lib.run_fingerprint(
         model, recipe, train_data, validation_data, batch_size=batch_size,
         class_names=class_names,
@@ -255,6 +264,15 @@ def _record_interpolation(model, train_data):
             "expects %r; the model records %r, for evaluate and predict.",
             used, metadata.get("backbone"), expected, used)
     model.transfer_metadata = dict(metadata, interpolation=used)
+
+
+def _forget_calibration(model):
+    """Drops a temperature fitted before (a reloaded model trained again):
+    new weights need a new one, which the run fits at its end."""
+    metadata = _model_info.metadata(model)
+    if "calibration" in metadata:
+        model.transfer_metadata = {
+            k: v for k, v in metadata.items() if k != "calibration"}
 
 
 def _check_arguments(model, recipe, data, class_names, cache_options):
