@@ -68,6 +68,9 @@ def parse_args(argv=None):
     parser.add_argument("--pretrain-epochs", type=int, default=2)
     parser.add_argument("--pretrain-batch-size", type=int, default=128)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
+    parser.add_argument("--pooling", default="avg",
+                        help="pooling of every model's probe and head (avg: "
+                             "mean of the patch tokens for a ViT)")
     parser.add_argument("--labels-per-class", default="10,100")
     parser.add_argument("--epochs", default="3,8",
                         help="HEAD,FINETUNE epochs of the two stages")
@@ -150,7 +153,8 @@ def evaluate(backbone, weights, size, data, args, run_dir, seed):
         train = at_size(split, size)
         keras.utils.set_random_seed(seed)
         model = transfer.build_classifier(
-            backbone, data["num_classes"], weights=weights, image_size=size)
+            backbone, data["num_classes"], weights=weights, image_size=size,
+            pooling=args.pooling)
         probe[str(labels)] = round(
             probes.linear_probe_accuracy(model, train, test), 4)
         recipe = transfer.two_stage_recipe(args.head_epochs, args.finetune_epochs)
@@ -238,6 +242,7 @@ def main(argv=None):
         "pretrain_epochs": args.pretrain_epochs,
         "pretrain_batch_size": args.pretrain_batch_size,
         "mask_ratio": args.mask_ratio if "mae" in args.methods else None,
+        "pooling": args.pooling,
         "labels_per_class": args.labels,
         "finetune_epochs": [args.head_epochs, args.finetune_epochs],
         "test_images": runs[0]["test_images"],

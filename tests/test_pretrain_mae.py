@@ -126,12 +126,13 @@ def test_encoder_sees_only_the_visible_patches_and_loss_counts_hidden_ones():
     # Predictions for visible patches do not count in the loss.
     loss = float(model.compute_loss(x, y_pred=out))
     pixels = np.where(mask[..., None] > 0, _numpy(out["pixels"]), 100.0)
-    other = {"pixels": pixels.astype("float32"), "mask": out["mask"]}
+    other = dict(out, pixels=pixels.astype("float32"))
     assert float(model.compute_loss(x, y_pred=other)) == pytest.approx(
         loss, rel=1e-5)
     # A perfect reconstruction of the hidden patches has zero loss.
     targets, _, _ = masked_images.normalized_patches(x, PATCH)
-    perfect = {"pixels": targets, "mask": out["mask"]}
+    np.testing.assert_allclose(_numpy(targets), _numpy(out["targets"]))
+    perfect = dict(out, pixels=targets)
     assert float(model.compute_loss(x, y_pred=perfect)) < 1e-6
     # The masked view and reconstruction keep the visible pixels.
     masked, rebuilt = model.reconstruct(x[:2], seed=3)
@@ -224,3 +225,21 @@ def test_small_vit_is_random_init_only():
         "vit_patching_and_embedding", "dropout"]
     assert [layer.name for layer in encoder][-1] == "ln"
     assert len(encoder) == 4 + 1
+
+
+@pytest.mark.backend_independent
+def test_simclr_pools_a_vision_transformers_patch_tokens():
+    from transfer.pretraining.contrastive import ContrastivePretrainer
+
+    backbone, spec, info = transfer.build_backbone(
+        "tiny_vit", weights=None, image_size=SIZE)
+    model = ContrastivePretrainer(backbone, [], scale=spec.scale,
+                                  offset=spec.offset, projection_dim=8,
+                                  num_prefix_tokens=info["prefix_tokens"])
+    x = _images(4)[0]
+    assert model(x).shape == (4, 2, 8)
+    tokens = _numpy(backbone(model.preprocessing(x.astype("float32"))))
+    np.testing.assert_allclose(_numpy(model.features(x)),
+                               tokens[:, 1:].mean(axis=1), atol=1e-5)
+    again = ContrastivePretrainer.from_config(model.get_config())
+    assert again.pooler.num_prefix_tokens == 1

@@ -360,6 +360,7 @@ def pretrain_images(
     else:
         model = ContrastivePretrainer(
             backbone_model, layers, scale=spec.scale, offset=spec.offset,
+            num_prefix_tokens=info.get("prefix_tokens", 0),
             name=f"{spec.name}_simclr",
         )
     model(x[:2])  # build every layer before fit_recipe counts the weights

@@ -288,7 +288,8 @@ class MaskedImagePretrainer(keras.Model):
 
         Returns:
             A dict: `pixels`, the predicted normalised pixels `(batch,
-            patches, p * p * 3)`, and `mask`, `1.0` for hidden patches.
+            patches, p * p * 3)`; `targets`, the images' normalised pixels
+            (the same shape); `mask`, `1.0` for hidden patches.
         """
         stem, encoder = split_backbone(self.backbone)
         x = self.preprocessing(ops.cast(images, "float32"))
@@ -315,12 +316,14 @@ class MaskedImagePretrainer(keras.Model):
             x = block(x, training=training)
         pixels = self.decoder_pred(self.decoder_norm(x))
         mask = ops.cast(restore >= self.num_visible, "float32")
-        return {"pixels": pixels, "mask": mask}
+        # From the images the encoder saw (augmented, in training).
+        targets, _, _ = normalized_patches(images, self.patch_size)
+        return {"pixels": pixels, "targets": targets, "mask": mask}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
-        targets, _, _ = normalized_patches(x, self.patch_size)
-        error = ops.mean(ops.square(y_pred["pixels"] - targets), axis=-1)
+        error = ops.mean(
+            ops.square(y_pred["pixels"] - y_pred["targets"]), axis=-1)
         mask = y_pred["mask"]
         return ops.sum(error * mask) / ops.maximum(ops.sum(mask), 1.0)
 
@@ -356,7 +359,8 @@ class MaskedImagePretrainer(keras.Model):
 
     def compute_output_shape(self, input_shape):
         size = self.patch_size * self.patch_size * 3
-        return {"pixels": (input_shape[0], self.num_patches, size),
+        pixels = (input_shape[0], self.num_patches, size)
+        return {"pixels": pixels, "targets": pixels,
                 "mask": (input_shape[0], self.num_patches)}
 
     def get_config(self):
