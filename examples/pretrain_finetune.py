@@ -65,7 +65,10 @@ def parse_args(argv=None):
                         help="image size of EfficientNet-Lite0")
     parser.add_argument("--pretrain-images", type=int, default=30000,
                         help="unlabelled training images used (at most)")
-    parser.add_argument("--pretrain-epochs", type=int, default=2)
+    parser.add_argument("--pretrain-epochs", default="2",
+                        help="epochs of every method, or per method: "
+                             "mae=12,simclr=4 (the same compute: an MAE "
+                             "epoch encodes a quarter of the patches, once)")
     parser.add_argument("--pretrain-batch-size", type=int, default=128)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--pooling", default="avg",
@@ -89,13 +92,21 @@ def parse_args(argv=None):
     if unknown or not args.methods:
         parser.error(f"--method takes {', '.join(METHODS)} (comma-separated);"
                      f" received {args.method!r}")
+    try:
+        epochs = dict(item.split("=") if "=" in item else ("*", item)
+                      for item in args.pretrain_epochs.split(","))
+        args.pretrain_epochs = {method: int(epochs.get(method, epochs.get("*")))
+                                for method in args.methods}
+    except (TypeError, ValueError):
+        parser.error("--pretrain-epochs takes N or METHOD=N,... (e.g. "
+                     f"mae=12,simclr=4); received {args.pretrain_epochs!r}")
     if args.backbone is None:
         args.backbone = "small_vit" if "mae" in args.methods else "small_cnn"
     args.seeds = ([int(n) for n in args.seeds.split(",")]
                   if args.seeds else [args.seed])
     if args.quick:
         args.pretrain_images = min(args.pretrain_images, 1024)
-        args.pretrain_epochs = 1
+        args.pretrain_epochs = dict.fromkeys(args.methods, 1)
         args.labels_per_class = "10"
         args.epochs = "1,1"
         args.test_images = min(args.test_images, 200)
@@ -182,7 +193,8 @@ def measure(args, seed, run_dir):
         pretrained = transfer.pretrain_images(
             data["unlabelled"], run_dir=os.path.join(run_dir, method),
             backbone=args.backbone, image_size=args.image_size,
-            epochs=args.pretrain_epochs, batch_size=args.pretrain_batch_size,
+            epochs=args.pretrain_epochs[method],
+            batch_size=args.pretrain_batch_size,
             holdout=at_size(data["holdout"], args.image_size),
             method=method, mask_ratio=args.mask_ratio,
         )

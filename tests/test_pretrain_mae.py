@@ -24,7 +24,7 @@ SIZE, PATCH = 16, 4
 PATCHES = (SIZE // PATCH) ** 2
 
 
-def _tiny_vit(weights, input_shape):
+def _tiny_vit(weights, input_shape, pooling=None):
     import keras_hub
 
     vision = keras_hub.models.ViTBackbone(
@@ -243,3 +243,6 @@ def test_simclr_pools_a_vision_transformers_patch_tokens():
                                tokens[:, 1:].mean(axis=1), atol=1e-5)
     again = ContrastivePretrainer.from_config(model.get_config())
     assert again.pooler.num_prefix_tokens == 1
+    classifier = transfer.build_classifier("small_vit", 3, weights=None,
+                                           pooling="avg")
+    assert classifier.get_layer("pooler").num_prefix_tokens == 1

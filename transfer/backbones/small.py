@@ -76,7 +76,8 @@ register_backbone(
 )
 
 
-def _small_vit(weights, input_shape):
+def _small_vit(weights, input_shape, pooling=None):
+    del pooling  # every pooling works on the token sequence
     _no_imagenet("small_vit", weights)
     keras_hub = hub.import_keras_hub()
     vision = keras_hub.models.ViTBackbone(

@@ -305,10 +305,9 @@ class MaskedImagePretrainer(keras.Model):
         for layer in encoder:
             x = layer(x, training=training)
         x = self.decoder_embed(x[:, self.num_prefix_tokens :])
-        hidden = ops.broadcast_to(
-            ops.cast(self.mask_token, x.dtype),
-            (ops.shape(x)[0], self.num_patches - self.num_visible,
-             self.decoder_dim))
+        # One mask token per hidden patch (shapes from `order`: static).
+        ones = ops.ones_like(ops.cast(order[:, self.num_visible :], x.dtype))
+        hidden = ones[..., None] * ops.cast(self.mask_token, x.dtype)
         x = ops.concatenate([x, hidden], axis=1)
         x = _gather(x, restore, self.num_patches)
         x = x + ops.cast(self.decoder_position, x.dtype)
