@@ -322,8 +322,9 @@ class MaskedImagePretrainer(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
         error = ops.mean(
-            ops.square(y_pred["pixels"] - y_pred["targets"]), axis=-1)
-        mask = y_pred["mask"]
+            ops.square(ops.subtract(y_pred["pixels"], y_pred["targets"])),
+            axis=-1)
+        mask = ops.convert_to_tensor(y_pred["mask"])
         return ops.sum(error * mask) / ops.maximum(ops.sum(mask), 1.0)
 
     def reconstruct(self, images, seed=0):
