@@ -246,3 +246,38 @@ def test_simclr_pools_a_vision_transformers_patch_tokens():
     classifier = transfer.build_classifier("small_vit", 3, weights=None,
                                            pooling="avg")
     assert classifier.get_layer("pooler").num_prefix_tokens == 1
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.requires_backend("tensorflow")
+def test_killed_mae_run_resumes(tmp_path, monkeypatch):
+    from transfer.pretraining.reconstructions import ReconstructionLogger
+
+    x, _ = _images()
+    run_dir = str(tmp_path / "mae")
+    original = ReconstructionLogger.on_epoch_end
+
+    def die_after_epoch_0(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise _Kill()
+
+    monkeypatch.setattr(ReconstructionLogger, "on_epoch_end",
+                        die_after_epoch_0)
+    arguments = dict(run_dir=run_dir, backbone="tiny_vit", method="mae",
+                     epochs=2, batch_size=8, mask_ratio=0.5)
+    with pytest.raises(_Kill):
+        transfer.pretrain_images(x, **arguments)
+    monkeypatch.setattr(ReconstructionLogger, "on_epoch_end", original)
+    result = transfer.pretrain_images(x, **arguments)
+    assert result["history"].epoch == [0, 1]
+    assert result["model"].num_visible == PATCHES // 2
+    with open(os.path.join(run_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["stages"][0]["resumed_after_epoch"] == 0
+    assert manifest["stages"][0]["name"] == "mae"
+    steps = _tensor_steps(os.path.join(run_dir, "logs", "reconstructions"))
+    assert steps == {"reconstructions": [0, 1]}
