@@ -24,7 +24,8 @@ same backbone both ways, so the two compare on the same splits and budget
 
     python examples/pretrain_finetune.py
     python examples/pretrain_finetune.py --quick
-    python examples/pretrain_finetune.py --method mae,simclr --seeds 0,1 --no-imagenet
+    python examples/pretrain_finetune.py --method mae,simclr --seeds 0,1 --no-imagenet \
+        --pretrain-images 8000 --pretrain-epochs mae=12,simclr=4
     tensorboard --logdir runs/pretrain_finetune-<stamp>
 
 The last stdout line is one JSON object with the results.
