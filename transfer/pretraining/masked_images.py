@@ -15,9 +15,10 @@ Learners"). Keras ops only: the same code trains on TensorFlow, JAX and
 torch.
 
 The backbone is a vision transformer whose direct layers form one chain
-(embedding, encoder layers, final norm): the `vit`, `deit`, `dinov2` and
-`clip` families, their presets, and `small_vit`. DINOv3's rotary positions
-and SigLIP's attention-pooling head do not fit; `check_backbone` says so.
+(embedding, encoder layers, final norm): `small_vit` and the `vit` family
+(tested), and by that structure the `deit`, `dinov2` and `clip` families
+(not tested yet). DINOv3's rotary positions and SigLIP's attention-pooling
+head do not fit; `split_backbone` says so.
 """
 
 import keras
