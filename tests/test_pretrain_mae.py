@@ -281,3 +281,42 @@ def test_killed_mae_run_resumes(tmp_path, monkeypatch):
     assert manifest["stages"][0]["name"] == "mae"
     steps = _tensor_steps(os.path.join(run_dir, "logs", "reconstructions"))
     assert steps == {"reconstructions": [0, 1]}
+
+
+def _family_backbone(family):
+    import keras_hub
+
+    models, shape = keras_hub.models, (SIZE, SIZE, 3)
+    small = {"num_layers": 2, "num_heads": 2, "hidden_dim": 16,
+             "intermediate_dim": 32, "patch_size": PATCH, "image_shape": shape}
+    if family == "deit":
+        vision = models.DeiTBackbone(**small)
+    elif family == "dinov2":
+        vision = models.DINOV2Backbone(position_embedding_shape=shape,
+                                       num_register_tokens=2, **small)
+    else:
+        vision = models.CLIPVisionEncoder(**small)
+    flat = vision_transformers.flatten(family, vision, shape)
+    return flat, vision_transformers.prefix_tokens(family, vision.get_config())
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("family", ["deit", "dinov2", "clip"])
+def test_other_families_encode_the_visible_patches_only(family):
+    backbone, prefix = _family_backbone(family)
+    model = MaskedImagePretrainer(backbone, SIZE, PATCH,
+                                  num_prefix_tokens=prefix, decoder_dim=16,
+                                  decoder_heads=2)
+    x = _images(2)[0].astype("float32")
+    model(x)  # builds the decoder
+    noise = np.random.default_rng(1).uniform(size=(2, PATCHES))
+    out = model.masked_forward(x, noise.astype("float32"))
+    mask = _numpy(out["mask"])
+    assert out["pixels"].shape == (2, PATCHES, PATCH * PATCH * 3)
+    hidden_changed = masked_images.unpatchify(np.where(
+        mask[..., None] > 0, 255.0,
+        _numpy(masked_images.patchify(x, PATCH))), PATCH)
+    again = model.masked_forward(hidden_changed, noise.astype("float32"))
+    np.testing.assert_allclose(_numpy(again["pixels"]), _numpy(out["pixels"]),
+                               atol=1e-5)
+    assert model.features(x).shape == (2, 16)

@@ -16,10 +16,13 @@ torch.
 
 The backbone is a vision transformer whose direct layers form one chain
 (embedding, encoder layers, final norm): `small_vit` and the `vit` family
-(tested), and by that structure the `deit`, `dinov2` and `clip` families
-(not tested yet). DINOv3's rotary positions and SigLIP's attention-pooling
+(trained in the tests), the `deit`, `dinov2` and `clip` families (masked
+forward pass tested, no training run). DINOv3's rotary positions and SigLIP's attention-pooling
 head do not fit; `split_backbone` says so.
 """
+
+import json
+import re
 
 import keras
 import numpy as np
@@ -90,18 +93,8 @@ def split_backbone(backbone, blocks=()):
         ValueError: the layers do not form one chain, or the output is not
             a token sequence.
     """
-    chain = []
-    previous = backbone.inputs[0] if len(backbone.inputs) == 1 else None
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if previous is None or layer.input is not previous:
-            previous = None
-            break
-        chain.append(layer)
-        previous = layer.output
-    if previous is None or previous is not backbone.outputs[0] or len(
-            backbone.output_shape) != 3:
+    chain = _chain(backbone)
+    if chain is None or len(backbone.output_shape) != 3:
         raise ValueError(
             f"Masked image pretraining runs the encoder layers of backbone "
             f"'{backbone.name}' on the visible patches only, so its layers "
@@ -117,6 +110,30 @@ def split_backbone(backbone, blocks=()):
     split = next((i for i, layer in enumerate(chain)
                   if id(layer) not in stem), len(chain))
     return chain[:split], chain[split:]
+
+
+def _chain(backbone):
+    """The layers of a functional model whose every layer takes the output
+    of the one before (read from its config: the graph as saved), or
+    `None`."""
+    try:
+        config = backbone.get_config()
+        entries = config["layers"]
+    except (AttributeError, KeyError, NotImplementedError, TypeError):
+        return None
+    chain, previous = [], None
+    for entry in entries:
+        sources = re.findall(r'"keras_history": \["([^"]+)"',
+                             json.dumps(entry.get("inbound_nodes", [])))
+        if previous is None and not sources:  # the input layer
+            previous = entry["name"]
+            continue
+        if len(entry.get("inbound_nodes", [])) != 1 or sources != [previous]:
+            return None
+        chain.append(backbone.get_layer(entry["name"]))
+        previous = entry["name"]
+    outputs = re.findall(r'"([^"]+)"', json.dumps(config.get("output_layers")))
+    return chain if chain and outputs[:1] == [previous] else None
 
 
 def patchify(images, patch_size):
