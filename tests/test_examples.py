@@ -141,3 +141,16 @@ def test_text_finetune_with_pretraining_and_lora(tmp_path):
     assert out["pretrain"]["mlm_loss_before"] > 0
     assert os.path.isdir(os.path.join(out["run_dir"], "pretrain", "encoder"))
     assert "Masked-LM pretraining: held-out loss" in result.stdout
+
+
+def test_pretrain_finetune_rejects_an_unknown_method(tmp_path, monkeypatch,
+                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pretrain_finetune.py", "--method",
+                                      "mae,byol"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(ROOT, "examples", "pretrain_finetune.py"),
+                       run_name="__main__")
+    assert exit_info.value.code == 2
+    assert "--method takes simclr, mae" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # refused before any run directory

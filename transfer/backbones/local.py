@@ -13,7 +13,10 @@ def keras_file_spec(path, image_size=None):
 
     The file is loaded in Keras's safe mode. When the saved model's name is
     a registered backbone, that spec's blocks and preprocessing (scale,
-    offset, interpolation) are reused.
+    offset, interpolation) are reused, and for a vision transformer its
+    pooling choices, patch size and LoRA layers too; the number of class
+    and register tokens before the patch tokens is read from the saved
+    model's token count.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -24,15 +27,25 @@ def keras_file_spec(path, image_size=None):
     model = load_model(path)
     base = registry.registered_spec(model.name)
     input_size = model.input_shape[1] if model.input_shape[1] else None
+    patch_size = base.patch_size if base else None
+    tokens = {}
+    if patch_size and input_size and len(model.output_shape) == 3:
+        patches = (input_size // patch_size) ** 2
+        tokens["prefix_tokens"] = max(0, model.output_shape[1] - patches)
 
     def builder(weights, input_shape):
         info = download.describe_file(path, "file", "file")
         if weights is None:
             clone = model.__class__.from_config(model.get_config())
-            return clone, {"weights": None, "source": "random init"}
+            return clone, {"weights": None, "source": "random init", **tokens}
         # Loaded again here, so that its variables are made in the scope
         # active now (a `transfer.distribution_scope`, for one).
-        return load_model(path), info
+        return load_model(path), {**info, **tokens}
+
+    transformer = {}
+    if base is not None and patch_size:
+        transformer = {"pooling": base.pooling, "patch_size": patch_size,
+                       "lora_layers": base.lora_layers}
 
     return BackboneSpec(
         name=model.name,
@@ -46,4 +59,5 @@ def keras_file_spec(path, image_size=None):
         interpolation=base.interpolation if base else "bilinear",
         weights=("file",),
         description=f"local file {path}",
+        **transformer,
     )

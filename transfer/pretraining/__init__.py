@@ -1,2 +1,3 @@
-"""Self-supervised pretraining: contrastive (SimCLR) for images, masked
-language modelling for text, and the probes that measure representations."""
+"""Self-supervised pretraining: contrastive (SimCLR) and masked image
+modelling (MAE, vision transformers) for images, masked language modelling
+for text, and the probes that measure representations."""

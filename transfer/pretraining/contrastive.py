@@ -12,6 +12,8 @@ the batch. The same code trains on TensorFlow, JAX and torch.
 import keras
 from keras import ops
 
+from transfer.models.pooling import TokenPooling
+
 # Larger than any cosine similarity / temperature: masks a view's
 # similarity with itself.
 _LARGE = 1e9
@@ -73,6 +75,9 @@ class ContrastivePretrainer(keras.Model):
         projection_dim: output size of the projection head.
             Defaults to `64`.
         temperature: NT-Xent temperature. Defaults to `0.2`.
+        num_prefix_tokens: for a vision transformer (tokens out), the
+            class and register tokens left out of the mean of the patch
+            tokens. Defaults to `0`.
 
     Example:
 
@@ -96,18 +101,24 @@ class ContrastivePretrainer(keras.Model):
     """
 
     def __init__(self, backbone, augmentation, scale=1.0, offset=0.0,
-                 projection_dim=64, temperature=0.2, **kwargs):
+                 projection_dim=64, temperature=0.2, num_prefix_tokens=0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.augmentation = list(augmentation)
         self.scale = scale
         self.offset = offset
         self.projection_dim = projection_dim
         self.temperature = temperature
+        self.num_prefix_tokens = int(num_prefix_tokens)
         self.preprocessing = keras.layers.Rescaling(
             scale, offset, name="preprocessing"
         )
         self.backbone = backbone
-        self.pooler = keras.layers.GlobalAveragePooling2D(name="pooler")
+        if len(backbone.output_shape) == 3:  # a vision transformer's tokens
+            self.pooler = TokenPooling(
+                "avg", num_prefix_tokens=num_prefix_tokens, name="pooler")
+        else:
+            self.pooler = keras.layers.GlobalAveragePooling2D(name="pooler")
         width = int(backbone.output_shape[-1])
         self.projection_hidden = keras.layers.Dense(
             width, activation="relu", name="projection_hidden"
@@ -168,6 +179,7 @@ class ContrastivePretrainer(keras.Model):
                 "offset": self.offset,
                 "projection_dim": self.projection_dim,
                 "temperature": self.temperature,
+                "num_prefix_tokens": self.num_prefix_tokens,
             }
         )
         return config

@@ -1,9 +1,11 @@
-"""Self-supervised image pretraining: SimCLR on unlabelled images.
+"""Self-supervised image pretraining: SimCLR or MAE on unlabelled images.
 
 `pretrain_images` trains any registered image backbone (from random init,
 or continuing from its pretrained weights) with `transfer.pretraining.contrastive`'s SimCLR
-objective, as one `fit_recipe` stage: TensorBoard logs, progress bars,
-per-epoch backups and resume come from there. A k-NN probe on a small
+objective, or a vision transformer with masked image modelling
+(`transfer.pretraining.masked_images`, MAE), as one `fit_recipe` stage:
+TensorBoard logs, progress bars, per-epoch backups and resume come from
+there. A k-NN probe on a small
 labelled holdout (`transfer.pretraining.probes.RepresentationProbe`) logs how good the
 features are after every epoch. The trained backbone is saved as `run_dir/backbone.keras`;
 pass that path to `build_classifier` to fine-tune it.
@@ -19,8 +21,10 @@ import numpy as np
 from transfer.backbones.resolve import get_backbone_spec
 from transfer.data.images import load_dataset
 from transfer.models.classifier import build_backbone
+from transfer.pretraining import masked_images
 from transfer.pretraining.contrastive import ContrastivePretrainer
 from transfer.pretraining.probes import RepresentationProbe
+from transfer.pretraining.reconstructions import ReconstructionLogger
 from transfer.saving import save_model
 from transfer.training import run_dir as run_dir_lib
 from transfer.training.fit import fit_recipe
@@ -29,6 +33,9 @@ from transfer.training.recipe import Stage
 logger = logging.getLogger(__name__)
 
 BACKBONE_FILE = "backbone.keras"
+METHODS = ("simclr", "mae")
+# Images whose reconstructions TensorBoard shows every epoch (MAE).
+_SHOWN_IMAGES = 8
 
 
 def default_augmentation(image_size, seed=None):
@@ -180,6 +187,25 @@ def _check_not_finished(run_dir):
     )
 
 
+def _check_batch(num_images, batch_size, method):
+    what = (
+        "SimCLR needs at least one full batch of images to contrast"
+        if method == "simclr" else "MAE needs at least one full batch"
+    )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+            or batch_size < 2:
+        raise ValueError(
+            "`batch_size` must be an integer of at least 2 (SimCLR contrasts "
+            f"the images of a batch). Received: batch_size={batch_size!r}"
+        )
+    if num_images < batch_size:
+        raise ValueError(
+            f"Only {num_images} unlabelled images for batch_size="
+            f"{batch_size}: {what}. Add images or lower batch_size. "
+            f"Received: {num_images} images, batch_size={batch_size}"
+        )
+
+
 def pretrain_images(
     images,
     *,
@@ -192,16 +218,26 @@ def pretrain_images(
     learning_rate=1e-3,
     holdout=None,
     augmentation=None,
+    method="simclr",
+    mask_ratio=0.75,
 ):
-    """Pretrains an image backbone with SimCLR on unlabelled images.
+    """Pretrains an image backbone with SimCLR or MAE on unlabelled images.
 
-    One `fit_recipe` stage named `simclr` (all blocks and BatchNorm train,
-    cosine-decayed Adam) into `run_dir`: TensorBoard shows the NT-Xent
-    `loss`, the pretext `accuracy` and, with a `holdout`, the k-NN probe
-    accuracy (`probe/epoch_knn_accuracy`). A killed run resumes from its
-    last finished epoch when the same call is repeated. The backbone is
-    saved as `run_dir/backbone.keras`, which `build_classifier` takes as a
-    backbone like a registered name. Inputs are checked before training.
+    `method="simclr"`: one `fit_recipe` stage named `simclr` (all blocks and
+    BatchNorm train, cosine-decayed Adam) into `run_dir`; TensorBoard shows
+    the NT-Xent `loss` and the pretext `accuracy`. `method="mae"` (vision
+    transformers only): masked image modelling, one stage named `mae`
+    (cosine-decayed AdamW, weight decay 0.05) in which the encoder sees a
+    random `1 - mask_ratio` of each image's patches and a light decoder
+    reconstructs the normalised pixels of the others; TensorBoard shows the
+    reconstruction `loss` (on hidden patches only) and, in `reconstructions`,
+    original, masked and reconstructed images of a fixed set (the holdout's
+    first 8, else the first 8 images) after every epoch. Either way, with a
+    `holdout`, the k-NN probe accuracy (`probe/epoch_knn_accuracy`). A
+    killed run resumes from its last finished epoch when the same call is
+    repeated. The backbone is saved as `run_dir/backbone.keras`, which
+    `build_classifier` takes as a backbone like a registered name. Inputs
+    are checked before training.
 
     Args:
         images: unlabelled images: an array (`(n, h, w)`, `(n, h, w, 1)` or
@@ -221,17 +257,28 @@ def pretrain_images(
         learning_rate: peak Adam learning rate. Defaults to `1e-3`.
         holdout: `(images, labels)` for the k-NN probe, or `None`.
             Defaults to `None`.
-        augmentation: list of `keras.layers` making the views; each must
-            keep the image shape. Defaults to `None`: `default_augmentation`.
+        augmentation: list of `keras.layers` making the views (SimCLR) or
+            applied before masking (MAE); each must keep the image shape.
+            Defaults to `None`: `default_augmentation` (SimCLR), a
+            horizontal flip (MAE).
+        method: `"simclr"` (any backbone) or `"mae"` (a vision transformer:
+            `small_vit`, `vit`, `deit`, `dinov2`, `clip` or their presets).
+            Defaults to `"simclr"`.
+        mask_ratio: share of each image's patches hidden from the encoder
+            (MAE), in `(0, 1)`. Defaults to `0.75`.
 
     Returns:
         A dict: `backbone` (the saved `.keras` path), `model` (the
-        `ContrastivePretrainer`), `probe` (`(epoch, k-NN accuracy)` pairs
-        of this call, or `[]`), `history` (the stage's `History`), `seconds`.
+        `ContrastivePretrainer` or `MaskedImagePretrainer`), `probe`
+        (`(epoch, k-NN accuracy)` pairs of this call, or `[]`), `history`
+        (the stage's `History`), `seconds`.
 
     Raises:
-        ValueError: fewer images than `batch_size`, images smaller than the
-            backbone's minimum, an augmentation that changes the shape.
+        ValueError: an unknown method, fewer images than `batch_size`,
+            images smaller than the backbone's minimum, an augmentation that
+            changes the shape; for MAE a backbone without patch tokens, a
+            `mask_ratio` outside `(0, 1)`, an image size that is not a
+            multiple of the patch size.
 
     Example:
 
@@ -242,6 +289,11 @@ def pretrain_images(
         ...
     ValueError: Only 8 unlabelled images for batch_size=16: SimCLR needs at
     least one full batch of images to contrast. ...
+    >>> transfer.pretrain_images(x, run_dir="runs/mae", method="mae")
+    Traceback (most recent call last):
+        ...
+    ValueError: Masked image pretraining (method='mae') needs a vision
+    transformer, ...
 
     A run, then a classifier on the pretrained backbone (not run as a
     doctest: tracing the SimCLR training step alone takes TensorFlow 10 to
@@ -255,27 +307,28 @@ def pretrain_images(
     ```
     """
     started = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(
+            f"`method` must be one of {METHODS}: 'simclr' (contrastive, any "
+            "backbone) or 'mae' (masked image modelling, vision "
+            f"transformers). Received: method={method!r}"
+        )
     _check_not_finished(run_dir)
     spec = get_backbone_spec(backbone)
+    if method == "mae":
+        masked_images.check_spec(spec)
+        masked_images.check_mask_ratio(mask_ratio)
     x = image_array(images, image_size, min_image_size=spec.min_image_size)
     size = x.shape[1]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-            or batch_size < 2:
-        raise ValueError(
-            "`batch_size` must be an integer of at least 2 (SimCLR contrasts "
-            f"the images of a batch). Received: batch_size={batch_size!r}"
+    if method == "mae":
+        masked_images.check_patch_grid(spec, size)
+    _check_batch(len(x), batch_size, method)
+    if augmentation is None:
+        augmentation = (
+            default_augmentation(size) if method == "simclr"
+            else [keras.layers.RandomFlip("horizontal")]
         )
-    if len(x) < batch_size:
-        raise ValueError(
-            f"Only {len(x)} unlabelled images for batch_size={batch_size}: "
-            "SimCLR needs at least one full batch of images to contrast. "
-            "Add images or lower batch_size. "
-            f"Received: {len(x)} images, batch_size={batch_size}"
-        )
-    layers = check_augmentation(
-        default_augmentation(size) if augmentation is None else augmentation,
-        size,
-    )
+    layers = check_augmentation(augmentation, size)
     probe_data = None
     if holdout is not None:
         if not (isinstance(holdout, tuple) and len(holdout) == 2):
@@ -290,30 +343,50 @@ def pretrain_images(
                 f"holdout images and labels differ in length: "
                 f"{len(probe_data[0])} images, {len(probe_data[1])} labels."
             )
-    # Drop the last partial batch: a batch of 1 has nothing to contrast.
+    # Drop the last partial batch: a batch of 1 has nothing to contrast
+    # (and equal batches keep one traced step).
     x = x[: len(x) - len(x) % batch_size]
     backbone_model, spec, info = build_backbone(
         spec, weights=weights, image_size=size
     )
-    model = ContrastivePretrainer(
-        backbone_model, layers, scale=spec.scale, offset=spec.offset,
-        name=f"{spec.name}_simclr",
-    )
+    if method == "mae":
+        masked_images.split_backbone(backbone_model, spec.blocks)
+        model = masked_images.MaskedImagePretrainer(
+            backbone_model, size, spec.patch_size,
+            num_prefix_tokens=info.get("prefix_tokens", 0),
+            mask_ratio=mask_ratio, augmentation=layers, scale=spec.scale,
+            offset=spec.offset, name=f"{spec.name}_mae",
+        )
+    else:
+        model = ContrastivePretrainer(
+            backbone_model, layers, scale=spec.scale, offset=spec.offset,
+            num_prefix_tokens=info.get("prefix_tokens", 0),
+            name=f"{spec.name}_simclr",
+        )
     model(x[:2])  # build every layer before fit_recipe counts the weights
     model.transfer_metadata = {
         "backbone": spec.name,
         "backbone_source": spec.source,
         "image_size": size,
-        "task": "simclr",
+        "task": method,
         "weights": info,
         "unlabelled_images": int(len(x)),
     }
+    logs = os.path.join(run_dir, "logs")
     callbacks = []
     if probe_data is not None:
-        probe = RepresentationProbe(probe_data, os.path.join(run_dir, "logs"))
+        probe = RepresentationProbe(probe_data, logs)
         callbacks.append(probe)
-    stage = Stage("simclr", epochs, learning_rate, trainable_blocks="all",
-                  train_batchnorm=True, schedule="cosine")
+    if method == "mae":
+        shown = probe_data[0] if probe_data is not None else x
+        callbacks.append(ReconstructionLogger(shown[:_SHOWN_IMAGES], logs))
+        stage = Stage("mae", epochs, learning_rate, trainable_blocks="all",
+                      train_batchnorm=True, schedule="cosine",
+                      optimizer="adamw", weight_decay=0.05, monitor="loss")
+    else:
+        stage = Stage("simclr", epochs, learning_rate,
+                      trainable_blocks="all", train_batchnorm=True,
+                      schedule="cosine")
     histories = fit_recipe(
         model, [stage], x, run_dir=run_dir, batch_size=batch_size,
         callbacks=callbacks,

@@ -343,7 +343,9 @@ def logged_metrics(model, stage):
     if _model_info.is_masked_lm(model):
         return ["loss", "accuracy"]
     if getattr(model, "self_supervised", False):
-        return ["loss", "accuracy"]  # contrastive loss, pretext accuracy
+        # Contrastive loss and pretext accuracy, unless the model says
+        # (masked image models log their reconstruction loss only).
+        return list(getattr(model, "pretext_metrics", ("loss", "accuracy")))
     if task == "regression":
         return ["loss", "mae", "rmse"]
     if task == "multilabel":
