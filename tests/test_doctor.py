@@ -196,6 +196,39 @@ def test_embeddings_are_cached_by_content(tmp_path):
     assert first.embeddings.shape == (15, 16)
 
 
+def test_an_interrupted_embedding_keeps_what_it_saved(tmp_path,
+                                                     monkeypatch):
+    data = write_folder(str(tmp_path / "data"), num_per_class=5)
+    cache = str(tmp_path / "cache")
+    extractor = embeddings.feature_extractor("tiny_cnn",
+                                             allow_random_weights=True)
+    paths = sorted(os.path.join(data, c, n) for c in CLASSES
+                   for n in os.listdir(os.path.join(data, c)))
+    monkeypatch.setattr(embeddings, "SAVE_EVERY", 4)
+    calls = []
+    real_predict = embeddings._backend.predict_on_batch
+
+    def failing_predict(model, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stopped during the third batch
+        return real_predict(model, images)
+
+    monkeypatch.setattr(embeddings._backend, "predict_on_batch",
+                        failing_predict)
+    with pytest.raises(KeyboardInterrupt):
+        embeddings.embed_files(
+            paths, extractor, embeddings.EmbeddingCache(cache, extractor.key),
+            batch_size=4, verbose=0)
+    monkeypatch.setattr(embeddings._backend, "predict_on_batch", real_predict)
+    again = embeddings.embed_files(
+        paths, extractor, embeddings.EmbeddingCache(cache, extractor.key),
+        batch_size=4, verbose=0)
+    # The two finished batches were saved; the rest are embedded now.
+    assert again.cached == 8
+    assert all(reason is None for reason in again.reasons)
+
+
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("counts, needle", [
     ({"ant": 10}, "one class"),

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 # Thumbnails kept with each embedding: the projector's sprite, 32 pixels.
 THUMBNAIL_SIZE = 32
 _CACHE_VERSION = 1
+# New embeddings written to the cache file every this many, so that an
+# interrupted run over a large folder resumes where it stopped.
+SAVE_EVERY = 2048
 
 
 @dataclasses.dataclass
@@ -188,8 +191,10 @@ class EmbeddingCache:
         self.added += 1
 
     def save(self):
+        """Writes the entries added since the last save (none: nothing)."""
         if self.path is None or not self.added:
             return
+        self.added = 0
         digests = sorted(self.entries)
         buffer = io.BytesIO()
         np.savez(
@@ -276,6 +281,8 @@ def embed_files(paths, extractor, cache, *, batch_size=32, verbose=1):
                 cache.put(by_path[path], vector, _thumbnail(image))
         done += len(batch_paths)
         progress.update(done)
+        if cache.added >= SAVE_EVERY:
+            cache.save()  # an interrupted run keeps what it embedded
     cache.save()
     dimension = next((entry[0].shape[-1] for entry in cache.entries.values()),
                      0)
