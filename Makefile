@@ -12,6 +12,9 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
+# Suites run at once by `make test` (tests/run_backends.py): a pytest process
+# keeps about one core busy, so two lanes on two cores; 1 runs them in turn.
+TEST_JOBS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test test-browser install weights data browser lint lint-imports doctest clean
@@ -73,15 +76,7 @@ demo: install data weights
 # TRANSFER_TEST_SHARED_DIR lets the three runs share session fixtures that
 # are the same for all of them (the portability test's saved models).
 test: install data browser lint-imports
-	@status=0; shared=$$(mktemp -d); trap 'rm -rf "$$shared"' EXIT; \
-	for backend in $(BACKENDS); do \
-	  echo "=== KERAS_BACKEND=$$backend"; start=$$(date +%s); \
-	  TRANSFER_TEST_SHARED_DIR=$$shared KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests || status=1; \
-	  echo "=== KERAS_BACKEND=$$backend took $$(( $$(date +%s) - start )) s (load average: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
-	done; \
-	echo "=== doctests (KERAS_BACKEND=tensorflow)"; \
-	KERAS_BACKEND=tensorflow PYTHONPATH=tests $(PY) -m pytest -q -p no:cacheprovider -p transfer_doctests --doctest-modules transfer || status=1; \
-	exit $$status
+	$(PY) tests/run_backends.py --backends "$(BACKENDS)" --jobs $(TEST_JOBS) -- $(PYTEST_ARGS)
 
 # The layer contract in pyproject.toml ([tool.importlinter]).
 lint-imports: install

@@ -8,6 +8,7 @@ pairs. (Under `make test` the three runs share the saved models.)
 Covers: transfer.saving across backends.
 """
 
+import fcntl
 import json
 import os
 import pathlib
@@ -54,6 +55,16 @@ def saved(tmp_path_factory):
         root = pathlib.Path(shared) / "portability"
     else:
         root = tmp_path_factory.mktemp("saved")
+    root.mkdir(parents=True, exist_ok=True)
+    # `make test` runs suites in parallel (tests/run_backends.py): the
+    # first to get here saves the models, the others wait for it.
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _save_missing(root)
+    return {backend: root / backend for backend in BACKENDS}
+
+
+def _save_missing(root):
     processes = {}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     for backend in BACKENDS:
@@ -69,7 +80,6 @@ def saved(tmp_path_factory):
     for backend, process in processes.items():
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, f"saving on {backend}: {stderr[-3000:]}"
-    return {backend: root / backend for backend in BACKENDS}
 
 
 def _optimizer_module(path):

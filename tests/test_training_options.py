@@ -335,5 +335,11 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
     assert (manifest["compilation_cache"] is None) == (
         BACKEND != "jax"
         or os.environ.get("TRANSFER_COMPILATION_CACHE") == "0")
+    # Keras's torch convolutions on channels-last views (transfer._torch_layout).
+    if BACKEND == "torch":
+        assert manifest["torch_layout"]["channels_last_views"] is (
+            os.environ.get("TRANSFER_TORCH_CHANNELS_LAST_VIEWS") != "0")
+    else:
+        assert manifest["torch_layout"] is None
     if _backend.accelerator() == "cpu":
         assert expected == (BACKEND == "jax")

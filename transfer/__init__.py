@@ -25,8 +25,11 @@ if _startup.defer_library():
 
 else:
     # On JAX: the persistent compilation cache in the user cache directory
-    # (off with TRANSFER_COMPILATION_CACHE=0; see `_backend`).
+    # (off with TRANSFER_COMPILATION_CACHE=0; see `_backend`). On torch:
+    # convolutions on channels-last views (off with
+    # TRANSFER_TORCH_CHANNELS_LAST_VIEWS=0; see `_torch_layout`).
     from transfer import _backend
+    from transfer import _torch_layout
     from transfer import backbones
     from transfer import calibration
     from transfer import callbacks
@@ -91,6 +94,7 @@ else:
     from transfer.weights.download import WeightsUnavailableError
 
     _backend.configure_compilation_cache()
+    _torch_layout.automatic()
 
 __all__ = [
     "BackboneSpec",

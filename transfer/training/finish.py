@@ -7,6 +7,7 @@ import os
 from transfer import _backend
 from transfer import _io
 from transfer import _model_info
+from transfer import _torch_layout
 from transfer import calibration
 from transfer.models import tasks
 from transfer.reporting.report import write_report
@@ -45,6 +46,7 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
         "hparams": hparams,
         "jit_compile": context.jit_compile,
         "compilation_cache": _backend.compilation_cache(),
+        "torch_layout": _torch_layout.state(),
     }
     if context.preflight is not None:
         manifest["data"] = context.preflight.to_dict()
