@@ -1,8 +1,8 @@
 """One backend's share of `benchmarks/run.py --device gpu`; run by it in a
 subprocess.
 
-    KERAS_BACKEND=jax python benchmarks/gpu_worker.py check config.json out.json
-    KERAS_BACKEND=jax python benchmarks/gpu_worker.py fine_tune config.json out.json
+    KERAS_BACKEND=jax python benchmarks/gpu_worker.py check in.json out.json
+    KERAS_BACKEND=jax python benchmarks/gpu_worker.py fine_tune in.json out.json
 
 `check`: what the backend computes on, its framework versions and, where it
 sees no GPU, what is missing (a CPU-only build, or a CUDA build that lists

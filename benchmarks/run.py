@@ -233,8 +233,8 @@ def main(argv=None):
     parser.add_argument("--output",
                         help="JSON file; the table goes beside it as .md. "
                         "Defaults to benchmarks/results/benchmark.json "
-                        "(benchmark_gpu.json with --device gpu, benchmark_smoke.json "
-                        "with --smoke)")
+                        "(benchmark_gpu.json with --device gpu, "
+                        "benchmark_smoke.json with --smoke)")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--peer-venv", default=DEFAULT_PEER_VENV)
     parser.add_argument("--skip-peer", action="store_true")
