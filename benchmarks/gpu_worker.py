@@ -24,8 +24,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+import keras_worker  # noqa: E402  (EpochTimer, compile_model, forward_flops)
 import numpy as np  # noqa: E402
 
+import transfer  # noqa: E402
 from transfer import _backend  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -76,10 +78,6 @@ def check(config, output_path):
 
 def _row(config, x, y, precision, jit_compile):
     """One fine-tune throughput measurement, as a JSON-ready dict."""
-    import keras_worker  # EpochTimer, compile_model, forward_flops
-
-    import transfer
-
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
     model = transfer.build_classifier(

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,16 +81,27 @@ def _run(command, env=None, timeout=3600):
     """(exit status, seconds, last line of stderr) of `command`; status 124
     when it ran past `timeout` seconds."""
     started = time.perf_counter()
-    try:
-        done = subprocess.run(command, env=env, cwd=ROOT, timeout=timeout,
-                              capture_output=True, text=True)
-    except subprocess.TimeoutExpired:
-        return (124, time.perf_counter() - started,
-                f"stopped at its time limit ({timeout:.0f} s)")
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-    lines = done.stderr.strip().splitlines()
-    return (done.returncode, time.perf_counter() - started,
+    # Its own process group, so that a time limit also ends what it started
+    # (torch.compile's compiler workers).
+    with subprocess.Popen(command, env=env, cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt) as error:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it had just ended
+                pass
+            process.communicate()
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            return (124, time.perf_counter() - started,
+                    f"stopped at its time limit ({timeout:.0f} s)")
+    if process.returncode != 0:
+        sys.stderr.write(stdout[-3000:] + stderr[-3000:])
+    lines = stderr.strip().splitlines()
+    return (process.returncode, time.perf_counter() - started,
             lines[-1] if lines else "")
 
 

@@ -81,7 +81,7 @@ def _worker(part, backend, config, timeout):
 
 def check_backends(backends, timeout):
     """`gpu_worker.py check` on every backend at once."""
-    with concurrent.futures.ThreadPoolExecutor(len(backends)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(backends))) as pool:
         futures = {b: pool.submit(_worker, "check", b, {}, timeout)
                    for b in backends}
         return {b: future.result() for b, future in futures.items()}
@@ -163,9 +163,13 @@ def markdown(report):
         lines.append("| " + " | ".join(
             "-" if row[c] is None else str(row[c]) for c in columns) + " |")
     peak, config = report.get("peak", {}), report["config"]
+    gpus = report["machine"]["gpu"]
+    if isinstance(gpus, list):
+        gpus = "; ".join(f"{g.get('name')} ({g.get('memory')}, driver "
+                         f"{g.get('driver')})" for g in gpus)
     lines += [
         "",
-        f"Device: {report['device']}; GPU: {report['machine']['gpu']}. "
+        f"Device: {report['device']}; GPU: {gpus}. "
         f"EfficientNet-Lite0 (random init), {config['image_size']} px, batch "
         f"{config['batch_size']}. Peak matmul (torch, "
         f"{peak.get('matmul_size')}^2): {peak.get('peak_gflops_fp32')} "
@@ -174,6 +178,11 @@ def markdown(report):
         "without a GPU) for float32 rows, bf16 for bfloat16 rows.",
         f"Load average {report['loadavg_start']} at start, "
         f"{report.get('loadavg_end')} at end; {report.get('seconds')} s.",
+        "Versions: " + "; ".join(
+            f"{backend}: " + ", ".join(
+                f"{name} {version}"
+                for name, version in check.get("versions", {}).items())
+            for backend, check in report.get("checks", {}).items()),
     ]
     lines += [f"Skipped: {why}" for why in report["skipped"]]
     lines += [f"Error: {why}" for why in report["errors"]]
