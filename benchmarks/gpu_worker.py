@@ -16,6 +16,7 @@ soon as it is measured; a row that would not end before `config["deadline"]`
 (a Unix time) is skipped, and the output says so.
 """
 
+import importlib.metadata
 import json
 import os
 import sys
@@ -41,12 +42,16 @@ def missing_gpu():
     if backend == "tensorflow":
         import tensorflow as tf
 
-        if not tf.test.is_built_with_cuda():
-            return (f"tensorflow {tf.__version__} is a CPU-only build: "
-                    "install a CUDA build (pip install 'tensorflow[and-cuda]')")
-        return (f"tensorflow {tf.__version__} is built with CUDA but "
-                "tf.config.list_physical_devices('GPU') is empty: check the "
-                "driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
+        # `tf.test.is_built_with_cuda()` says True for tensorflow-cpu too.
+        try:
+            cpu = importlib.metadata.version("tensorflow-cpu")
+            cpu = f"; the package tensorflow-cpu {cpu} is installed"
+        except importlib.metadata.PackageNotFoundError:
+            cpu = ""
+        return (f"tensorflow {tf.__version__} lists no GPU "
+                f"(tf.config.list_physical_devices('GPU') is empty{cpu}): "
+                "install its CUDA build (pip install 'tensorflow[and-cuda]'), "
+                "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
     if backend == "jax":
         import jax
 
