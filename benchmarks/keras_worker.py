@@ -80,7 +80,7 @@ def forward_flops(model):
     return int(total)
 
 
-def _compile(model, jit_compile="auto", learning_rate=1e-4):
+def compile_model(model, jit_compile="auto", learning_rate=1e-4):
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -108,7 +108,7 @@ def time_to_first_step(config):
     )
     built = time.perf_counter()
     transfer.set_trainable_blocks(model, "all")
-    _compile(model)
+    compile_model(model)
     x = np.random.default_rng(0).uniform(
         0, 255, (config["batch_size"], *model.input_shape[1:])
     ).astype("float32")
@@ -139,7 +139,7 @@ def head_stage(config, work_dir):
     warm = transfer.build_classifier("efficientnet_lite0", 10, image_size=size)
     cached.set_weights(naive.get_weights())
     warm.set_weights(naive.get_weights())
-    _compile(naive, learning_rate=1e-3)  # as the stage below
+    compile_model(naive, learning_rate=1e-3)  # as the stage below
     started = time.perf_counter()
     naive.fit(x, y, batch_size=config["batch_size"], epochs=epochs,
               shuffle=True, verbose=0)
@@ -202,7 +202,7 @@ def _hand_written(config, x, y, variant):
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
         model = _fine_tune_model(config)
-        _compile(model, jit_compile=variant == "xla")
+        compile_model(model, jit_compile=variant == "xla")
         timer = EpochTimer()
         if variant == "tf_data":
             import tensorflow as tf

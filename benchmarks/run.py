@@ -20,12 +20,18 @@ plus the speed switches (bf16, `tf.data`, XLA) on the hand-written loop.
 
 Absolute times drift on shared machines: compare the ratios, which come
 from one run, and mind the load average recorded in the JSON.
+
+`--device gpu` runs the GPU benchmark instead (`benchmarks/run_gpu.py`:
+fine-tune img/s per backend in float32 and mixed bfloat16 against PyTorch
+eager and `torch.compile`, model FLOP utilisation, inside `--budget-s`);
+`--smoke` runs it at tiny sizes, on the CPU with `--device cpu`.
 """
 
 import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,28 +78,48 @@ def _loadavg():
 
 
 def _run(command, env=None, timeout=3600):
+    """(exit status, seconds, last line of stderr) of `command`; status 124
+    when it ran past `timeout` seconds."""
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=ROOT, timeout=timeout,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-    return done.returncode, time.perf_counter() - started
+    # Its own process group, so that a time limit also ends what it started
+    # (torch.compile's compiler workers).
+    with subprocess.Popen(command, env=env, cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt) as error:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it had just ended
+                pass
+            process.communicate()
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            return (124, time.perf_counter() - started,
+                    f"stopped at its time limit ({timeout:.0f} s)")
+    if process.returncode != 0:
+        sys.stderr.write(stdout[-3000:] + stderr[-3000:])
+    lines = stderr.strip().splitlines()
+    return (process.returncode, time.perf_counter() - started,
+            lines[-1] if lines else "")
 
 
-def _json_step(command, config, env=None):
+def _json_step(command, config, env=None, timeout=3600):
     """Runs a worker that reads a config file and writes a JSON file."""
     with tempfile.TemporaryDirectory() as tmp:
         config_path = os.path.join(tmp, "config.json")
         output_path = os.path.join(tmp, "out.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
-        code, seconds = _run(command + [config_path, output_path], env=env)
+        code, seconds, message = _run(
+            command + [config_path, output_path], env=env, timeout=timeout)
         result = {}
         if os.path.exists(output_path):
             with open(output_path) as f:
                 result = json.load(f)
         if code != 0:
-            result["error"] = f"exit status {code}"
+            result["error"] = f"exit status {code}: {message}"
         result["seconds"] = round(seconds, 1)
         return result
 
@@ -110,7 +136,7 @@ def ensure_peer_venv(path):
     for command in ([sys.executable, "-m", "venv", path],
                     pip + list(PEER_PACKAGES),
                     [python, "-c", "import torch, torchvision"]):
-        code, _ = _run(command, timeout=1800)
+        code, _, _ = _run(command, timeout=1800)
         if code != 0:
             raise RuntimeError(
                 f"Could not set up the PyTorch peer ({' '.join(command)}). "
@@ -199,6 +225,13 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
+def backend_env(backend):
+    """The environment of a worker subprocess on Keras backend `backend`."""
+    return dict(os.environ, KERAS_BACKEND=backend,
+                PYTHONPATH=os.pathsep.join(
+                    [ROOT, os.environ.get("PYTHONPATH", "")]))
+
+
 def _write(path, report):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -210,17 +243,32 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: a few minutes in all")
     parser.add_argument("--output",
-                        default=os.path.join("benchmarks", "results",
-                                             "benchmark.json"),
-                        help="JSON file; the table goes beside it as .md")
+                        help="JSON file; the table goes beside it as .md. "
+                        "Defaults to benchmarks/results/benchmark.json "
+                        "(benchmark_gpu.json with --device gpu, "
+                        "benchmark_smoke.json with --smoke)")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--peer-venv", default=DEFAULT_PEER_VENV)
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: the GPU benchmark (benchmarks/run_gpu.py)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the GPU benchmark at tiny sizes, on --device "
+                        "(cpu: no GPU needed), to try every code path")
+    parser.add_argument("--budget-s", type=float, default=480,
+                        help="GPU benchmark: seconds it may take; what does "
+                        "not fit is skipped and the JSON says so")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; choose from {BACKENDS}")
+    if args.device == "gpu" or args.smoke:
+        import run_gpu  # benchmarks/run_gpu.py, beside this script
+
+        return run_gpu.main(args, backends)
+    args.output = args.output or os.path.join("benchmarks", "results",
+                                              "benchmark.json")
     config = dict(QUICK if args.quick else FULL)
     config["switches"] = SWITCHES
     config["parts"] = ["first_step", "head_stage", "fine_tune"]
@@ -244,12 +292,9 @@ def main(argv=None):
     report["backends"] = {}
     for backend in backends:
         print(f"Keras on {backend} ...", flush=True)
-        env = dict(os.environ, KERAS_BACKEND=backend,
-                   PYTHONPATH=os.pathsep.join(
-                       [ROOT, os.environ.get("PYTHONPATH", "")]))
         result = _json_step(
             [sys.executable, os.path.join(HERE, "keras_worker.py")],
-            config, env=env)
+            config, env=backend_env(backend))
         result["summary"] = summarize(backend, result, report["peak"], peer)
         report["backends"][backend] = result
         _write(args.output, report)  # partial results survive a crash

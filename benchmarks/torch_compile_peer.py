@@ -101,6 +101,7 @@ def main(argv=None):
                         help="torch.compile settings to run: false,true")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
+    _check(args.device)
     report = {"loadavg_before": _loadavg(), "results": [],
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for precision in args.precisions.split(","):
@@ -108,13 +109,35 @@ def main(argv=None):
             result = measure(args, precision, compiled.strip() == "true")
             print(json.dumps(result), flush=True)
             report["results"].append(result)
+            _write(args.output, report)  # partial results survive a kill
     report["loadavg_after"] = _loadavg()
+    print(_write(args.output, report))
+
+
+def _check(device):
+    """Fails at once, saying what is missing, before any model is built."""
+    try:
+        import timm  # noqa: F401
+        import torch
+    except ImportError as error:
+        raise SystemExit(
+            f"torch_compile_peer.py needs torch and timm ({error}): "
+            "pip install 'keras-transfer[bench]' (timm==1.0.31)") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {device}: torch {torch.__version__} sees no GPU ("
+            + ("a CPU-only build" if torch.version.cuda is None else
+               "torch.cuda.is_available() is False: check the driver")
+            + ")")
+
+
+def _write(path, report):
     text = json.dumps(report, indent=1)
-    if args.output:
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output, "w") as f:
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
             f.write(text + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@
 
 `peak`: fp32 and bf16 matrix multiply GFLOP/s with PyTorch's CPU kernels
 (oneDNN; bf16 runs on AVX512-BF16 or AMX where the CPU has them), the best
-of several repeats. `peer`: full fine-tune throughput of torchvision's
-MobileNetV3Small (random init), a hand-written training loop with Adam, in
-`train()` mode, on in-memory tensors, in the default memory format and in
-channels-last; same image size, batch and thread count as the Keras side.
+of several repeats; on the GPU, plus TF32, with `"device": "cuda"` in the
+config (`run.py --device gpu`). `peer`: full fine-tune throughput of
+torchvision's MobileNetV3Small (random init), a hand-written training
+loop with Adam, in `train()` mode, on in-memory tensors, in the default
+memory format and in channels-last; same image size, batch and thread
+count as the Keras side.
 Needs only torch (and torchvision for `peer`), no Keras.
 """
 
@@ -21,22 +23,42 @@ import torch
 
 def peak(config):
     n = config["matmul_size"]
+    device = torch.device(config.get("device", "cpu"))
     result = {"threads": torch.get_num_threads(), "matmul_size": n,
-              "torch": torch.__version__}
-    for dtype in ("float32", "bfloat16"):
-        a = torch.randn(n, n).to(getattr(torch, dtype))
-        b = torch.randn(n, n).to(getattr(torch, dtype))
+              "torch": torch.__version__, "device": str(device)}
+    # On a GPU, float32 also runs as TF32 on the tensor cores (what
+    # TensorFlow, JAX and torch's cuDNN convolutions do by default).
+    kinds = [("fp32", torch.float32, False), ("bf16", torch.bfloat16, False)]
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        result.update(gpu=properties.name,
+                      compute_capability=f"{properties.major}."
+                                         f"{properties.minor}",
+                      gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+                      cuda=torch.version.cuda)
+        kinds.append(("tf32", torch.float32, True))
+    for name, dtype, tf32 in kinds:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
         torch.mm(a, b)  # warm-up
         best = None
         for _ in range(config["matmul_repeats"]):
+            _synchronize(device)
             started = time.perf_counter()
             for _ in range(4):
                 torch.mm(a, b)
+            _synchronize(device)
             seconds = (time.perf_counter() - started) / 4
             best = seconds if best is None else min(best, seconds)
-        result[f"peak_gflops_{'fp32' if dtype == 'float32' else 'bf16'}"] = (
-            round(2 * n**3 / best / 1e9, 1))
+        result[f"peak_gflops_{name}"] = round(2 * n**3 / best / 1e9, 1)
     return result
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _throughput(config, channels_last):
