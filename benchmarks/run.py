@@ -40,13 +40,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BACKENDS = ("tensorflow", "jax", "torch")
-# The Linux torch 2.14.1 wheel is a CUDA build: it does not import without
-# its CUDA libraries (libcudnn.so.9 ...), even on a CPU, so they come too
-# (a few GB, once).
-PEER_PACKAGES = ("torch==2.14.1", "torchvision==0.29.1")
+# The peer runs the torch Keras runs on (2.13.0, the CPU wheel `make install`
+# pins), so both sides call the same kernels. torchvision 0.28.0 (its
+# release for torch 2.13) comes without its dependencies (it would pull
+# torch's CUDA build); its Linux wheel is built for CUDA, and beside a CPU
+# torch only its C operators (nms ...) fail to load, which the model code
+# does not use (`torch_peer.import_torchvision`).
+PEER_PACKAGES = ("torch==2.13.0",)
+PEER_NO_DEPS = ("torchvision==0.28.0", "numpy")
 DEFAULT_PEER_VENV = os.path.join(
     os.path.expanduser("~"), ".cache", "keras-transfer", "bench",
-    "torch-2.14.1")
+    "torch-2.13.0")
 
 QUICK = {
     "head_image_size": 96, "head_epochs": 5, "labels_per_class": 30,
@@ -135,15 +139,17 @@ def ensure_peer_venv(path):
            "--disable-pip-version-check"]
     for command in ([sys.executable, "-m", "venv", path],
                     pip + list(PEER_PACKAGES),
-                    [python, "-c", "import torch, torchvision"]):
+                    pip + ["--no-deps", *PEER_NO_DEPS],
+                    [python, os.path.join(HERE, "torch_peer.py"), "check"]):
         code, _, _ = _run(command, timeout=1800)
         if code != 0:
             raise RuntimeError(
                 f"Could not set up the PyTorch peer ({' '.join(command)}). "
-                "Make torch==2.14.1 and torchvision==0.29.1 installable (pip "
-                "index or --find-links), or pass --skip-peer.")
+                f"Make {' and '.join(PEER_PACKAGES + PEER_NO_DEPS)} "
+                "installable (pip index or --find-links), or pass "
+                "--skip-peer.")
     with open(stamp, "w") as f:
-        f.write(" ".join(PEER_PACKAGES) + "\n")
+        f.write(" ".join(PEER_PACKAGES + PEER_NO_DEPS) + "\n")
     return python
 
 

@@ -124,18 +124,9 @@ def keras_mode(args):
 
 def _native_model(channels_last):
     import torch
-    try:
-        import torchvision
-    except RuntimeError:
-        # torchvision's CUDA wheel does not load its C operators (nms ...)
-        # beside a CPU torch; the model code does not need them.
-        import types
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType(
-            "torchvision._meta_registrations")
-        for name in [m for m in sys.modules if m.startswith("torchvision")
-                     and m != "torchvision._meta_registrations"]:
-            del sys.modules[name]
-        import torchvision
+    from torch_peer import import_torchvision
+
+    torchvision = import_torchvision()
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10)
     if channels_last:
