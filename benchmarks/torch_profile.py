@@ -110,6 +110,11 @@ def keras_mode(args):
             result["variants"].setdefault(variant, []).append(
                 throughput(variant))
     if args.profile:
+        # As `transfer` trains: channels-last views on (transfer._torch_layout).
+        from transfer import _torch_layout
+
+        _torch_layout.use_channels_last_views(True)
+        result["profiled_variant"] = "channels_last_views"
         model = build("default")
         model.fit(x[:2 * batch], y[:2 * batch], batch_size=batch, verbose=0)
         n = min(steps, 4)
