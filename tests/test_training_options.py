@@ -341,5 +341,11 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
             os.environ.get("TRANSFER_TORCH_CHANNELS_LAST_VIEWS") != "0")
     else:
         assert manifest["torch_layout"] is None
+    # And JAX's depthwise convolutions as shifted sums (_jax_convolutions).
+    if BACKEND == "jax":
+        assert manifest["jax_convolutions"]["shifted_sum_depthwise"] is (
+            os.environ.get("TRANSFER_JAX_FAST_CONVOLUTIONS") != "0")
+    else:
+        assert manifest["jax_convolutions"] is None
     if _backend.accelerator() == "cpu":
         assert expected == (BACKEND == "jax")

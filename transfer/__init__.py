@@ -27,8 +27,11 @@ else:
     # On JAX: the persistent compilation cache in the user cache directory
     # (off with TRANSFER_COMPILATION_CACHE=0; see `_backend`). On torch:
     # convolutions on channels-last views (off with
-    # TRANSFER_TORCH_CHANNELS_LAST_VIEWS=0; see `_torch_layout`).
+    # TRANSFER_TORCH_CHANNELS_LAST_VIEWS=0; see `_torch_layout`). On JAX:
+    # depthwise convolutions as shifted sums (off with
+    # TRANSFER_JAX_FAST_CONVOLUTIONS=0; see `_jax_convolutions`).
     from transfer import _backend
+    from transfer import _jax_convolutions
     from transfer import _torch_layout
     from transfer import backbones
     from transfer import calibration
@@ -95,6 +98,7 @@ else:
 
     _backend.configure_compilation_cache()
     _torch_layout.automatic()
+    _jax_convolutions.automatic()
 
 __all__ = [
     "BackboneSpec",

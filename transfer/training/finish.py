@@ -6,6 +6,7 @@ import os
 
 from transfer import _backend
 from transfer import _io
+from transfer import _jax_convolutions
 from transfer import _model_info
 from transfer import _torch_layout
 from transfer import calibration
@@ -47,6 +48,7 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
         "jit_compile": context.jit_compile,
         "compilation_cache": _backend.compilation_cache(),
         "torch_layout": _torch_layout.state(),
+        "jax_convolutions": _jax_convolutions.state(),
     }
     if context.preflight is not None:
         manifest["data"] = context.preflight.to_dict()
