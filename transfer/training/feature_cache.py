@@ -11,7 +11,11 @@ model *shares* its layers with the classifier, so the classifier holds the
 trained head weights at every moment, and the head model is compiled with
 the classifier's own optimizer: `StageBackup`, the checkpoint, TensorBoard
 and every other callback see the classifier and its optimizer, as in the
-naive loop, and resume works unchanged.
+naive loop, and resume works unchanged. As only the head's weights change,
+the stage's epoch backups hold those alone, over one file of the whole
+model (`CachedHeadFit.head_weight_positions`,
+`transfer.training.stage_state.StageState.back_up_only`; the manifest
+record says `backups`).
 
 Random augmentation must see new draws every epoch, so a stage falls back
 to the naive loop when the training data or the model applies it:
