@@ -155,7 +155,7 @@ class StageState:
         self._prune(best)
         return True
 
-    def back_up_only(self, model, weights, first_epoch):
+    def back_up_only(self, model, weights, first_epoch, *, source=None):
         """From now on, backs up only the weights at positions `weights` of
         `model.weights` (and the optimizer) at every epoch end: the rest
         must not change (a head-only stage on cached features, where the
@@ -165,14 +165,27 @@ class StageState:
         written to `best.npz` once, when the stage ends (see
         `transfer.training.best_weights`).
 
+        Args:
+            model: the model.
+            weights: positions in `model.weights` of the weights that
+                change.
+            first_epoch: the first epoch of the `fit` about to run.
+            source: a `write_checkpoint` file (without optimizer) that
+                holds the model's weights now, such as `initial.npz` at the
+                start of the first stage: the base is a hard link to it
+                (written only where the file system has none). Defaults to
+                `None`.
+
         Returns:
             Whether it applies: `False` when the model's weights are not
             finite (every backup then stays whole).
         """
         name = f"base-{first_epoch:04d}.npz"
+        path = os.path.join(self.directory, name)
         os.makedirs(self.directory, exist_ok=True)
-        digest = write_checkpoint(
-            os.path.join(self.directory, name), model, optimizer=False)
+        digest = None if source is None else _linked(source, path)
+        if digest is None:
+            digest = write_checkpoint(path, model, optimizer=False)
         if digest is None:
             self.partial = None
             return False
@@ -265,6 +278,25 @@ class StageState:
     @property
     def record(self):
         return self.state["record"]
+
+
+def _linked(source, path):
+    """Makes `path` a hard link to `source`, atomically; its sha256, or
+    `None` when that fails (no such file, no hard links)."""
+    tmp = os.path.join(os.path.dirname(path),
+                       f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+        return sha256_file(path)
+    except OSError as e:
+        logger.debug("Cannot link '%s' to '%s' (%s); writing it.", path,
+                     source, e)
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        return None
 
 
 class StageBackup(keras.callbacks.Callback):

@@ -256,9 +256,14 @@ def _fit(context, stage, state, callbacks, epochs, data):
                 verbose=context.verbose,
             )
             record.update(cached.to_dict())
+            # The first stage's first epoch starts from the run's
+            # initial weights (a fresh run, or one killed before any backup).
+            start = (context.run.initial_path
+                     if state.index == 0 and first == 0 else None)
             record["backups"] = (
                 "head only" if state.back_up_only(
-                    model, cached.head_weight_positions(), first)
+                    model, cached.head_weight_positions(), first,
+                    source=start)
                 else "whole model")
             cached.fit(initial_epoch=first, epochs=end,
                        callbacks=callbacks, verbose=context.verbose)
