@@ -14,6 +14,7 @@ import transfer
 from transfer.training import best_weights
 from transfer.training import feature_cache
 from transfer.training import feature_store
+from transfer.training import resume
 
 RECIPE = (("head", 3, 1e-2, 0), ("top", 1, 5e-3, 1))
 
@@ -331,6 +332,51 @@ def test_disk_cache_with_tf_data(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(feature_cache, "_features", _no_features)
     again = _head_run(second, shuffled, tmp_path / "b", cache)
     assert again["disk"] == "hit" and again["key"] == record["key"]
+
+
+def test_head_only_backups_restore_and_give_the_best(tmp_path, tiny_model):
+    # A killed head-only stage: two epoch backups of the head over one base,
+    # the best recorded but not yet written to best.npz.
+    model = tiny_model
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    head = model.get_layer("predictions").weights
+    positions = [i for i, w in enumerate(model.weights)
+                 if any(w is h for h in head)]
+    state = resume.StageState(str(tmp_path / "head"), "run", 0, "head")
+    best = best_weights.RunBest(str(tmp_path), "accuracy", "max")
+    assert state.back_up_only(model, positions, 0)
+    expected = {}
+    for epoch, accuracy in ((0, 0.9), (1, 0.5)):
+        for weight in head:
+            weight.assign(np.full(weight.shape, epoch + 1.0, "float32"))
+        assert state.record_epoch(model, epoch, {"accuracy": accuracy}, 0.1,
+                                  best=best)
+        expected[epoch] = model.get_weights()
+    assert best.record["sha256"] is None and best.record["epoch"] == 0
+    assert not os.path.exists(best.path)
+    assert sorted(os.listdir(tmp_path / "head")) == [
+        "base-0000.npz", "epoch-0000.npz", "epoch-0001.npz", "state.json"]
+    # Resumed: the latest backup (head over base), then best.npz from the
+    # recorded best epoch's backup and the base.
+    fresh = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    again = resume.StageState(str(tmp_path / "head"), "run", 0, "head")
+    assert again.restore(fresh) == 1
+    for got, want in zip(fresh.get_weights(), expected[1], strict=True):
+        np.testing.assert_array_equal(got, want)
+    resumed = best_weights.RunBest(
+        str(tmp_path), "accuracy", "max",
+        record=best_weights.latest_record([again]))
+    assert resumed.verify() and resumed.record["sha256"] is not None
+    with np.load(resumed.path) as arrays:
+        saved = [arrays[k] for k in sorted(arrays.files)]
+    for got, want in zip(saved, expected[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+    # A changed base makes its backups unusable: nothing is restored.
+    base = tmp_path / "head" / "base-0000.npz"
+    base.write_bytes(base.read_bytes()[:-8] + b"changed!")
+    assert again.restore(fresh) is None
 
 
 def test_feature_pass_runs_at_an_inference_batch(tiny_data, tiny_model):
