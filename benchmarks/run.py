@@ -40,6 +40,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BACKENDS = ("tensorflow", "jax", "torch")
+PARTS = ("first_step", "head_stage", "fine_tune")
 # The peer runs the torch Keras runs on (2.13.0, the CPU wheel `make install`
 # pins), so both sides call the same kernels. torchvision 0.28.0 (its
 # release for torch 2.13) comes without its dependencies (it would pull
@@ -168,6 +169,8 @@ def summarize(backend, result, peak, peer):
         "head_stage_speedup": head.get("head_stage_speedup"),
         "head_stage_speedup_warm": head.get("head_stage_speedup_warm"),
         "head_stage_accuracy_delta": head.get("head_stage_accuracy_delta"),
+        "feature_pass_fraction_of_inference": head.get(
+            "feature_pass_fraction_of_inference"),
         "fit_overhead_ratio": tune.get("fit_overhead_ratio"),
         "fit_overhead_s_per_epoch": tune.get("fit_overhead_s_per_epoch"),
         "vs_pytorch_ratio": ratio(ours, peer.get("images_per_s")),
@@ -192,6 +195,8 @@ def markdown(report):
          "head_stage_speedup_warm"),
         ("head stage: accuracy cached - naive (points)",
          "head_stage_accuracy_delta"),
+        ("head stage: feature pass / backbone inference img/s",
+         "feature_pass_fraction_of_inference"),
         ("fine-tune: transfer / hand-written img/s", "fit_overhead_ratio"),
         ("fine-tune: seconds fit_recipe adds per epoch",
          "fit_overhead_s_per_epoch"),
@@ -264,11 +269,17 @@ def main(argv=None):
     parser.add_argument("--budget-s", type=float, default=480,
                         help="GPU benchmark: seconds it may take; what does "
                         "not fit is skipped and the JSON says so")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="comma-separated parts of the Keras worker "
+                             f"to run, of {','.join(PARTS)}")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; choose from {BACKENDS}")
+    unknown = sorted(set(args.parts.split(",")) - set(PARTS) - {""})
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; choose from {PARTS}")
     if args.device == "gpu" or args.smoke:
         import run_gpu  # benchmarks/run_gpu.py, beside this script
 
@@ -277,7 +288,7 @@ def main(argv=None):
                                               "benchmark.json")
     config = dict(QUICK if args.quick else FULL)
     config["switches"] = SWITCHES
-    config["parts"] = ["first_step", "head_stage", "fine_tune"]
+    config["parts"] = [p for p in args.parts.split(",") if p]
     report = {
         "mode": "quick" if args.quick else "full",
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

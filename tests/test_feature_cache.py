@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import transfer
+from transfer.training import best_weights
 from transfer.training import feature_cache
 from transfer.training import feature_store
+from transfer.training import resume
 
 RECIPE = (("head", 3, 1e-2, 0), ("top", 1, 5e-3, 1))
 
@@ -82,6 +84,28 @@ def test_cached_equals_naive_and_resumes(tiny_data, tmp_path):
     assert head["resumed_after_epoch"] == 1
     assert head["feature_cache"]["train_samples"] == len(x)
     assert head["feature_cache"]["shuffle"] is False
+    # A dataset keeps its batches in the feature pass.
+    assert head["feature_cache"]["inference_batch_size"] == 8
+    # Backups of the cached stage hold the head only, over the whole model
+    # as the resumed `fit` began (epoch 2); the best weights come out the
+    # same as the naive run's, whichever stage they are from.
+    assert head["feature_cache"]["backups"] == "head only"
+    stage_dir = os.path.join(run_dir, "checkpoints", "head")
+    assert sorted(n for n in os.listdir(stage_dir) if n.endswith(".npz")) == [
+        "base-0002.npz", "epoch-0002.npz"]
+    with np.load(os.path.join(stage_dir, "epoch-0002.npz")) as backup:
+        head_arrays = [k for k in backup.files if k.startswith("m")]
+    assert len(head_arrays) == len(cached_model.get_layer(
+        "predictions").weights) < len(cached_model.weights)
+    best = {}
+    for name in ("naive", "cached"):
+        probe = transfer.build_classifier(
+            "tiny_cnn", 2, weights=None, dropout=0.0)
+        probe.load_weights(os.path.join(
+            tmp_path, name, "checkpoints", "best.weights.h5"))
+        best[name] = probe.get_weights()
+    for a, b in zip(best["naive"], best["cached"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
     assert top["feature_cache"]["used"] is False
     assert "trainable_blocks=1" in top["feature_cache"]["reason"]
     naive_head = _manifest(str(tmp_path / "naive"))["stages"][0]
@@ -195,10 +219,29 @@ def _no_features(*args, **kwargs):
 def test_disk_cache_rerun_is_a_hit(tiny_data, tmp_path, monkeypatch):
     first, second = _pair()  # `second` has other auto-generated layer names
     cache = tmp_path / "features"
+    exports = []
+    real_export = best_weights.export_weights_h5
+    monkeypatch.setattr(best_weights, "export_weights_h5", lambda *a: (
+        exports.append(a[2]), real_export(*a)))
     record = _head_run(first, tiny_data, tmp_path / "a", cache,
                        validation_data=tiny_data)
     key = record["key"]
     assert record["disk"] == "miss" and len(key) == 64
+    # Arrays: a larger batch than training's (8), over the 16 examples.
+    assert record["inference_batch_size"] == 16
+    # best.weights.h5 is written once (the stage's end); the run's end
+    # finds it up to date. It holds best.npz, written from the head-only
+    # backup of the best epoch and its base.
+    checkpoints = tmp_path / "a" / "checkpoints"
+    assert exports == [str(checkpoints / "best.weights.h5")]
+    probe = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    probe.load_weights(str(checkpoints / "best.weights.h5"))
+    with np.load(checkpoints / "best.npz") as arrays:
+        saved = [arrays[k] for k in sorted(arrays.files)]
+    for got, want in zip(probe.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(first.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(got, want)  # one epoch: the best
     # Validation holds the same examples, so it finds the entry just stored.
     assert record["disk_entries"]["validation"] == {"status": "hit", "key": key}
     assert record["compute_seconds"] > 0
@@ -289,6 +332,72 @@ def test_disk_cache_with_tf_data(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(feature_cache, "_features", _no_features)
     again = _head_run(second, shuffled, tmp_path / "b", cache)
     assert again["disk"] == "hit" and again["key"] == record["key"]
+
+
+def test_head_only_backups_restore_and_give_the_best(tmp_path, tiny_model):
+    # A killed head-only stage: two epoch backups of the head over one base,
+    # the best recorded but not yet written to best.npz.
+    model = tiny_model
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    head = model.get_layer("predictions").weights
+    positions = [i for i, w in enumerate(model.weights)
+                 if any(w is h for h in head)]
+    state = resume.StageState(str(tmp_path / "head"), "run", 0, "head")
+    best = best_weights.RunBest(str(tmp_path), "accuracy", "max")
+    assert state.back_up_only(model, positions, 0)
+    expected = {}
+    for epoch, accuracy in ((0, 0.9), (1, 0.5)):
+        for weight in head:
+            weight.assign(np.full(weight.shape, epoch + 1.0, "float32"))
+        assert state.record_epoch(model, epoch, {"accuracy": accuracy}, 0.1,
+                                  best=best)
+        expected[epoch] = model.get_weights()
+    assert best.record["sha256"] is None and best.record["epoch"] == 0
+    assert not os.path.exists(best.path)
+    assert sorted(os.listdir(tmp_path / "head")) == [
+        "base-0000.npz", "epoch-0000.npz", "epoch-0001.npz", "state.json"]
+    # Resumed: the latest backup (head over base), then best.npz from the
+    # recorded best epoch's backup and the base.
+    fresh = transfer.build_classifier("tiny_cnn", 2, weights=None)
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    again = resume.StageState(str(tmp_path / "head"), "run", 0, "head")
+    assert again.restore(fresh) == 1
+    for got, want in zip(fresh.get_weights(), expected[1], strict=True):
+        np.testing.assert_array_equal(got, want)
+    resumed = best_weights.RunBest(
+        str(tmp_path), "accuracy", "max",
+        record=best_weights.latest_record([again]))
+    assert resumed.verify() and resumed.record["sha256"] is not None
+    with np.load(resumed.path) as arrays:
+        saved = [arrays[k] for k in sorted(arrays.files)]
+    for got, want in zip(saved, expected[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+    # A changed base makes its backups unusable: nothing is restored.
+    base = tmp_path / "head" / "base-0000.npz"
+    base.write_bytes(base.read_bytes()[:-8] + b"changed!")
+    assert again.restore(fresh) is None
+
+
+def test_feature_pass_runs_at_an_inference_batch(tiny_data, tiny_model):
+    x, y = tiny_data
+    x, y = x[:15], y[:15]
+    extractor = keras.Model(tiny_model.inputs,
+                            tiny_model.get_layer("pooler").output)
+    # Training batch 2: at most 8 per pass, spread over 15 examples as two
+    # batches of 8, the second padded (one traced shape), the padding's
+    # features dropped.
+    assert feature_cache.inference_batch_size((x, y), 2) == 8
+    assert feature_cache.inference_batch_size((x, y), 32) == 15
+    shapes = []
+    real = extractor.predict_on_batch
+    extractor.predict_on_batch = lambda images: (
+        shapes.append(images.shape), real(images))[1]
+    features, labels = feature_cache._features(extractor, (x, y), 2)
+    assert [s[0] for s in shapes] == [8, 8]
+    np.testing.assert_array_equal(labels, y)
+    expected = np.concatenate([real(x[i:i + 2]) for i in range(0, 15, 2)])
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_feature_pass_streams_batches_with_a_progress_bar(tiny_data, capsys):

@@ -69,7 +69,7 @@ def _arrays(variables, prefix):
     }
 
 
-def write_checkpoint(path, model, *, optimizer=True):
+def write_checkpoint(path, model, *, optimizer=True, weights=None):
     """Writes the model's weights (and optimizer variables) to `path`.
 
     Args:
@@ -77,12 +77,21 @@ def write_checkpoint(path, model, *, optimizer=True):
         model: the `keras.Model`.
         optimizer: also store `model.optimizer.variables` (Adam's moments
             and step count). Defaults to `True`.
+        weights: positions in `model.weights` to store, or `None` for all.
+            A file of some weights only is read back over a full one
+            (`read_checkpoint(..., base=...)`): a head-only stage on cached
+            features backs up just the head. Defaults to `None`.
 
     Returns:
-        The file's sha256, or `None` when a weight is NaN or Inf (nothing is
-        written then).
+        The file's sha256, or `None` when a stored weight is NaN or Inf
+        (nothing is written then).
     """
-    arrays = _arrays(model.weights, "m")
+    if weights is None:
+        arrays = _arrays(model.weights, "m")
+    else:
+        variables = model.weights
+        arrays = {f"m{i:05d}": keras.ops.convert_to_numpy(variables[i])
+                  for i in weights}
     if not all(np.all(np.isfinite(a)) for a in arrays.values()):
         return None
     if optimizer and getattr(model, "optimizer", None) is not None:
@@ -109,7 +118,41 @@ def _check_shapes(what, path, variables, arrays):
             )
 
 
-def read_checkpoint(path, model, *, optimizer=True):
+def _load(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(
+            f"Checkpoint '{path}' is unreadable ({type(e).__name__}: {e})."
+        ) from e
+
+
+def checkpoint_weights(path, base=None):
+    """`{name: array}` of a `write_checkpoint` file's weights (no optimizer
+    variables); with `base`, those of `base` overwritten by the file's
+    (a file of some weights only, written with `weights=`).
+
+    Raises:
+        ValueError: a file is unreadable, or `path` holds a weight that
+            `base` does not.
+    """
+    arrays = {k: v for k, v in _load(path).items() if k.startswith("m")}
+    if base is None:
+        return arrays
+    merged = {k: v for k, v in _load(base).items() if k.startswith("m")}
+    unknown = sorted(set(arrays) - set(merged))
+    if unknown:
+        raise ValueError(
+            f"Checkpoint '{path}' holds weights its base '{base}' does not "
+            f"({', '.join(unknown[:3])}): they belong to other models. "
+            f"Received: base={base!r}"
+        )
+    merged.update(arrays)
+    return merged
+
+
+def read_checkpoint(path, model, *, optimizer=True, base=None):
     """Restores a `write_checkpoint` file into `model`, all or nothing.
 
     Args:
@@ -117,17 +160,16 @@ def read_checkpoint(path, model, *, optimizer=True):
         model: the `keras.Model`, compiled when `optimizer=True`.
         optimizer: also restore the optimizer's variables, building the
             optimizer first. Defaults to `True`.
+        base: the full `.npz` file that `path` (written with `weights=`)
+            completes, or `None`. Defaults to `None`.
 
     Raises:
         ValueError: the file is unreadable or does not fit the model.
     """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(
-            f"Checkpoint '{path}' is unreadable ({type(e).__name__}: {e})."
-        ) from e
+    arrays = _load(path)
+    if base is not None:
+        arrays = {**checkpoint_weights(path, base),
+                  **{k: v for k, v in arrays.items() if k.startswith("o")}}
     weights = [arrays[k] for k in sorted(arrays) if k.startswith("m")]
     _check_shapes("weight", path, model.weights, weights)
     slots = [arrays[k] for k in sorted(arrays) if k.startswith("o")]

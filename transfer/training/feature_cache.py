@@ -3,14 +3,19 @@
 When a stage trains only the head (`trainable_blocks=0`, so no backbone
 weight changes) and nothing random runs before the head, every epoch of
 the naive loop computes the very same backbone features again. Here they
-are computed once, with the model's compiled `predict` on the feature
-sub-model (inputs to `pooler`), and the head (`head_dropout`,
+are computed once, in inference mode, by the feature sub-model (inputs to
+`pooler`) at a larger batch than training (`inference_batch_size`,
+recorded), and the head (`head_dropout`,
 `predictions`) trains on them as its own functional `keras.Model`. The head
 model *shares* its layers with the classifier, so the classifier holds the
 trained head weights at every moment, and the head model is compiled with
 the classifier's own optimizer: `StageBackup`, the checkpoint, TensorBoard
 and every other callback see the classifier and its optimizer, as in the
-naive loop, and resume works unchanged.
+naive loop, and resume works unchanged. As only the head's weights change,
+the stage's epoch backups hold those alone, over one file of the whole
+model (`CachedHeadFit.head_weight_positions`,
+`transfer.training.stage_state.StageState.back_up_only`; the manifest
+record says `backups`).
 
 Random augmentation must see new draws every epoch, so a stage falls back
 to the naive loop when the training data or the model applies it:
@@ -36,6 +41,10 @@ from transfer.training import stage_options
 logger = logging.getLogger(__name__)
 
 CACHE_FEATURES = (True, False, "auto")
+# The feature pass's batch for arrays: this many training batches, capped
+# (see `inference_batch_size`).
+INFERENCE_BATCH_FACTOR = 4
+INFERENCE_BATCH_CAP = 256
 _HEAD_LAYERS = ("head_dropout", "predictions")
 
 
@@ -197,22 +206,69 @@ def plan_cache(model, stage, train_data, cache_features, *,
     return True, "on: backbone frozen, no random augmentation"
 
 
+def inference_batch_size(data, batch_size):
+    """The batch size of the feature pass over `data`.
+
+    Inference keeps no activations for a backward pass, so it runs at a
+    larger batch than training: for `(x, y)` arrays about
+    `INFERENCE_BATCH_FACTOR` times the training batch (at most
+    `INFERENCE_BATCH_CAP`, never less than the training batch), spread
+    evenly over the examples so that the last batch is (nearly) full.
+    Datasets keep their own batches: `None`.
+
+    Example:
+
+    >>> x = np.zeros((1000, 2))
+    >>> inference_batch_size((x, np.zeros(1000)), 32)  # 8 batches of 125
+    125
+    >>> inference_batch_size((x[:16], np.zeros(16)), 8)
+    16
+    """
+    if not isinstance(data, tuple):
+        return None
+    count = _inputs.num_samples(data[0])
+    largest = max(int(batch_size), min(
+        INFERENCE_BATCH_FACTOR * int(batch_size), INFERENCE_BATCH_CAP))
+    batches = max(1, -(-count // largest))
+    return max(1, -(-count // batches))
+
+
+def _padded(images, size):
+    """`images` with its last example repeated up to `size` rows, so that a
+    short last batch runs the function traced for the full ones (a new
+    shape would trace, or compile under XLA and JAX, once more). Other
+    inputs (text, nested) are returned as they are."""
+    if (not isinstance(images, np.ndarray) or len(images) >= size
+            or len(images) == 0 or images.dtype.kind not in "fiub"):
+        return images
+    extra = np.repeat(images[-1:], size - len(images), axis=0)
+    return np.concatenate([images, extra])
+
+
 def _features(feature_model, data, batch_size, verbose=0):
     """Backbone features and labels of every example of `data`.
 
-    Batch by batch with the compiled `predict_on_batch`: `predict` on
-    arrays would draw from the global RNG on torch (its `DataLoader`), and
-    the head's shuffles would then differ between a run that computes the
-    features and one that loads them from disk. One streaming pass: memory
-    holds the features and the batch being read, not the images. `verbose`
-    `1` shows a `keras.utils.Progbar` of batches."""
+    Batch by batch with the compiled `predict_on_batch` (inference mode):
+    `predict` on arrays would draw from the global RNG on torch (its
+    `DataLoader`), and the head's shuffles would then differ between a run
+    that computes the features and one that loads them from disk. Arrays
+    are read at `inference_batch_size`; a batch shorter than the first is
+    padded to its size (`_padded`), and the padding's features dropped.
+    One streaming pass: memory holds the features and the batch being
+    read, not the images. `verbose` `1` shows a `keras.utils.Progbar` of
+    batches."""
+    batch_size = inference_batch_size(data, batch_size) or batch_size
     progress = keras.utils.Progbar(
         _inputs.steps_per_epoch(data, batch_size), verbose=verbose,
         unit_name="batch",
     )
     features, labels = [], []
+    full = None
     for images, batch_labels in _inputs.iterate_batches(data, batch_size):
-        features.append(np.asarray(feature_model.predict_on_batch(images)))
+        count = len(batch_labels)
+        full = full or count
+        outputs = feature_model.predict_on_batch(_padded(images, full))
+        features.append(np.asarray(outputs)[:count])
         labels.append(batch_labels)
         progress.add(1)
     return np.concatenate(features), np.concatenate(labels)
@@ -289,6 +345,9 @@ class CachedHeadFit:
             )
         )
         self.batch_size = _inputs.first_batch_size(train_data, batch_size)
+        # The feature pass's batch: larger than training's for arrays.
+        self.inference_batch_size = (
+            inference_batch_size(train_data, batch_size) or self.batch_size)
         self.seconds = time.perf_counter() - started
         inputs = keras.Input(self.train[0].shape[1:], name="features")
         x = inputs
@@ -339,6 +398,12 @@ class CachedHeadFit:
             return compute()
         return self.store.features(data, role, compute, ordered=not shuffles)
 
+    def head_weight_positions(self):
+        """Positions in the classifier's `weights` of the head's weights:
+        the only ones the cached fit changes (the backbone does not run)."""
+        head = {id(w) for w in self.head_model.weights}
+        return [i for i, w in enumerate(self.model.weights) if id(w) in head]
+
     def to_dict(self):
         record = {
             "train_samples": int(len(self.train[0])),
@@ -350,6 +415,7 @@ class CachedHeadFit:
             "seconds": round(self.seconds, 3),
             "compute_seconds": round(self.compute_seconds, 3),
             "shuffle": self.shuffle,
+            "inference_batch_size": self.inference_batch_size,
         }
         if self.store is None:
             record["disk"] = "off"

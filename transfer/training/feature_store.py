@@ -15,7 +15,10 @@ bytes of all its weights (trainable or not, BatchNorm statistics
 included), and the examples with their labels, as the data yields them:
 the pixels after resizing, so images resized to another size or with
 another interpolation (`load_image_folder(..., interpolation=...)`) get
-another key. `(x, y)` arrays are hashed as bytes, dtype and shape. A `tf.data.Dataset` is read once, without the
+another key. Not the batch the features were computed at
+(`feature_cache.inference_batch_size`): in inference mode each example's
+features depend on that example only, up to float rounding. `(x, y)`
+arrays are hashed as bytes, dtype and shape. A `tf.data.Dataset` is read once, without the
 model; when it shuffles, the per-example digests are sorted, so the order
 it yields does not matter. Data that cannot be read without side effects
 or cannot be told apart (a `keras.utils.PyDataset`, a generator, random

@@ -16,10 +16,16 @@ initial.npz             the model's weights when the run first started
                         seconds per attempt, and "done"
 <stage>/epoch-0004.npz  model weights and optimizer variables after an epoch
                         (the last two, and the best's; a finished run keeps
-                        the last)
+                        the last). A head-only stage on cached features
+                        (`transfer.training.feature_cache`) stores the
+                        head's weights only, over
+<stage>/base-0000.npz   the whole model as that stage's `fit` began (its
+                        backbone does not change), named with its sha256
+                        by each backup that needs it
 best.npz                the best weights so far (`transfer.training.best_weights`)
 best.weights.h5         the same, for `model.load_weights`, written when a
-                        stage ends
+                        stage ends (not again at the run's end when
+                        `best.npz` has not changed since)
 ```
 
 A rerun resumes only the same run: the recipe, batch size, class names,

@@ -20,7 +20,7 @@ from transfer.training.checkpoints import write_checkpoint
 
 logger = logging.getLogger(__name__)
 
-_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.npz$")
+_EPOCH_FILE = re.compile(r"^(epoch|base)-(\d+)\.npz$")
 _KEEP = 2
 
 
@@ -61,6 +61,9 @@ class StageState:
             "attempt_seconds": {},
         }
         self.non_finite = None
+        # Set by `back_up_only`: the weights an epoch backup holds, and the
+        # full file it completes.
+        self.partial = None
 
     @property
     def done(self):
@@ -98,19 +101,29 @@ class StageState:
             return False
         name = f"epoch-{epoch:04d}.npz"
         path = os.path.join(self.directory, name)
-        digest = write_checkpoint(path, model, optimizer=True)
+        partial = self.partial or {}
+        digest = write_checkpoint(path, model, optimizer=True,
+                                  weights=partial.get("weights"))
         if digest is None:
             self.non_finite = {"epoch": epoch, "loss": logs.get("loss"),
                                "what": "weights"}
             return False
+        entry = {"epoch": epoch, "file": name, "sha256": digest}
+        if partial:
+            entry.update(base=partial["base"],
+                         base_sha256=partial["base_sha256"])
         record = None
         if best is not None:
             value = best.improves(logs)
             if value is not None:
+                base = partial.get("base")
                 record = best.save(
                     model, value, epoch=epoch, stage=self.name,
                     backup=os.path.relpath(path, best.checkpoints),
                     backup_sha256=digest,
+                    base=None if base is None else os.path.relpath(
+                        os.path.join(self.directory, base), best.checkpoints),
+                    base_sha256=partial.get("base_sha256"),
                 )
         state = self.state
         state["epochs"] = [e for e in state["epochs"] if e < epoch] + [epoch]
@@ -119,9 +132,7 @@ class StageState:
             values = state["history"].setdefault(key, [])
             state["history"][key] = values[: count - 1] + [float(value)]
         backups = [b for b in state["backups"] if b["epoch"] < epoch]
-        state["backups"] = [
-            {"epoch": epoch, "file": name, "sha256": digest}
-        ] + backups[: _KEEP - 1]
+        state["backups"] = [entry] + backups[: _KEEP - 1]
         state["seconds"] = round(state["seconds"] + seconds, 2)
         state["last_epoch"] = epoch
         monitor = next(
@@ -144,12 +155,53 @@ class StageState:
         self._prune(best)
         return True
 
+    def back_up_only(self, model, weights, first_epoch, *, source=None):
+        """From now on, backs up only the weights at positions `weights` of
+        `model.weights` (and the optimizer) at every epoch end: the rest
+        must not change (a head-only stage on cached features, where the
+        backbone does not even run). The whole model is written once now,
+        to `base-<first_epoch>.npz`, which each backup names with its
+        sha256; restoring reads both. Best weights of such epochs are
+        written to `best.npz` once, when the stage ends (see
+        `transfer.training.best_weights`).
+
+        Args:
+            model: the model.
+            weights: positions in `model.weights` of the weights that
+                change.
+            first_epoch: the first epoch of the `fit` about to run.
+            source: a `write_checkpoint` file (without optimizer) that
+                holds the model's weights now, such as `initial.npz` at the
+                start of the first stage: the base is a hard link to it
+                (written only where the file system has none). Defaults to
+                `None`.
+
+        Returns:
+            Whether it applies: `False` when the model's weights are not
+            finite (every backup then stays whole).
+        """
+        name = f"base-{first_epoch:04d}.npz"
+        path = os.path.join(self.directory, name)
+        os.makedirs(self.directory, exist_ok=True)
+        digest = None if source is None else _linked(source, path)
+        if digest is None:
+            digest = write_checkpoint(path, model, optimizer=False)
+        if digest is None:
+            self.partial = None
+            return False
+        self.partial = {"weights": list(weights), "base": name,
+                        "base_sha256": digest}
+        return True
+
     def _prune(self, best=None):
-        """Deletes this stage's `epoch-*.npz` files no longer listed (nor
-        holding the run's best weights)."""
+        """Deletes this stage's `epoch-*.npz` and `base-*.npz` files no
+        longer listed (nor holding the run's best weights)."""
         keep = {b["file"] for b in self.state["backups"]}
+        keep.update(b["base"] for b in self.state["backups"] if b.get("base"))
+        if self.partial:
+            keep.add(self.partial["base"])
         if best is not None:
-            keep.add(best.backup_in(self.directory))
+            keep.update(best.files_in(self.directory))
         for name in os.listdir(self.directory):
             if _EPOCH_FILE.match(name) and name not in keep:
                 try:
@@ -168,10 +220,17 @@ class StageState:
         """
         for backup in self.state["backups"]:
             path = os.path.join(self.directory, backup["file"])
+            base = backup.get("base")
+            base = None if base is None else os.path.join(self.directory, base)
             try:
                 if sha256_file(path) != backup["sha256"]:
                     raise ValueError("its sha256 does not match")
-                read_checkpoint(path, model, optimizer=optimizer)
+                if base is not None and (
+                    sha256_file(base) != backup["base_sha256"]
+                ):
+                    raise ValueError(f"the sha256 of its base '{base}' does "
+                                     "not match")
+                read_checkpoint(path, model, optimizer=optimizer, base=base)
             except (OSError, ValueError) as e:
                 logger.warning(
                     "Stage '%s': backup '%s' is unusable (%s); trying the "
@@ -221,13 +280,34 @@ class StageState:
         return self.state["record"]
 
 
+def _linked(source, path):
+    """Makes `path` a hard link to `source`, atomically; its sha256, or
+    `None` when that fails (no such file, no hard links)."""
+    tmp = os.path.join(os.path.dirname(path),
+                       f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+        return sha256_file(path)
+    except OSError as e:
+        logger.debug("Cannot link '%s' to '%s' (%s); writing it.", path,
+                     source, e)
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        return None
+
+
 class StageBackup(keras.callbacks.Callback):
     """Backs up model and optimizer at every epoch end (see `StageState`).
 
     `fit_recipe` puts it first among a stage's callbacks. An epoch whose
     loss or weights are NaN or Inf is not backed up. With `best`, it also
     keeps the run's best weights (`best.npz` at every improving epoch,
-    before the state that names it; `best.weights.h5` when `fit` ends).
+    before the state that names it, or once at the end of a head-only
+    stage, see `StageState.back_up_only`; `best.weights.h5` when `fit`
+    ends).
 
     Args:
         stage_state: the `StageState` to record into.

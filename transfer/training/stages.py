@@ -160,7 +160,7 @@ def _run_stage(context, progress, number, stage, state):
             hparams=progress.hparams if first == 0 and number == 1 else None,
         )
     )
-    cache_record = _fit(context, stage, callbacks, (first, end), data)
+    cache_record = _fit(context, stage, state, callbacks, (first, end), data)
     if first >= end:  # nothing left to fit: no on_train_end exported it
         progress.best.export_h5(model, context.best_weights_path)
     _check_finite(model, stage, state, start)
@@ -229,10 +229,13 @@ def _log_early_stop(context, stage, early):
         writer.close()
 
 
-def _fit(context, stage, callbacks, epochs, data):
+def _fit(context, stage, state, callbacks, epochs, data):
     """Fits epochs `first` to `end - 1` of `epochs`, on `data` (the stage's
     fit arguments and validation data) or on cached features where the
-    stage allows it; returns the feature cache's manifest record."""
+    stage allows it; returns the feature cache's manifest record. On
+    cached features only the head's weights change: `state` then backs up
+    just those (and the optimizer) every epoch, over one full file
+    (`StageState.back_up_only`)."""
     model = context.model
     first, end = epochs
     use_cache, reason = feature_cache.plan_cache(
@@ -253,6 +256,15 @@ def _fit(context, stage, callbacks, epochs, data):
                 verbose=context.verbose,
             )
             record.update(cached.to_dict())
+            # The first stage's first epoch starts from the run's
+            # initial weights (a fresh run, or one killed before any backup).
+            start = (context.run.initial_path
+                     if state.index == 0 and first == 0 else None)
+            record["backups"] = (
+                "head only" if state.back_up_only(
+                    model, cached.head_weight_positions(), first,
+                    source=start)
+                else "whole model")
             cached.fit(initial_epoch=first, epochs=end,
                        callbacks=callbacks, verbose=context.verbose)
         else:
