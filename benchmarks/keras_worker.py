@@ -13,7 +13,9 @@ Measures, on the backend `KERAS_BACKEND` names:
 - `fine_tune`: full fine-tune throughput of MobileNetV3Small (random init:
   it has no offline weights here; throughput does not depend on them),
   a hand-written `model.fit` against `fit_recipe`, and the same hand-written
-  loop with each speed switch (bf16 mixed precision, a `tf.data` input
+  loop with each speed switch (`keras_convolutions`: Keras's own convolution
+  paths instead of transfer's automatic ones on torch and JAX; bf16 mixed
+  precision, a `tf.data` input
   pipeline, XLA on TensorFlow).
 """
 
@@ -31,6 +33,8 @@ import numpy as np  # noqa: E402
 
 import transfer  # noqa: E402
 from transfer import _backend  # noqa: E402
+from transfer import _jax_convolutions  # noqa: E402
+from transfer import _torch_layout  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _STARTED
 
@@ -231,6 +235,11 @@ def _hand_written(config, x, y, variant):
     """Throughput of a hand-written `model.fit` with one speed switch."""
     if variant == "mixed_bfloat16":
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    if variant == "keras_convolutions":
+        # Without transfer's automatic convolution paths (channels-last
+        # views on torch, shifted-sum depthwise on JAX), as plain Keras.
+        _torch_layout.use_channels_last_views(False)
+        _jax_convolutions.use_fast_convolutions(False)
     try:
         model = _fine_tune_model(config)
         compile_model(model, jit_compile=variant == "xla")
@@ -250,6 +259,8 @@ def _hand_written(config, x, y, variant):
         return timer.images_per_second(len(x)), model
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
+        _torch_layout.automatic()
+        _jax_convolutions.automatic()
 
 
 def fine_tune(config, work_dir):

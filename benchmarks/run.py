@@ -69,8 +69,8 @@ FULL = {
 }
 SWITCHES = {
     "tensorflow": ["mixed_bfloat16", "tf_data", "xla"],
-    "jax": ["mixed_bfloat16", "tf_data"],
-    "torch": ["mixed_bfloat16", "tf_data"],
+    "jax": ["keras_convolutions", "mixed_bfloat16", "tf_data"],
+    "torch": ["keras_convolutions", "mixed_bfloat16", "tf_data"],
 }
 
 
