@@ -175,7 +175,10 @@ def summarize(backend, result, peak, peer):
         "fit_overhead_s_per_epoch": tune.get("fit_overhead_s_per_epoch"),
         "vs_pytorch_ratio": ratio(ours, peer.get("images_per_s")),
         "fraction_of_peak": ratio(achieved, fp32),
-        "fraction_of_peak_bf16": ratio(achieved, bf16),
+        # Where bf16 runs slower than fp32 (no bf16 matrix instructions),
+        # a fraction of its "peak" means nothing.
+        "fraction_of_peak_bf16": (ratio(achieved, bf16)
+                                  if bf16 and fp32 and bf16 > fp32 else None),
         "time_to_first_step_s": result.get("first_step", {}).get(
             "time_to_first_step_s"),
         "peak_gflops_fp32": fp32,
