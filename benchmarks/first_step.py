@@ -4,7 +4,9 @@
 
 Each measurement is a fresh process (`benchmarks/keras_worker.py`, part
 `first_step`: import, build EfficientNet-Lite0 with its real offline
-weights, compile, one `train_on_batch`). On JAX it runs, interleaved,
+weights, compile, one `train_on_batch`; on TensorFlow, fit_recipe's build of
+the optimizer's and metrics' variables before the step is traced,
+`stage_options.build_before_fit`, and Keras alone, mode `keras_alone`). On JAX it runs, interleaved,
 `--repeats` times each: the persistent compilation cache off
 (`TRANSFER_COMPILATION_CACHE=0`), on and cold (an empty cache directory),
 and on and warm (the directory the cold run filled), which is what a
@@ -52,7 +54,11 @@ def main(argv=None):
     backends = [b for b in args.backends.split(",") if b]
     for repeat in range(args.repeats):
         for backend in backends:
-            if backend != "jax":
+            if backend == "tensorflow":
+                # fit_recipe's path (variables built before the first
+                # trace) and Keras alone, side by side.
+                runs = [("default", {}), ("keras_alone", {"build": False})]
+            elif backend != "jax":
                 runs = [("default", {})]
             else:
                 cache = tempfile.mkdtemp(prefix="jax-cache-")
@@ -60,7 +66,10 @@ def main(argv=None):
                         ("cache_cold", {"TRANSFER_COMPILATION_CACHE": cache}),
                         ("cache_warm", {"TRANSFER_COMPILATION_CACHE": cache})]
             for mode, env in runs:
-                result = _first_step(backend, config, **env)
+                env = dict(env)
+                step_config = dict(config, build_before_fit=env.pop(
+                    "build", True))
+                result = _first_step(backend, step_config, **env)
                 print(backend, mode, result.get("time_to_first_step_s"),
                       flush=True)
                 report["runs"].append(

@@ -1,15 +1,21 @@
-"""Runs the suite once per Keras backend, and the doctests, in parallel lanes.
+"""Runs the suite once per Keras backend, and the doctests, each suite
+spread over `--jobs` worker processes (pytest-xdist).
 
     python tests/run_backends.py --backends "tensorflow jax torch" --jobs 2 -- -x
 
-`make test` calls this. The suites are queued as tensorflow, jax, torch
-(the order of `--backends`), then the doctests (TensorFlow); `--jobs`
-processes take the next one as they finish. A pytest process keeps about
-one core busy (the tiny test models leave the second idle), so two lanes
-on a 2-core machine finish in about the time of the longest suite instead
-of the sum (each lane gets its share of OpenMP threads). Each suite's output is written to a log and printed whole when
-it ends, with its seconds and the load average, so lanes never interleave.
-`TRANSFER_TEST_SHARED_DIR` points every suite at one directory for
+`make test` calls this. The suites run one after another (tensorflow, jax,
+torch: the order of `--backends`, then the doctests on TensorFlow); within
+each, `--jobs` workers take tests as they finish (`--dist worksteal`: each
+starts on its own half of the suite, in file order, and an idle worker
+takes tests from the end of the other's). A pytest process keeps about one
+core busy (the tiny test models leave a second one idle), so two workers on
+a 2-core machine halve a suite's time; each worker gets its share of
+OpenMP threads (two torch processes with two spinning OpenMP threads each
+slowed a torch step 10-20x on two cores). Whole suites as lanes, as before,
+left one lane waiting on the TensorFlow suite for a third of the run.
+
+Each suite prints its seconds and the load average when it ends.
+`TRANSFER_TEST_SHARED_DIR` points every worker at one directory for
 fixtures that are the same on all of them (the portability test's saved
 models, written under a lock). Exits non-zero if any suite failed.
 """
@@ -19,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,16 +38,17 @@ def _loadavg():
         return "unknown"
 
 
-def _jobs(backends, pytest_args):
-    """(name, environment additions, command) per suite, in queue order.
+def _jobs(backends, pytest_args, workers):
+    """(name, environment additions, command) per suite, in order.
     Arguments naming test files or folders replace `tests` and leave the
     doctests out (`make test PYTEST_ARGS="-x tests/test_recipe.py"`)."""
     python = sys.executable
     paths = [a for a in pytest_args if not a.startswith("-")
              and os.path.exists(os.path.join(ROOT, a.split("::")[0]))]
+    spread = ["-n", str(workers), "--dist", "worksteal"] if workers > 1 else []
     jobs = [
         (f"KERAS_BACKEND={backend}", {"KERAS_BACKEND": backend},
-         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *spread,
           *pytest_args, *([] if paths else ["tests"])])
         for backend in backends
     ]
@@ -53,7 +59,7 @@ def _jobs(backends, pytest_args):
         {"KERAS_BACKEND": "tensorflow",
          "PYTHONPATH": os.pathsep.join(
              [os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])},
-        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *spread,
          "-p", "transfer_doctests", "--doctest-modules", "transfer"],
     ))
     return jobs
@@ -62,61 +68,43 @@ def _jobs(backends, pytest_args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="tensorflow jax torch",
-                        help="space- or comma-separated, in queue order")
+                        help="space- or comma-separated, in order")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="suites at once (1: one after another)")
+                        help="worker processes per suite (1: no workers, "
+                             "the suite runs in one process)")
     parser.add_argument("pytest_args", nargs="*",
                         help="after --: passed to every backend's pytest")
     args = parser.parse_args(argv)
     backends = args.backends.replace(",", " ").split()
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1. Received: {args.jobs}")
-    queue = _jobs(backends, args.pytest_args)
-    # OpenMP threads (torch's CPU kernels) spin while they wait for each
-    # other: two suites with two such threads each on two cores slowed a
-    # torch training step 10-20x here. One per lane, unless set already.
-    lane_env = {}
+    extra = {}
     if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        lane_env["OMP_NUM_THREADS"] = str(
+        extra["OMP_NUM_THREADS"] = str(
             max(1, (os.cpu_count() or 1) // args.jobs))
-    failed, lock = [], threading.Lock()
+    failed = []
     started_all = time.time()
     with tempfile.TemporaryDirectory() as shared:
-
-        def worker():
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    name, extra, command = queue.pop(0)
-                    print(f"=== {name}: started", flush=True)
-                env = dict(os.environ, TRANSFER_TEST_SHARED_DIR=shared,
-                           **lane_env, **extra)
-                started = time.time()
-                try:
-                    with tempfile.TemporaryFile("w+") as log:
-                        code = subprocess.call(
-                            command, cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-                        log.seek(0)
-                        output = log.read()
-                except Exception as e:  # noqa: BLE001 (counted as failed)
-                    code, output = -1, f"could not run {command}: {e}\n"
-                with lock:
-                    print(f"=== {name}", flush=True)
-                    sys.stdout.write(output)
-                    print(f"=== {name} took {time.time() - started:.0f} s "
-                          f"(exit status {code}; load average: {_loadavg()})",
-                          flush=True)
-                    if code != 0:
-                        failed.append(name)
-
-        threads = [threading.Thread(target=worker)
-                   for _ in range(min(args.jobs, len(queue)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        # JAX's persistent compilation cache in a directory of this run
+        # only: tests that compile the same program (the tiny CNN's steps)
+        # reuse it across tests and workers, and no run reads programs an
+        # earlier one wrote. (tests/conftest.py turns it off otherwise.)
+        if "TRANSFER_COMPILATION_CACHE" not in os.environ:
+            extra["TRANSFER_COMPILATION_CACHE"] = os.path.join(
+                shared, "jax-compilation-cache")
+        for name, env_extra, command in _jobs(
+                backends, args.pytest_args, args.jobs):
+            print(f"=== {name}: started (load average: {_loadavg()})",
+                  flush=True)
+            env = dict(os.environ, TRANSFER_TEST_SHARED_DIR=shared,
+                       **extra, **env_extra)
+            started = time.time()
+            code = subprocess.call(command, cwd=ROOT, env=env)
+            print(f"=== {name} took {time.time() - started:.0f} s "
+                  f"(exit status {code}; load average: {_loadavg()})",
+                  flush=True)
+            if code != 0:
+                failed.append(name)
     print(f"=== all suites took {time.time() - started_all:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else "; all passed"),
           flush=True)

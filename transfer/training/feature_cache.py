@@ -447,6 +447,7 @@ class CachedHeadFit:
                 callback.set_model(self.head_model)
         self.model.stop_training = False
         x, y = self.train
+        stage_options.build_before_fit(self.head_model, x, y)
         return self.head_model.fit(
             x, y, batch_size=self.batch_size, shuffle=self.shuffle,
             validation_data=self.validation,

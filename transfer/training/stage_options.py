@@ -461,6 +461,48 @@ def _one_hot_validation(data, num_classes, stage):
     )
 
 
+def build_before_fit(model, x, y=None):
+    """Creates the optimizer's, metrics' and loss's variables of a compiled
+    `model` before `fit` traces its training step, on TensorFlow.
+
+    Without a distribution strategy, Keras-on-TensorFlow creates them while
+    it traces the step, and a `tf.function` that creates variables is
+    traced twice: for EfficientNet-Lite0 the first `fit` step took ~2 s and
+    the first `train_on_batch` ~3.6 s longer (benchmarks/README.md, "Time to
+    first step"). This is the build Keras itself runs first on JAX, torch
+    and under a strategy (`Trainer._symbolic_build`), from one batch's
+    shapes (`x` a `tf.data.Dataset` of `(x, y[, sample_weight])` or arrays).
+    Anything it cannot build is left to Keras, as before.
+    """
+    if (_backend.backend() != "tensorflow" or model.optimizer is None
+            or getattr(model, "_distribute_strategy", None) is not None):
+        return False
+    build = getattr(model, "_symbolic_build", None)
+    if build is None:
+        return False
+    import tensorflow as tf
+
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        batch = tuple(spec) if isinstance(spec, tuple) else (spec,)
+    elif isinstance(x, (np.ndarray, dict, list)) and not isinstance(
+            x, keras.utils.PyDataset):
+        batch = (x, y)
+        batch = tuple(keras.tree.map_structure(
+            lambda v: v[:1] if hasattr(v, "shape") else v, part)
+            for part in batch)
+    else:
+        return False
+    batch = (batch + (None, None))[:3]
+    try:
+        build(data_batch=batch)
+    except Exception as e:  # noqa: BLE001 (Keras builds it while tracing)
+        logger.debug("Building before fit failed (%s); Keras builds while "
+                     "tracing.", e)
+        return False
+    return True
+
+
 def compile_model(model, optimizer, stage=None, jit_compile="auto"):
     """Compiles `model` with `optimizer` for its task and the stage's
     options, or masked-LM with masked-token metrics.

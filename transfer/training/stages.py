@@ -268,6 +268,8 @@ def _fit(context, stage, state, callbacks, epochs, data):
             cached.fit(initial_epoch=first, epochs=end,
                        callbacks=callbacks, verbose=context.verbose)
         else:
+            stage_options.build_before_fit(
+                model, fit_kwargs.get("x"), fit_kwargs.get("y"))
             model.fit(
                 validation_data=validation, initial_epoch=first, epochs=end,
                 callbacks=callbacks, verbose=context.verbose, **fit_kwargs,
