@@ -12,8 +12,8 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
-# Suites run at once by `make test` (tests/run_backends.py): a pytest process
-# keeps about one core busy, so two lanes on two cores; 1 runs them in turn.
+# pytest-xdist workers per suite in `make test` (tests/run_backends.py): a
+# pytest process keeps about one core busy, so two on two cores; 1: no workers.
 TEST_JOBS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
