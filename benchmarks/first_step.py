@@ -57,19 +57,17 @@ def main(argv=None):
             if backend == "tensorflow":
                 # fit_recipe's path (variables built before the first
                 # trace) and Keras alone, side by side.
-                runs = [("default", {}), ("keras_alone", {"build": False})]
+                runs = [("default", {}, True), ("keras_alone", {}, False)]
             elif backend != "jax":
-                runs = [("default", {})]
+                runs = [("default", {}, True)]
             else:
                 cache = tempfile.mkdtemp(prefix="jax-cache-")
-                runs = [("cache_off", {"TRANSFER_COMPILATION_CACHE": "0"}),
-                        ("cache_cold", {"TRANSFER_COMPILATION_CACHE": cache}),
-                        ("cache_warm", {"TRANSFER_COMPILATION_CACHE": cache})]
-            for mode, env in runs:
-                env = dict(env)
-                step_config = dict(config, build_before_fit=env.pop(
-                    "build", True))
-                result = _first_step(backend, step_config, **env)
+                runs = [("cache_off", {"TRANSFER_COMPILATION_CACHE": "0"}, True),
+                        ("cache_cold", {"TRANSFER_COMPILATION_CACHE": cache}, True),
+                        ("cache_warm", {"TRANSFER_COMPILATION_CACHE": cache}, True)]
+            for mode, env, build in runs:
+                result = _first_step(
+                    backend, dict(config, build_before_fit=build), **env)
                 print(backend, mode, result.get("time_to_first_step_s"),
                       flush=True)
                 report["runs"].append(

@@ -485,12 +485,9 @@ def build_before_fit(model, x, y=None):
     if isinstance(x, tf.data.Dataset):
         spec = x.element_spec
         batch = tuple(spec) if isinstance(spec, tuple) else (spec,)
-    elif isinstance(x, (np.ndarray, dict, list)) and not isinstance(
-            x, keras.utils.PyDataset):
-        batch = (x, y)
-        batch = tuple(keras.tree.map_structure(
-            lambda v: v[:1] if hasattr(v, "shape") else v, part)
-            for part in batch)
+    elif isinstance(x, (np.ndarray, dict, list)):
+        batch = keras.tree.map_structure(
+            lambda v: v[:1] if hasattr(v, "shape") else v, (x, y))
     else:
         return False
     batch = (batch + (None, None))[:3]
