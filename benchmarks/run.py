@@ -43,12 +43,13 @@ BACKENDS = ("tensorflow", "jax", "torch")
 PARTS = ("first_step", "head_stage", "fine_tune")
 # The peer runs the torch Keras runs on (2.13.0, the CPU wheel `make install`
 # pins), so both sides call the same kernels. torchvision 0.28.0 (its
-# release for torch 2.13) comes without its dependencies (it would pull
+# release for torch 2.13) and pillow (which torchvision imports) come
+# without their dependencies (torchvision's would pull
 # torch's CUDA build); its Linux wheel is built for CUDA, and beside a CPU
 # torch only its C operators (nms ...) fail to load, which the model code
 # does not use (`torch_peer.import_torchvision`).
 PEER_PACKAGES = ("torch==2.13.0",)
-PEER_NO_DEPS = ("torchvision==0.28.0", "numpy")
+PEER_NO_DEPS = ("torchvision==0.28.0", "numpy", "pillow")
 DEFAULT_PEER_VENV = os.path.join(
     os.path.expanduser("~"), ".cache", "keras-transfer", "bench",
     "torch-2.13.0")
