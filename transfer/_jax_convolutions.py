@@ -11,12 +11,12 @@ and no dilation as the sum over kernel positions of the (padded, strided)
 shifted input times that position's weights, with XLA's 'same' padding
 split. Everything else goes to Keras's own `jax.lax.conv_general_dilated`.
 
-Measured on MobileNetV3Small training all layers, 2 cores: 14.0 img/s
-against 8.3 at 160 px, batch 32, with the machine otherwise idle
-(`python benchmarks/run.py --quick`, rows `keras_convolutions`; 71 against
-20 img/s at 96 px in a first run under load), at the cost of a longer
-first compile (65 s against 27 s at 96 px, under load; JAX's persistent
-compilation cache keeps it for later runs).
+Measured on MobileNetV3Small training all layers (`model.fit`, jitted),
+2 cores (Intel Xeon, AVX-512), 160 px, batch 32, with the machine
+otherwise idle: 57.7 img/s against 23.5 with Keras's path (2.45x; one run
+each, benchmarks/README.md, 2026-12-03). Its cost is a longer first
+compile (65 s against 27 s at 96 px, under load, on an AVX2 machine; JAX's
+persistent compilation cache keeps it for later runs).
 The same trick for 1x1 convolutions (a matmul) was slower in that model
 and is not used. Results are equal within float rounding
 (tests/test_jax_convolutions.py). `import transfer` turns it on, on JAX
