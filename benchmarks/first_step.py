@@ -6,7 +6,9 @@ Each measurement is a fresh process (`benchmarks/keras_worker.py`, part
 `first_step`: import, build EfficientNet-Lite0 with its real offline
 weights, compile, one `train_on_batch`; on TensorFlow, fit_recipe's build of
 the optimizer's and metrics' variables before the step is traced,
-`stage_options.build_before_fit`, and Keras alone, mode `keras_alone`). On JAX it runs, interleaved,
+`stage_options.build_before_fit`, and Adam fused (`transfer._tf_adam`);
+the same with Keras's Adam update, mode `keras_adam`; and Keras alone,
+mode `keras_alone`). On JAX it runs, interleaved,
 `--repeats` times each: the persistent compilation cache off
 (`TRANSFER_COMPILATION_CACHE=0`), on and cold (an empty cache directory),
 and on and warm (the directory the cold run filled), which is what a
@@ -56,8 +58,12 @@ def main(argv=None):
         for backend in backends:
             if backend == "tensorflow":
                 # fit_recipe's path (variables built before the first
-                # trace) and Keras alone, side by side.
-                runs = [("default", {}, True), ("keras_alone", {}, False)]
+                # trace, Adam fused), without the fused Adam, and Keras
+                # alone, side by side.
+                runs = [("default", {}, True),
+                        ("keras_adam", {"TRANSFER_TF_FUSED_ADAM": "0"}, True),
+                        ("keras_alone", {"TRANSFER_TF_FUSED_ADAM": "0"},
+                         False)]
             elif backend != "jax":
                 runs = [("default", {}, True)]
             else:

@@ -32,6 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import transfer  # noqa: E402
+from transfer import _backend  # noqa: E402
 
 FAMILIES = ("vit", "deit", "dinov2", "dinov3", "siglip", "clip")
 # Registered CNNs (random init needs no download) to match in parameters.
@@ -119,10 +120,12 @@ def throughput(model, args):
     """`(train_img_s, predict_img_s)` on random images, all blocks
     trainable."""
     transfer.set_trainable_blocks(model, "all")
-    # jit_compile=False: what fit_recipe uses for TensorFlow on CPU.
+    # What fit_recipe compiles with on this backend and device (no XLA for
+    # TensorFlow on a CPU; always on JAX, where False would run unjitted).
     model.compile(optimizer=keras.optimizers.Adam(1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True), jit_compile=False)
+                      from_logits=True),
+                  jit_compile=_backend.auto_jit_compile())
     rng = np.random.default_rng(0)
     shape = (args.batch_size, args.image_size, args.image_size, 3)
     x = rng.uniform(0, 255, size=shape).astype("float32")

@@ -347,5 +347,11 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
             os.environ.get("TRANSFER_JAX_FAST_CONVOLUTIONS") != "0")
     else:
         assert manifest["jax_convolutions"] is None
+    # And Adam as one fused op per variable on TensorFlow (_tf_adam).
+    if BACKEND == "tensorflow":
+        assert manifest["tf_fused_adam"]["fused_adam"] is (
+            os.environ.get("TRANSFER_TF_FUSED_ADAM") != "0")
+    else:
+        assert manifest["tf_fused_adam"] is None
     if _backend.accelerator() == "cpu":
         assert expected == (BACKEND == "jax")

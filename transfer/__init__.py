@@ -29,9 +29,12 @@ else:
     # convolutions on channels-last views (off with
     # TRANSFER_TORCH_CHANNELS_LAST_VIEWS=0; see `_torch_layout`). On JAX:
     # depthwise convolutions as shifted sums (off with
-    # TRANSFER_JAX_FAST_CONVOLUTIONS=0; see `_jax_convolutions`).
+    # TRANSFER_JAX_FAST_CONVOLUTIONS=0; see `_jax_convolutions`). On
+    # TensorFlow: Adam's update as one fused op per variable (off with
+    # TRANSFER_TF_FUSED_ADAM=0; see `_tf_adam`).
     from transfer import _backend
     from transfer import _jax_convolutions
+    from transfer import _tf_adam
     from transfer import _torch_layout
     from transfer import backbones
     from transfer import calibration
@@ -99,6 +102,7 @@ else:
     _backend.configure_compilation_cache()
     _torch_layout.automatic()
     _jax_convolutions.automatic()
+    _tf_adam.automatic()
 
 __all__ = [
     "BackboneSpec",

@@ -8,6 +8,7 @@ from transfer import _backend
 from transfer import _io
 from transfer import _jax_convolutions
 from transfer import _model_info
+from transfer import _tf_adam
 from transfer import _torch_layout
 from transfer import calibration
 from transfer.models import tasks
@@ -49,6 +50,7 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
         "compilation_cache": _backend.compilation_cache(),
         "torch_layout": _torch_layout.state(),
         "jax_convolutions": _jax_convolutions.state(),
+        "tf_fused_adam": _tf_adam.state(),
     }
     if context.preflight is not None:
         manifest["data"] = context.preflight.to_dict()
