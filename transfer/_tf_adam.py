@@ -13,10 +13,12 @@ decay, gradient clipping and accumulation, EMA and loss scaling stay
 Keras's, around the update. AMSGrad, a distribution strategy and anything
 that is not a plain float variable keep Keras's own update.
 
-Measured (2 cores, Intel Xeon, 2026-12-03, benchmarks/README.md): time to
-the first step of EfficientNet-Lite0 (real weights, 96 px, batch 32)
-5.8 and 5.7 s with Keras's update, 5.0 and 4.8 s fused. Results are equal
-within float rounding (tests/test_tf_adam.py). `import transfer` turns it
+Measured (2 cores, Intel Xeon, 2026-12-03, `benchmarks/first_step.py`,
+benchmarks/README.md): time to the first step of EfficientNet-Lite0 (real
+weights, 96 px, batch 32) 4.89, 5.00 and 5.27 s with Keras's update, 4.10,
+4.43 and 4.28 s fused (1.17x sooner, medians); training throughput did not
+change measurably. Results are equal within float rounding
+(tests/test_tf_adam.py). `import transfer` turns it
 on, on TensorFlow (`TRANSFER_TF_FUSED_ADAM=0` keeps Keras's update); the
 run manifest records it (`tf_fused_adam`).
 """
