@@ -4,7 +4,8 @@
 #               run the suite on TensorFlow, JAX and torch, and the docstring
 #               examples as doctests (TensorFlow)
 #               (the TensorBoard and `transfer serve` browser tests run where chromium is installed:
-#               `make browser` installs Debian's; without it that test is skipped)
+#               `make test` installs Debian's through `make browser` where apt and root are
+#               available; without it those tests are skipped)
 
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -48,7 +49,8 @@ data:
 	fi
 
 # Debian's chromium for tests/test_tensorboard_browser.py, when apt is there
-# and we are root. Not a dependency of `test`: that test skips without it.
+# and we are root; `make test` runs it first (without apt or root it only
+# says so, and the browser tests skip).
 browser:
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
 	  echo "chromium: installed"; \
