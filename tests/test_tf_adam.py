@@ -86,3 +86,19 @@ def test_on_by_default_and_off_by_environment(monkeypatch, restore):
     record = _tf_adam.automatic()
     assert record["fused_adam"] is False
     assert _tf_adam.ENV in record["how"]
+
+
+def test_eager_apply_outside_fit(restore):
+    """`optimizer.apply` on Keras variables, eagerly, as custom loops do."""
+    results = []
+    for fused in (False, True):
+        _tf_adam.use_fused_adam(fused)
+        variable = keras.Variable(np.ones((3,), "float32"))
+        optimizer = keras.optimizers.Adam(0.1)
+        for _ in range(3):
+            optimizer.apply([np.array([1.0, -2.0, 3.0], "float32")],
+                            [variable])
+        results.append(keras.ops.convert_to_numpy(variable))
+    # Three steps of 0.1 against the gradient's sign (Adam's first steps).
+    np.testing.assert_allclose(results[1], [0.7, 1.3, 0.7], rtol=1e-5)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5)

@@ -33,11 +33,11 @@ def _fused_update_step(self, gradient, variable, learning_rate):
     import tensorflow as tf
 
     handle = getattr(variable, "handle", None)
+    dtype = tf.as_dtype(variable.dtype)  # a tf.Variable's or Keras's name
     if (self.amsgrad or tf.distribute.has_strategy() or handle is None
-            or not variable.dtype.is_floating):
+            or not dtype.is_floating):
         return _ORIGINAL["update_step"](self, gradient, variable,
                                         learning_rate)
-    dtype = variable.dtype
     index = self._get_variable_index(variable)
     local_step = tf.cast(self.iterations + 1, dtype)
     beta_1 = tf.cast(self.beta_1, dtype)
