@@ -347,6 +347,12 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
             os.environ.get("TRANSFER_JAX_FAST_CONVOLUTIONS") != "0")
     else:
         assert manifest["jax_convolutions"] is None
+    # And lazy initial values on JAX (_jax_init).
+    if BACKEND == "jax":
+        assert manifest["jax_lazy_init"]["lazy_init"] is (
+            os.environ.get("TRANSFER_JAX_LAZY_INIT") != "0")
+    else:
+        assert manifest["jax_lazy_init"] is None
     # And Adam as one fused op per variable on TensorFlow (_tf_adam).
     if BACKEND == "tensorflow":
         assert manifest["tf_fused_adam"]["fused_adam"] is (

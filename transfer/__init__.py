@@ -31,9 +31,13 @@ else:
     # depthwise convolutions as shifted sums (off with
     # TRANSFER_JAX_FAST_CONVOLUTIONS=0; see `_jax_convolutions`). On
     # TensorFlow: Adam's update as one fused op per variable (off with
-    # TRANSFER_TF_FUSED_ADAM=0; see `_tf_adam`).
+    # TRANSFER_TF_FUSED_ADAM=0; see `_tf_adam`). On JAX: no XLA program
+    # for initial values that pretrained weights overwrite, zeros and ones
+    # filled on the host (off with TRANSFER_JAX_LAZY_INIT=0; see
+    # `_jax_init`).
     from transfer import _backend
     from transfer import _jax_convolutions
+    from transfer import _jax_init
     from transfer import _tf_adam
     from transfer import _torch_layout
     from transfer import backbones
@@ -102,6 +106,7 @@ else:
     _backend.configure_compilation_cache()
     _torch_layout.automatic()
     _jax_convolutions.automatic()
+    _jax_init.automatic()
     _tf_adam.automatic()
 
 __all__ = [

@@ -5,6 +5,7 @@ import logging
 import keras
 
 from transfer import _backend
+from transfer import _jax_init
 from transfer.backbones import registry
 from transfer.backbones.blocks import assign_blocks
 from transfer.backbones.blocks import flatten_layers
@@ -163,7 +164,10 @@ def build_backbone(
         key: value for key, value in options.items()
         if key in spec.options and value
     }
-    model, info = spec.builder(weights, (image_size, image_size, 3), **options)
+    # On JAX, no XLA program for initial values the weights overwrite.
+    with _jax_init.deferred_initialization():
+        model, info = spec.builder(
+            weights, (image_size, image_size, 3), **options)
     # The registry key names the nested model, so a reloaded classifier can
     # find its spec (blocks, preprocessing) again.
     model.name = spec.name

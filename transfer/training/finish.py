@@ -7,6 +7,7 @@ import os
 from transfer import _backend
 from transfer import _io
 from transfer import _jax_convolutions
+from transfer import _jax_init
 from transfer import _model_info
 from transfer import _tf_adam
 from transfer import _torch_layout
@@ -50,6 +51,7 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
         "compilation_cache": _backend.compilation_cache(),
         "torch_layout": _torch_layout.state(),
         "jax_convolutions": _jax_convolutions.state(),
+        "jax_lazy_init": _jax_init.state(),
         "tf_fused_adam": _tf_adam.state(),
     }
     if context.preflight is not None:
