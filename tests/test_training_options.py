@@ -341,6 +341,12 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
             os.environ.get("TRANSFER_TORCH_CHANNELS_LAST_VIEWS") != "0")
     else:
         assert manifest["torch_layout"] is None
+    # And intermediate tensors released early on torch (_torch_graph).
+    if BACKEND == "torch":
+        assert manifest["torch_graph"]["early_release"] is (
+            os.environ.get("TRANSFER_TORCH_EARLY_RELEASE") != "0")
+    else:
+        assert manifest["torch_graph"] is None
     # And JAX's depthwise convolutions as shifted sums (_jax_convolutions).
     if BACKEND == "jax":
         assert manifest["jax_convolutions"]["shifted_sum_depthwise"] is (

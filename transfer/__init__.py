@@ -34,11 +34,14 @@ else:
     # TRANSFER_TF_FUSED_ADAM=0; see `_tf_adam`). On JAX: no XLA program
     # for initial values that pretrained weights overwrite, zeros and ones
     # filled on the host (off with TRANSFER_JAX_LAZY_INIT=0; see
-    # `_jax_init`).
+    # `_jax_init`). On torch: functional models let go of each
+    # intermediate tensor after its last reader (off with
+    # TRANSFER_TORCH_EARLY_RELEASE=0; see `_torch_graph`).
     from transfer import _backend
     from transfer import _jax_convolutions
     from transfer import _jax_init
     from transfer import _tf_adam
+    from transfer import _torch_graph
     from transfer import _torch_layout
     from transfer import backbones
     from transfer import calibration
@@ -105,6 +108,7 @@ else:
 
     _backend.configure_compilation_cache()
     _torch_layout.automatic()
+    _torch_graph.automatic()
     _jax_convolutions.automatic()
     _jax_init.automatic()
     _tf_adam.automatic()

@@ -10,6 +10,7 @@ from transfer import _jax_convolutions
 from transfer import _jax_init
 from transfer import _model_info
 from transfer import _tf_adam
+from transfer import _torch_graph
 from transfer import _torch_layout
 from transfer import calibration
 from transfer.models import tasks
@@ -50,6 +51,7 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
         "jit_compile": context.jit_compile,
         "compilation_cache": _backend.compilation_cache(),
         "torch_layout": _torch_layout.state(),
+        "torch_graph": _torch_graph.state(),
         "jax_convolutions": _jax_convolutions.state(),
         "jax_lazy_init": _jax_init.state(),
         "tf_fused_adam": _tf_adam.state(),
