@@ -126,3 +126,32 @@ def test_on_by_default_and_off_by_environment(monkeypatch, restore):
     with _jax_init.deferred_initialization():
         variable = keras.Variable(initializer="glorot_uniform", shape=(2, 2))
     assert variable._value is not None
+
+
+def test_load_model_runs_no_initializer_for_saved_weights(
+        restore, tmp_path, initializer_calls):
+    _jax_init.use_lazy_init(True)
+    keras.utils.set_random_seed(0)
+    model = transfer.build_classifier("small_cnn", 3, weights=None,
+                                      image_size=16)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    del initializer_calls[:]
+    loaded = transfer.load_model(path, compile=True)
+    # Only what the file does not hold got its initializer: a dropout's
+    # seed state, the loss tracker's total and count.
+    saved = {v.path for v in loaded.weights + loaded.optimizer.variables}
+    assert len(saved) > 40
+    assert initializer_calls and saved.isdisjoint(initializer_calls)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables,
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(loaded.predict_on_batch(x),
+                               model.predict_on_batch(x), rtol=1e-6)

@@ -7,7 +7,8 @@ programs for random initial values that its pretrained weights then
 overwrote, and Adam and the metrics 33 more to fill zeros. Two changes:
 
 - `deferred_initialization()`, around a backbone's build and weight
-  loading (`transfer.build_backbone`): variables created inside get no
+  loading (`transfer.build_backbone`) and a saved model's load
+  (`transfer.load_model`): variables created inside get no
   value until something assigns one (the weights loader); those still
   without a value when the block ends are initialized then, in creation
   order, with their own initializers (Keras fixes an initializer's seed

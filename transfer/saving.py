@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from transfer import _io
+from transfer import _jax_init
 
 logger = logging.getLogger(__name__)
 
@@ -379,9 +380,11 @@ def load_model(path, *, compile=False):
             shutil.copyfile(path, source)
             _rewrite_config(source, portable)
         try:
-            model = keras.saving.load_model(
-                source, compile=compile, safe_mode=True
-            )
+            # On JAX, no XLA program for initial values the file overwrites.
+            with _jax_init.deferred_initialization():
+                model = keras.saving.load_model(
+                    source, compile=compile, safe_mode=True
+                )
         except (OSError, zipfile.BadZipFile) as e:
             raise ValueError(
                 f"Corrupt model file '{path}': {type(e).__name__}: {e}. "
