@@ -326,9 +326,13 @@ def test_nan_loss_exits_non_zero(tmp_path):
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import conftest, numpy as np, transfer
         x, y = transfer.synthetic_images(16, 32, 2)
+        # One NaN pixel: the loss is NaN at the first step, whatever the
+        # random init. (A huge learning rate overflowed the logits only
+        # with some inits: with every ReLU dead the loss stayed finite and
+        # the process exited 0, a flaky test.)
+        x[3, 5, 5, 0] = np.nan
         model = transfer.build_classifier("tiny_cnn", 2, weights=None)
-        # Adam steps by about the learning rate: the logits overflow.
-        transfer.fit_recipe(model, [transfer.Stage("h", 3, 1e38)], (x, y),
+        transfer.fit_recipe(model, [transfer.Stage("h", 3, 1e-3)], (x, y),
                             run_dir={str(tmp_path / "run")!r}, verbose=0)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True,
