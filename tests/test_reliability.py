@@ -327,9 +327,10 @@ def test_nan_loss_exits_non_zero(tmp_path):
         import conftest, numpy as np, transfer
         x, y = transfer.synthetic_images(16, 32, 2)
         # One NaN pixel: the loss is NaN at the first step, whatever the
-        # random init. (A huge learning rate overflowed the logits only
-        # with some inits: with every ReLU dead the loss stayed finite and
-        # the process exited 0, a flaky test.)
+        # (unseeded) random init. A 1e38 learning rate made this process
+        # exit 0 once in a clean-clone run (six runs by hand all raised):
+        # a huge but finite loss is possible, e.g. with every ReLU dead and
+        # only the head's bias in the logits.
         x[3, 5, 5, 0] = np.nan
         model = transfer.build_classifier("tiny_cnn", 2, weights=None)
         transfer.fit_recipe(model, [transfer.Stage("h", 3, 1e-3)], (x, y),
