@@ -14,8 +14,8 @@ mode `keras_alone`). On JAX it runs, interleaved,
 Keras's initial values, `TRANSFER_JAX_LAZY_INIT=0`, so that it fills the
 cache for both warm runs), and on and warm (the directory the cold run
 filled), which is what a user's second run of the same model sees, with
-`transfer._jax_init`'s lazy initial values (the default) and without. TensorFlow and torch run once
-per repeat as the reference. The JSON records the load average before and
+`transfer._jax_init`'s lazy initial values (the default) and without.
+TensorFlow and torch run once per repeat as the reference. The JSON records the load average before and
 after.
 """
 

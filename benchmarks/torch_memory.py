@@ -22,12 +22,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 
-
-def _loadavg():
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
+import run as bench  # noqa: E402  (benchmarks/run.py: load average, root)
 
 
 def _worker(batch_size, image_size, calls):
@@ -68,7 +65,7 @@ def main(argv=None):
                                  args.calls)))
         return 0
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-              "loadavg_start": _loadavg(),
+              "loadavg_start": bench._loadavg(),
               "config": {"model": "efficientnet_lite0 (real ImageNet "
                                   "weights, offline), features to 'pooler'",
                          "batch_size": args.batch_size,
@@ -80,7 +77,7 @@ def main(argv=None):
                        TRANSFER_TORCH_EARLY_RELEASE=value,
                        TF_CPP_MIN_LOG_LEVEL="3",
                        PYTHONPATH=os.pathsep.join(
-                           [ROOT, os.environ.get("PYTHONPATH", "")]))
+                           [bench.ROOT, os.environ.get("PYTHONPATH", "")]))
             out = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--worker",
                  "--calls", str(args.calls), "--batch-size",
@@ -90,7 +87,7 @@ def main(argv=None):
             print(variant, result, flush=True)
             report["runs"].append({"repeat": repeat, "variant": variant,
                                    **result})
-    report["loadavg_end"] = _loadavg()
+    report["loadavg_end"] = bench._loadavg()
     summary = {}
     for run in report["runs"]:
         entry = summary.setdefault(run["variant"], {
