@@ -32,6 +32,7 @@ import time
 import keras
 import numpy as np
 
+from transfer import _backend
 from transfer import _inputs
 from transfer import _model_info
 from transfer.tensorboard.callbacks import ConfusionMatrixLogger
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_FEATURES = (True, False, "auto")
 # The feature pass's batch for arrays: this many training batches, capped
-# (see `inference_batch_size`).
+# (see `inference_batch_size` and `inference_batch_factor`).
 INFERENCE_BATCH_FACTOR = 4
 INFERENCE_BATCH_CAP = 256
 _HEAD_LAYERS = ("head_dropout", "predictions")
@@ -206,12 +207,29 @@ def plan_cache(model, stage, train_data, cache_features, *,
     return True, "on: backbone frozen, no random augmentation"
 
 
-def inference_batch_size(data, batch_size):
+def inference_batch_factor():
+    """How many training batches one batch of the feature pass holds.
+
+    `INFERENCE_BATCH_FACTOR` (4) on TensorFlow and on accelerators; 1 for
+    JAX and torch on a CPU, where a larger batch ran *slower*: the
+    EfficientNet-Lite0 feature model at 128 px on 2 CPU cores, images/s
+    at batch 32 / 64 / 125 / 250 (`predict_on_batch`, warm): TensorFlow
+    280 / 307 / 314 / 310, JAX 184-218 / 173-199 / 162-167 / 134-147,
+    torch 140-144 / 102-118 / 95-104 / 92-94 (benchmarks/README.md,
+    "The feature pass's batch").
+    """
+    name = _backend.backend()
+    if name in ("jax", "torch") and _backend.accelerator() == "cpu":
+        return 1
+    return INFERENCE_BATCH_FACTOR
+
+
+def inference_batch_size(data, batch_size, factor=None):
     """The batch size of the feature pass over `data`.
 
-    Inference keeps no activations for a backward pass, so it runs at a
-    larger batch than training: for `(x, y)` arrays about
-    `INFERENCE_BATCH_FACTOR` times the training batch (at most
+    Inference keeps no activations for a backward pass, so it can run at
+    a larger batch than training: for `(x, y)` arrays about `factor` times
+    the training batch (default `inference_batch_factor()`; at most
     `INFERENCE_BATCH_CAP`, never less than the training batch), spread
     evenly over the examples so that the last batch is (nearly) full.
     Datasets keep their own batches: `None`.
@@ -219,16 +237,20 @@ def inference_batch_size(data, batch_size):
     Example:
 
     >>> x = np.zeros((1000, 2))
-    >>> inference_batch_size((x, np.zeros(1000)), 32)  # 8 batches of 125
+    >>> inference_batch_size((x, np.zeros(1000)), 32, factor=4)  # 8 of 125
     125
-    >>> inference_batch_size((x[:16], np.zeros(16)), 8)
+    >>> inference_batch_size((x, np.zeros(1000)), 32, factor=1)  # 32 of 32
+    32
+    >>> inference_batch_size((x[:16], np.zeros(16)), 8, factor=4)
     16
     """
     if not isinstance(data, tuple):
         return None
+    if factor is None:
+        factor = inference_batch_factor()
     count = _inputs.num_samples(data[0])
     largest = max(int(batch_size), min(
-        INFERENCE_BATCH_FACTOR * int(batch_size), INFERENCE_BATCH_CAP))
+        int(factor) * int(batch_size), INFERENCE_BATCH_CAP))
     batches = max(1, -(-count // largest))
     return max(1, -(-count // batches))
 
