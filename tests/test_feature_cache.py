@@ -3,6 +3,7 @@
 Covers: transfer.training.feature_cache, transfer.training.feature_store.
 """
 
+import hashlib
 import json
 import os
 
@@ -12,6 +13,7 @@ import pytest
 
 import transfer
 from transfer import _backend
+from transfer.data import fingerprint as data_fingerprint
 from transfer.training import best_weights
 from transfer.training import feature_cache
 from transfer.training import feature_store
@@ -289,6 +291,44 @@ def test_disk_cache_key_covers_pixels_labels_and_weights(tiny_data, tmp_path):
 def _wrong_shape(path, key):
     np.savez(path, features=np.zeros((16, 3), "float32"),
              labels=np.zeros(16, "int32"), key=np.array(key))
+
+
+class _CountingHashlib:
+    """Stands in for `hashlib` in `transfer.data.fingerprint`: counts the
+    bytes of every sha256 it starts."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def sha256(self, data=b""):
+        self.sizes.append(memoryview(data).nbytes)
+        return hashlib.sha256(data)
+
+
+def test_fit_recipe_hashes_the_training_images_once(tmp_path, monkeypatch):
+    # 96 images of 32x32x3 float32: 1.2 MB, above the shared digests' 1 MiB.
+    x, y = transfer.synthetic_images(96, 32, 2)
+    x = x.astype("float32")
+    counting = _CountingHashlib()
+    monkeypatch.setattr(data_fingerprint, "hashlib", counting)
+    model = transfer.build_classifier("tiny_cnn", 2, weights=None, dropout=0.0)
+    record = _head_run(model, (x, y), tmp_path / "run", tmp_path / "cache")
+    # The run's fingerprint and the feature cache's key read one digest.
+    assert record["disk"] == "miss"
+    assert counting.sizes.count(x.nbytes) == 1
+    # The digests are the plain sha256 of the bytes (fingerprints stored by
+    # earlier versions still match), and are forgotten after the call.
+    stored = json.loads((tmp_path / "run" / "checkpoints" / "fingerprint.json")
+                        .read_text())
+    assert stored["data"]["training"]["x"]["sha256"] == (
+        hashlib.sha256(x.tobytes()).hexdigest())
+    data_fingerprint.array_fingerprint(x)
+    data_fingerprint.array_fingerprint(x)
+    assert counting.sizes.count(x.nbytes) == 3
+    with data_fingerprint.shared_digests():
+        data_fingerprint.array_fingerprint(x)
+        data_fingerprint.array_fingerprint(x)
+    assert counting.sizes.count(x.nbytes) == 4
 
 
 def _truncated(path, key):

@@ -43,6 +43,7 @@ import numpy as np
 
 from transfer import _inputs
 from transfer._io import atomic_write
+from transfer.data import fingerprint as data_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +85,13 @@ def _update(digest, value):
         for item in value:
             _update(digest, item)
         return
-    array = np.ascontiguousarray(value)
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
     if array.dtype.hasobject:
         raise UnhashableDataError("it holds Python objects (dtype=object)")
     digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.reshape(-1).view(np.uint8))
+    # The values' sha256, which `fit_recipe`'s run fingerprint has already
+    # computed for large arrays (`data_fingerprint.shared_digests`).
+    digest.update(data_fingerprint.bytes_sha256(array))
 
 
 def _layer_names(config, names):

@@ -9,6 +9,7 @@ import keras
 from transfer import _backend
 from transfer import _inputs
 from transfer import _model_info
+from transfer.data import fingerprint as data_fingerprint
 from transfer.data import labels
 from transfer.models import tasks
 from transfer.models.classifier import check_head_classes
@@ -202,46 +203,49 @@ def fit_recipe(
     preflight = getattr(train_data, "transfer_preflight", None)
     _record_interpolation(model, train_data)
     _forget_calibration(model)
-    settings, fingerprint = fingerprint_lib.run_fingerprint(
-        model, recipe, train_data, validation_data, batch_size=batch_size,
-        class_names=class_names,
-    )
-    train_data, validation_data = _checked_targets(
-        model, train_data, validation_data)
-    _backend.require_tensorboard()
-    require_matplotlib()
-    if plan.is_chief:
-        # Reading only: a call refused here leaves run_dir as it was.
-        lock.check_free(run_dir)
-        resume.check_resume(run_dir, settings, fingerprint,
-                            force_resume=force_resume)
-    context = dict(
-        train_data=train_data, validation_data=validation_data,
-        batch_size=batch_size, callbacks=callbacks, class_names=class_names,
-        verbose=verbose, cache_features=cache_features,
-        feature_cache_dir=feature_cache_dir,
-    )
-    if not plan.is_chief:
-        histories = _fit_as_worker(
-            plan, scratch, (model, recipe),
-            (settings, fingerprint, force_resume), context)
-    else:
-        distribution = {**plan.to_dict(), **batch_plan}
-        if plan.handle is not None:
-            logger.info("Distribution: %s", distribution)
-        os.makedirs(run_dir, exist_ok=True)
-        with lock.RunDirLock(run_dir), plan.scope():
-            run = resume.RunState.open(
-                run_dir, model, settings, fingerprint,
-                force_resume=force_resume,
-            )
-            run_dir_lib.write_run_files(run_dir, run_files)
-            histories = stages.fit_stages(StageContext(
-                model, recipe, run, **context,
-                profile_batch=_backend.supported_profile_batch(profile_batch),
-                preflight=preflight,
-                distribution=distribution,
-            ))
+    # The training arrays are hashed once for the fingerprint and the
+    # feature cache's key (they do not change inside this call).
+    with data_fingerprint.shared_digests():
+        settings, fingerprint = fingerprint_lib.run_fingerprint(
+            model, recipe, train_data, validation_data, batch_size=batch_size,
+            class_names=class_names,
+        )
+        train_data, validation_data = _checked_targets(
+            model, train_data, validation_data)
+        _backend.require_tensorboard()
+        require_matplotlib()
+        if plan.is_chief:
+            # Reading only: a call refused here leaves run_dir as it was.
+            lock.check_free(run_dir)
+            resume.check_resume(run_dir, settings, fingerprint,
+                                force_resume=force_resume)
+        context = dict(
+            train_data=train_data, validation_data=validation_data,
+            batch_size=batch_size, callbacks=callbacks, class_names=class_names,
+            verbose=verbose, cache_features=cache_features,
+            feature_cache_dir=feature_cache_dir,
+        )
+        if not plan.is_chief:
+            histories = _fit_as_worker(
+                plan, scratch, (model, recipe),
+                (settings, fingerprint, force_resume), context)
+        else:
+            distribution = {**plan.to_dict(), **batch_plan}
+            if plan.handle is not None:
+                logger.info("Distribution: %s", distribution)
+            os.makedirs(run_dir, exist_ok=True)
+            with lock.RunDirLock(run_dir), plan.scope():
+                run = resume.RunState.open(
+                    run_dir, model, settings, fingerprint,
+                    force_resume=force_resume,
+                )
+                run_dir_lib.write_run_files(run_dir, run_files)
+                histories = stages.fit_stages(StageContext(
+                    model, recipe, run, **context,
+                    profile_batch=_backend.supported_profile_batch(profile_batch),
+                    preflight=preflight,
+                    distribution=distribution,
+                ))
     # A non-chief process waits here while the chief writes model, report
     # and manifest, so that no process reaches JAX's shutdown barrier long
     # before the other (it times out under load and aborts both).
