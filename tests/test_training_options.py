@@ -345,6 +345,8 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
     if BACKEND == "torch":
         assert manifest["torch_graph"]["early_release"] is (
             os.environ.get("TRANSFER_TORCH_EARLY_RELEASE") != "0")
+        assert manifest["torch_graph"]["direct_calls"] is (
+            os.environ.get("TRANSFER_TORCH_DIRECT_CALLS") != "0")
     else:
         assert manifest["torch_graph"] is None
     # And JAX's depthwise convolutions as shifted sums (_jax_convolutions).
