@@ -14,7 +14,8 @@ Measures, on the backend `KERAS_BACKEND` names:
   it has no offline weights here; throughput does not depend on them),
   a hand-written `model.fit` against `fit_recipe`, and the same hand-written
   loop with each speed switch (`keras_convolutions`: Keras's own convolution
-  paths instead of transfer's automatic ones on torch and JAX; bf16 mixed
+  paths instead of transfer's automatic ones on torch and JAX;
+  `keras_layer_calls`: every layer through `Layer.__call__` on torch; bf16 mixed
   precision, a `tf.data` input
   pipeline, XLA on TensorFlow).
 """
@@ -34,6 +35,7 @@ import numpy as np  # noqa: E402
 import transfer  # noqa: E402
 from transfer import _backend  # noqa: E402
 from transfer import _jax_convolutions  # noqa: E402
+from transfer import _torch_graph  # noqa: E402
 from transfer import _torch_layout  # noqa: E402
 from transfer.training import stage_options  # noqa: E402
 
@@ -247,6 +249,9 @@ def _hand_written(config, x, y, variant):
         # views on torch, shifted-sum depthwise on JAX), as plain Keras.
         _torch_layout.use_channels_last_views(False)
         _jax_convolutions.use_fast_convolutions(False)
+    if variant == "keras_layer_calls":
+        # Every layer through `Layer.__call__`, as plain Keras on torch.
+        _torch_graph.use_direct_calls(False)
     try:
         model = _fine_tune_model(config)
         # What `model.compile()` gives a user: Keras's "auto" (XLA on JAX,
@@ -271,6 +276,7 @@ def _hand_written(config, x, y, variant):
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
         _torch_layout.automatic()
+        _torch_graph.automatic()
         _jax_convolutions.automatic()
 
 

@@ -71,7 +71,8 @@ FULL = {
 SWITCHES = {
     "tensorflow": ["mixed_bfloat16", "tf_data", "xla"],
     "jax": ["keras_convolutions", "mixed_bfloat16", "tf_data"],
-    "torch": ["keras_convolutions", "mixed_bfloat16", "tf_data"],
+    "torch": ["keras_convolutions", "keras_layer_calls", "mixed_bfloat16",
+              "tf_data"],
 }
 
 

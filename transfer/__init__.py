@@ -36,7 +36,9 @@ else:
     # filled on the host (off with TRANSFER_JAX_LAZY_INIT=0; see
     # `_jax_init`). On torch: functional models let go of each
     # intermediate tensor after its last reader (off with
-    # TRANSFER_TORCH_EARLY_RELEASE=0; see `_torch_graph`).
+    # TRANSFER_TORCH_EARLY_RELEASE=0) and call simple float32 layers'
+    # `call` directly (off with TRANSFER_TORCH_DIRECT_CALLS=0; see
+    # `_torch_graph`).
     from transfer import _backend
     from transfer import _jax_convolutions
     from transfer import _jax_init
