@@ -34,10 +34,11 @@ torch hooks, built, plain float32 torch tensors as inputs with no Keras
 mask, `training` given by the enclosing model (as `fit`, `predict` and
 `evaluate` give it) and no other keyword argument, outside any autocast
 scope, stateless scope or distribution. Anything else goes through
-`__call__` as before. Measured (same machine, interleaved in one process,
-benchmarks/README.md): MobileNetV3Small training step 0.192 -> 0.173 s,
-`predict_on_batch` 0.086 -> 0.069 s; EfficientNet-Lite0 at 128 px 0.521 ->
-0.489 s and 0.168 -> 0.151 s; outputs and gradients identical
+`__call__` as before. Measured (same machine, on and off interleaved in
+one process, two runs each, benchmarks/README.md): MobileNetV3Small at
+160 px, batch 32, training step 1.05-1.09x faster (0.188 -> 0.172 s in
+one), `predict_on_batch` 1.22-1.24x; EfficientNet-Lite0 at 128 px
+1.04-1.06x and 1.09-1.11x; outputs and gradients identical
 (tests/test_torch_graph.py). `TRANSFER_TORCH_DIRECT_CALLS=0` keeps
 `__call__`; the manifest's `torch_graph` record says which.
 """
