@@ -234,14 +234,16 @@ def test_layer_call_kept_where_it_does_more(restore, called):
     x = MyDense(4, name="subclass")(inputs)
     x = keras.layers.Dense(4, name="regularized",
                            activity_regularizer="l2")(x)
-    x = keras.layers.Dense(4, name="plain")(x)
+    with keras.RematScope(mode="full"):
+        remat = keras.layers.Dense(4, name="remat")
+    x = keras.layers.Dense(4, name="plain")(remat(x))
     model = keras.Model(
         inputs, keras.layers.Dense(2, name="bfloat16", dtype="mixed_bfloat16")(x))
     _torch_graph.use_direct_calls(True)
     data = torch.ones((3, 4))
     called.clear()
     model(data, training=False)
-    assert {"subclass", "regularized", "bfloat16"} <= set(called)
+    assert {"subclass", "regularized", "remat", "bfloat16"} <= set(called)
     assert "plain" not in called
     # The activity regularizer's loss is still recorded.
     assert len(model.losses) == 1

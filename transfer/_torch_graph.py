@@ -27,10 +27,10 @@ Python (dtype conversion of the inputs, call-context and mask bookkeeping,
 name and autocast scopes, `torch.nn.Module.__call__` with its hooks) costs
 more than many of the kernels it wraps on a CPU: MobileNetV3Small at 160
 px, batch 32, has 161 layer calls in a training step. `use_direct_calls(True)`
-calls `layer.call` itself for the layers of `_DIRECT_TYPES` (exactly those
-classes, not subclasses) when that is all `__call__` would do: a float32
-layer (no mixed precision, no quantization), no activity regularizer, no
-torch hooks, built, plain float32 torch tensors as inputs with no Keras
+calls `layer.call` itself for the layers of `_direct_types()` (exactly
+those classes, not subclasses) when that is all `__call__` would do: a
+float32 layer (no mixed precision, no quantization), no activity
+regularizer, not made under a `keras.RematScope`, no torch hooks, built, plain float32 torch tensors as inputs with no Keras
 mask, `training` given by the enclosing model (as `fit`, `predict` and
 `evaluate` give it) and no other keyword argument, outside any autocast
 scope, stateless scope or distribution. Anything else goes through
@@ -191,6 +191,7 @@ def _direct(operation, training):
         if (len(kwargs) != 1 or not layer.built
                 or layer.activity_regularizer is not None
                 or layer.dtype_policy.name != "float32"
+                or getattr(layer, "_remat_mode", None)
                 or layer._forward_hooks or layer._forward_pre_hooks
                 or not _plain(args) or _DIRECT["scoped"]()):
             return layer(*args, **kwargs)
