@@ -101,17 +101,16 @@ def array_fingerprint(array):
     [2, 3]
     """
     array = np.asarray(array)
-    digest = hashlib.sha256()
     if array.dtype.kind in "OUS":
+        digest = hashlib.sha256()
         for item in array.reshape(-1):
             value = item if isinstance(item, bytes) else str(item).encode()
             digest.update(len(value).to_bytes(8, "little") + value)
+        sha256 = digest.hexdigest()
     else:
-        return {"shape": [int(n) for n in array.shape],
-                "dtype": str(array.dtype),
-                "sha256": bytes_sha256(array).hex()}
+        sha256 = bytes_sha256(array).hex()
     return {"shape": [int(n) for n in array.shape], "dtype": str(array.dtype),
-            "sha256": digest.hexdigest()}
+            "sha256": sha256}
 
 
 def _is_array(value):
