@@ -1,5 +1,6 @@
 """Keras's torch convolutions on channels-last views: same results, no
-layout copies (`transfer._torch_layout`)."""
+layout copies; batch normalization in one pass: the same results to float32
+rounding, gradients included (`transfer._torch_layout`)."""
 
 import keras
 import numpy as np
@@ -42,9 +43,10 @@ def _loss_and_gradients(model, x, y):
 @pytest.fixture
 def restore_layout():
     """Puts back the layout the suite runs with (whatever a test set)."""
-    before = _torch_layout.state()["channels_last_views"]
+    before = _torch_layout.state()
     yield
-    _torch_layout.use_channels_last_views(before)
+    _torch_layout.use_channels_last_views(before["channels_last_views"])
+    _torch_layout.use_affine_batch_norm(before["affine_batch_norm"])
 
 
 def test_views_give_the_same_loss_and_gradients(restore_layout):
@@ -79,3 +81,74 @@ def test_on_by_default_and_off_by_environment(monkeypatch, restore_layout):
     monkeypatch.setenv(_torch_layout.ENV, "0")
     assert _torch_layout.automatic()["channels_last_views"] is False
     assert nn._transpose_spatial_inputs is not _torch_layout._views
+    monkeypatch.delenv(_torch_layout.BATCHNORM_ENV, raising=False)
+    assert _torch_layout.automatic()["affine_batch_norm"] is True
+    assert nn.batch_normalization is _torch_layout._affine_batch_normalization
+    monkeypatch.setenv(_torch_layout.BATCHNORM_ENV, "0")
+    assert _torch_layout.automatic()["affine_batch_norm"] is False
+    assert nn.batch_normalization is not (
+        _torch_layout._affine_batch_normalization)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("affine", [True, False])
+def test_one_pass_batch_norm_matches_keras(axis, affine, restore_layout):
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(4, 5, 6, 7)).astype("float32")
+    channels = x.shape[axis]
+    arrays = {
+        "mean": rng.normal(3.0, 1.0, channels),
+        "variance": rng.uniform(0.5, 4.0, channels),
+        "offset": rng.normal(size=channels) if affine else None,
+        "scale": rng.normal(1.0, 0.3, channels) if affine else None,
+    }
+
+    def run(enabled):
+        _torch_layout.use_affine_batch_norm(enabled)
+        tensors = {k: None if v is None else torch.tensor(
+            v.astype("float32"), requires_grad=True)
+                   for k, v in {"x": x, **arrays}.items()}
+        out = keras.ops.batch_normalization(
+            tensors["x"], tensors["mean"], tensors["variance"], axis=axis,
+            offset=tensors["offset"], scale=tensors["scale"], epsilon=1e-3)
+        # A loss whose gradient differs per element, so every argument's
+        # gradient is exercised.
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+         ).sum().backward()
+        return out.detach().numpy(), {
+            k: t.grad.numpy() for k, t in tensors.items() if t is not None}
+
+    out, grads = run(True)
+    out_keras, grads_keras = run(False)
+    np.testing.assert_allclose(out, out_keras, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == grads_keras.keys()
+    for name in grads:
+        np.testing.assert_allclose(grads[name], grads_keras[name],
+                                   rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_batch_norm_layer_trains_the_same(restore_layout):
+    # A BatchNormalization layer in training mode (batch statistics, moving
+    # averages) and inference mode, with the one pass and without.
+    import torch
+
+    x = np.random.default_rng(1).normal(2.0, 3.0, (8, 4, 4, 3)).astype(
+        "float32")
+    results = []
+    for enabled in (True, False):
+        _torch_layout.use_affine_batch_norm(enabled)
+        keras.utils.set_random_seed(0)
+        layer = keras.layers.BatchNormalization(momentum=0.5)
+        data = torch.tensor(x, requires_grad=True)
+        trained = layer(data, training=True)
+        (trained ** 2).sum().backward()
+        results.append((trained.detach().numpy(), data.grad.numpy(),
+                        np.asarray(layer(data, training=False).detach()),
+                        [np.asarray(keras.ops.convert_to_numpy(v))
+                         for v in layer.weights]))
+    for a, b in zip(results[0], results[1], strict=True):
+        for u, v in zip(a if isinstance(a, list) else [a],
+                        b if isinstance(b, list) else [b], strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)

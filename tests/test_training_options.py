@@ -339,6 +339,8 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
     if BACKEND == "torch":
         assert manifest["torch_layout"]["channels_last_views"] is (
             os.environ.get("TRANSFER_TORCH_CHANNELS_LAST_VIEWS") != "0")
+        assert manifest["torch_layout"]["affine_batch_norm"] is (
+            os.environ.get("TRANSFER_TORCH_AFFINE_BATCHNORM") != "0")
     else:
         assert manifest["torch_layout"] is None
     # And intermediate tensors released early on torch (_torch_graph).

@@ -27,7 +27,9 @@ else:
     # On JAX: the persistent compilation cache in the user cache directory
     # (off with TRANSFER_COMPILATION_CACHE=0; see `_backend`). On torch:
     # convolutions on channels-last views (off with
-    # TRANSFER_TORCH_CHANNELS_LAST_VIEWS=0; see `_torch_layout`). On JAX:
+    # TRANSFER_TORCH_CHANNELS_LAST_VIEWS=0) and batch normalization in one
+    # pass (off with TRANSFER_TORCH_AFFINE_BATCHNORM=0; see
+    # `_torch_layout`). On JAX:
     # depthwise convolutions as shifted sums (off with
     # TRANSFER_JAX_FAST_CONVOLUTIONS=0; see `_jax_convolutions`). On
     # TensorFlow: Adam's update as one fused op per variable (off with
