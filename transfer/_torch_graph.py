@@ -18,9 +18,10 @@ While training, autograd keeps what the backward pass needs, as before.
 Measured (2 cores, Intel Xeon, 2026-12-03, benchmarks/README.md): the
 first call 1.18-1.21 s against 5.25-5.56 s, resident memory +0.48 GB
 against +4.0 GB; the cached head stage's feature pass 110 img/s, 1.03x the
-backbone's `predict` (54 img/s, 0.49x, before). Outputs are identical (tests/test_torch_graph.py). `import
-transfer` turns it on, on torch (`TRANSFER_TORCH_EARLY_RELEASE=0` keeps
-Keras's path); the run manifest records it (`torch_graph`).
+backbone's `predict` (54 img/s, 0.49x, before). Outputs are identical
+(tests/test_torch_graph.py). `import transfer` turns it on, on torch
+(`TRANSFER_TORCH_EARLY_RELEASE=0` keeps Keras's path); the run manifest
+records it (`torch_graph`).
 
 Direct calls. Each node of the graph runs through `Layer.__call__`, whose
 Python (dtype conversion of the inputs, call-context and mask bookkeeping,
@@ -30,14 +31,14 @@ px, batch 32, has 161 layer calls in a training step. `use_direct_calls(True)`
 calls `layer.call` itself for the layers of `_direct_types()` (exactly
 those classes, not subclasses) when that is all `__call__` would do: a
 float32 layer (no mixed precision, no quantization), no activity
-regularizer, not made under a `keras.RematScope`, no torch hooks, built, plain float32 torch tensors as inputs with no Keras
-mask, `training` given by the enclosing model (as `fit`, `predict` and
-`evaluate` give it) and no other keyword argument, outside any autocast
-scope, stateless scope or distribution. Anything else goes through
-`__call__` as before. Measured (same machine, on and off interleaved in
-one process, two runs each, benchmarks/README.md): MobileNetV3Small at
-160 px, batch 32, training step 1.05-1.09x faster (0.188 -> 0.172 s in
-one), `predict_on_batch` 1.22-1.24x; EfficientNet-Lite0 at 128 px
+regularizer, not made under a `keras.RematScope`, no torch hooks, built,
+plain float32 torch tensors as inputs with no Keras mask, `training`
+given by the enclosing model (as `fit`, `predict` and `evaluate` give it)
+and no other keyword argument, outside any autocast scope, stateless
+scope or distribution. Anything else goes through `__call__` as before.
+Measured (same machine, on and off interleaved in one process, two runs
+each, benchmarks/README.md): MobileNetV3Small at 160 px, batch 32,
+training step 1.05-1.09x faster (0.188 -> 0.172 s in one), `predict_on_batch` 1.22-1.24x; EfficientNet-Lite0 at 128 px
 1.04-1.06x and 1.09-1.11x; outputs and gradients identical
 (tests/test_torch_graph.py). `TRANSFER_TORCH_DIRECT_CALLS=0` keeps
 `__call__`; the manifest's `torch_graph` record says which.

@@ -30,8 +30,9 @@ included); results equal Keras's to float32 rounding (not bit for bit).
 Measured (2 CPU cores, on and off interleaved in one process, two runs,
 benchmarks/README.md): EfficientNet-Lite0 at 128 px, batch 32, training
 step 1.03-1.05x and `predict_on_batch` 1.09-1.11x faster; MobileNetV3Small
-at 160 px 1.02-1.06x and 1.05-1.06x. `TRANSFER_TORCH_AFFINE_BATCHNORM=0` keeps Keras's form; the manifest
-records it (`torch_layout.affine_batch_norm`).
+at 160 px 1.02-1.06x and 1.05-1.06x. `TRANSFER_TORCH_AFFINE_BATCHNORM=0`
+keeps Keras's form; the manifest records it
+(`torch_layout.affine_batch_norm`).
 """
 
 import os
