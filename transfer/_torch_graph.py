@@ -39,7 +39,7 @@ scope or distribution. Anything else goes through `__call__` as before.
 Measured (same machine, on and off interleaved in one process, two runs
 each, benchmarks/README.md): MobileNetV3Small at 160 px, batch 32,
 training step 1.05-1.09x faster (0.188 -> 0.172 s in one),
-`predict_on_batch` 1.22-1.24x; EfficientNet-Lite0 at 128 px 1.04-1.06x
+`predict_on_batch` 1.22-1.24x; EfficientNet-Lite0 at 128 px 1.00-1.06x
 and 1.09-1.11x; outputs and gradients identical
 (tests/test_torch_graph.py). `TRANSFER_TORCH_DIRECT_CALLS=0` keeps
 `__call__`; the manifest's `torch_graph` record says which.
