@@ -369,5 +369,12 @@ def test_jit_compile_auto_is_resolved_and_recorded(tmp_path):
             os.environ.get("TRANSFER_TF_FUSED_ADAM") != "0")
     else:
         assert manifest["tf_fused_adam"] is None
+    # And no Grappler pass on a CPU with TensorFlow (_tf_graph).
+    if BACKEND == "tensorflow":
+        assert manifest["tf_graph"]["grappler"] is (
+            os.environ.get("TRANSFER_TF_SKIP_GRAPPLER") == "0"
+            or _backend.accelerator() != "cpu")
+    else:
+        assert manifest["tf_graph"] is None
     if _backend.accelerator() == "cpu":
         assert expected == (BACKEND == "jax")

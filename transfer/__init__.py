@@ -40,11 +40,14 @@ else:
     # intermediate tensor after its last reader (off with
     # TRANSFER_TORCH_EARLY_RELEASE=0) and call simple float32 layers'
     # `call` directly (off with TRANSFER_TORCH_DIRECT_CALLS=0; see
-    # `_torch_graph`).
+    # `_torch_graph`). On TensorFlow on a CPU: no Grappler pass over each
+    # new graph function (off with TRANSFER_TF_SKIP_GRAPPLER=0; see
+    # `_tf_graph`).
     from transfer import _backend
     from transfer import _jax_convolutions
     from transfer import _jax_init
     from transfer import _tf_adam
+    from transfer import _tf_graph
     from transfer import _torch_graph
     from transfer import _torch_layout
     from transfer import backbones
@@ -116,6 +119,7 @@ else:
     _jax_convolutions.automatic()
     _jax_init.automatic()
     _tf_adam.automatic()
+    _tf_graph.automatic()
 
 __all__ = [
     "BackboneSpec",

@@ -10,6 +10,7 @@ from transfer import _jax_convolutions
 from transfer import _jax_init
 from transfer import _model_info
 from transfer import _tf_adam
+from transfer import _tf_graph
 from transfer import _torch_graph
 from transfer import _torch_layout
 from transfer import calibration
@@ -55,6 +56,7 @@ def _manifest(context, stage_records, hparams, attempts, metadata, best):
         "jax_convolutions": _jax_convolutions.state(),
         "jax_lazy_init": _jax_init.state(),
         "tf_fused_adam": _tf_adam.state(),
+        "tf_graph": _tf_graph.state(),
     }
     if context.preflight is not None:
         manifest["data"] = context.preflight.to_dict()
