@@ -77,3 +77,63 @@ def test_a_no_op_on_torch(tiny_data):
     model = _compiled()
     built = stage_options.build_before_fit(model, *tiny_data)
     assert built == (keras.config.backend() == "tensorflow")
+
+
+class PooledDense(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(keras.ops.mean(inputs, axis=(1, 2)))
+
+
+@pytest.mark.requires_backend("tensorflow")
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+def test_functional_models_are_built_without_running_them(
+        tiny_data, kind, monkeypatch):
+    """A built functional model's metrics, loss and optimizer are built
+    from its output shapes, without calling it (Keras's own build runs
+    the model once more); other models keep Keras's build."""
+    x, y = tiny_data
+    if kind == "functional":
+        model = _compiled()
+    else:
+        model = PooledDense()
+        model(x[:1])
+        stage_options.compile_model(model, keras.optimizers.Adam(1e-3))
+    calls = []
+    call = type(model).call
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "call", counted)
+    assert stage_options.build_before_fit(model, x, y)
+    monkeypatch.undo()
+    assert len(calls) == (0 if kind == "functional" else 1)
+    assert model.optimizer.built
+    assert model._compile_metrics.built and model._compile_loss.built
+    calls = _count_traces(model)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert len(calls) == 1
+    assert set(history.history) == {"loss", "accuracy"}
+
+
+@pytest.mark.requires_backend("tensorflow")
+def test_multiple_outputs_are_built_from_the_graph(tiny_data):
+    x, _ = tiny_data
+    inputs = keras.Input(x.shape[1:])
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, {"a": keras.layers.Dense(2, name="a")(pooled),
+                                 "b": keras.layers.Dense(1, name="b")(pooled)})
+    model.compile(optimizer="adam",
+                  loss={"a": "sparse_categorical_crossentropy", "b": "mse"},
+                  metrics={"a": ["accuracy"]})
+    targets = {"a": np.zeros(len(x), "int32"), "b": np.ones(len(x))}
+    assert stage_options.build_before_fit(model, x, targets)
+    calls = _count_traces(model)
+    history = model.fit(x, targets, batch_size=8, epochs=1, verbose=0)
+    assert len(calls) == 1
+    assert "a_accuracy" in history.history

@@ -471,7 +471,8 @@ def build_before_fit(model, x, y=None):
     the first `train_on_batch` ~3.6 s longer (benchmarks/README.md, "Time to
     first step"). This is the build Keras itself runs first on JAX, torch
     and under a strategy (`Trainer._symbolic_build`), from one batch's
-    shapes (`x` a `tf.data.Dataset` of `(x, y[, sample_weight])` or arrays).
+    shapes (`x` a `tf.data.Dataset` of `(x, y[, sample_weight])` or arrays),
+    without running a built functional model (`_build_from_outputs`).
     Anything it cannot build is left to Keras, as before.
     """
     if (_backend.backend() != "tensorflow" or model.optimizer is None
@@ -492,11 +493,51 @@ def build_before_fit(model, x, y=None):
         return False
     batch = (batch + (None, None))[:3]
     try:
-        build(data_batch=batch)
+        if not _build_from_outputs(model, batch):
+            build(data_batch=batch)
     except Exception as e:  # noqa: BLE001 (Keras builds it while tracing)
         logger.debug("Building before fit failed (%s); Keras builds while "
                      "tracing.", e)
         return False
+    return True
+
+
+def _build_from_outputs(model, batch):
+    """`Trainer._symbolic_build` without running the model: a built
+    functional model's outputs are known from its graph, so the metrics
+    and the loss are built on tensors of those shapes (Keras traces the
+    whole model once more for them: 0.3 s of EfficientNet-Lite0's first
+    step on TensorFlow). `False`, doing nothing, for anything else.
+    """
+    from keras.src import backend as keras_backend
+    from keras.src.models.functional import Functional
+
+    if (not isinstance(model, Functional) or not model.built
+            or not all(layer.built for layer in model._flatten_layers())):
+        return False
+
+    def symbolic(value):
+        if value is None:
+            return None
+        return keras.KerasTensor(
+            value.shape, keras.backend.standardize_dtype(value.dtype))
+
+    x, y, sample_weight = keras.tree.map_structure(symbolic, batch)
+    size = keras.tree.flatten(x)[0].shape[0]
+    y_pred = keras.tree.map_structure(
+        lambda t: keras.KerasTensor((size, *t.shape[1:]), t.dtype),
+        model._outputs_struct)
+    compute_output_spec = keras_backend.compute_output_spec
+    metrics, loss = model._compile_metrics, model._compile_loss
+    if metrics is not None and not metrics.built:
+        compute_output_spec(model.compute_metrics, x, y, y_pred,
+                            sample_weight=sample_weight)
+    if loss is not None and not loss.built:
+        compute_output_spec(model._compute_loss, x, y, y_pred,
+                            sample_weight=sample_weight, training=False)
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model._post_build()
     return True
 
 
