@@ -42,10 +42,13 @@ else:
     # `call` directly (off with TRANSFER_TORCH_DIRECT_CALLS=0; see
     # `_torch_graph`). On TensorFlow on a CPU: no Grappler pass over each
     # new graph function (off with TRANSFER_TF_SKIP_GRAPPLER=0; see
-    # `_tf_graph`).
+    # `_tf_graph`). Everywhere: Keras's saving finds the attribute skip
+    # sets it computed (off with TRANSFER_KERAS_SAVING_CACHE=0; see
+    # `_keras_saving`).
     from transfer import _backend
     from transfer import _jax_convolutions
     from transfer import _jax_init
+    from transfer import _keras_saving
     from transfer import _tf_adam
     from transfer import _tf_graph
     from transfer import _torch_graph
@@ -120,6 +123,7 @@ else:
     _jax_init.automatic()
     _tf_adam.automatic()
     _tf_graph.automatic()
+    _keras_saving.automatic()
 
 __all__ = [
     "BackboneSpec",
