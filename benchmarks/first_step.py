@@ -7,8 +7,9 @@ Each measurement is a fresh process (`benchmarks/keras_worker.py`, part
 weights, compile, one `train_on_batch`; on TensorFlow, fit_recipe's build of
 the optimizer's and metrics' variables before the step is traced,
 `stage_options.build_before_fit`, and Adam fused (`transfer._tf_adam`);
-the same with Keras's Adam update, mode `keras_adam`; and Keras alone,
-mode `keras_alone`). On JAX it runs, interleaved,
+the same with Keras's Adam update, mode `keras_adam`; with Grappler,
+TensorFlow's graph optimizer, which `transfer._tf_graph` skips on a CPU,
+mode `grappler`; and Keras alone, mode `keras_alone`). On JAX it runs, interleaved,
 `--repeats` times each: the persistent compilation cache off
 (`TRANSFER_COMPILATION_CACHE=0`), on and cold (an empty cache directory;
 Keras's initial values, `TRANSFER_JAX_LAZY_INIT=0`, so that it fills the
@@ -62,10 +63,14 @@ def main(argv=None):
                 # fit_recipe's path (variables built before the first
                 # trace, Adam fused), without the fused Adam, and Keras
                 # alone, side by side.
+                # Also with Grappler (`transfer._tf_graph` skips it on a
+                # CPU), and Keras alone has it.
+                grappler = {"TRANSFER_TF_SKIP_GRAPPLER": "0"}
                 runs = [("default", {}, True),
+                        ("grappler", grappler, True),
                         ("keras_adam", {"TRANSFER_TF_FUSED_ADAM": "0"}, True),
-                        ("keras_alone", {"TRANSFER_TF_FUSED_ADAM": "0"},
-                         False)]
+                        ("keras_alone", {"TRANSFER_TF_FUSED_ADAM": "0",
+                                         **grappler}, False)]
             elif backend != "jax":
                 runs = [("default", {}, True)]
             else:
