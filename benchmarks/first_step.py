@@ -50,8 +50,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backends", default="jax,tensorflow,torch")
+    parser.add_argument("--modes", default="",
+                        help="comma-separated modes to run (default: all), "
+                             "e.g. default,grappler")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
+    modes = {m for m in args.modes.split(",") if m}
     config = dict(bench.QUICK, parts=["first_step"])
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "loadavg_start": bench._loadavg(), "config": config,
@@ -86,6 +90,8 @@ def main(argv=None):
                         ("cache_warm", {"TRANSFER_COMPILATION_CACHE": cache}, True),
                         ("cache_warm_keras_init", keras_init, True)]
             for mode, env, build in runs:
+                if modes and mode not in modes:
+                    continue
                 result = _first_step(
                     backend, dict(config, build_before_fit=build), **env)
                 print(backend, mode, result.get("time_to_first_step_s"),

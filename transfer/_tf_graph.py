@@ -3,20 +3,22 @@
 TensorFlow optimizes every `tf.function` graph with Grappler, its graph
 optimizer (constant folding, arithmetic simplification, op fusion,
 layout), the first time the function runs. For EfficientNet-Lite0's
-training step that is about a third of a second of the first step, paid
+training step that is about a quarter of a second of the first step, paid
 again by the feature pass's `predict`, the head's `fit`, `evaluate` and
 each new input shape; on a CPU the step it produced ran no faster than
 the one TensorFlow runs without it (its oneDNN kernels and their fusions
 do not depend on it).
 
-Measured (2 cores, Intel Xeon, 2026-12-04, fresh processes alternating;
-benchmarks/README.md "TensorFlow's first step"): EfficientNet-Lite0 (real
-weights, 96 px, batch 32) first step 3.75 and 3.42 s with Grappler, 3.42
-and 3.17 s without; steady state with / without: EfficientNet-Lite0
-`predict` at batch 125 310.0 / 309.5 and 292.8 / 300.1 images/s, training
-91.9 / 92.7 and 87.9 / 87.9, MobileNetV3Small training 189.3 / 189.9 and
-183.3 / 188.4, a small ViT training 116.4 / 115.5 and 119.9 / 117.7,
-`predict` 394.7 / 419.6 and 400.0 / 426.2.
+Measured (2 cores, Intel Xeon, 2026-12-04; benchmarks/README.md
+"TensorFlow's first step, Grappler, and Keras's saving"): EfficientNet-
+Lite0's time to the first step (real weights, 96 px, batch 32), five
+interleaved pairs of fresh processes, median 2.87 s without Grappler and
+3.10 s with it (every pair 0.17-0.27 s sooner); steady state, with /
+without, fresh processes alternating: EfficientNet-Lite0 `predict` at
+batch 125 310.0 / 309.5 and 292.8 / 300.1 images/s, training 91.9 / 92.7
+and 87.9 / 87.9, MobileNetV3Small training 189.3 / 189.9 and 183.3 /
+188.4, a small ViT training 116.4 / 115.5 and 119.9 / 117.7, `predict`
+394.7 / 419.6 and 400.0 / 426.2.
 
 `import transfer` turns Grappler off when TensorFlow runs on a CPU (on a
 GPU its layout pass matters, and it stays on), unless the process has set
