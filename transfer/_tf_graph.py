@@ -56,6 +56,9 @@ def skip_grappler(enabled=True):
 
 
 def _gpu():
+    # Physical devices only: `_backend.accelerator()` also lists logical
+    # TPU devices, which starts TensorFlow's runtime at `import transfer`,
+    # after which `tf.config.threading` settings can no longer be changed.
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
